@@ -1,0 +1,26 @@
+# `make run` and `make test` create .venv when it is missing, so a fresh clone needs
+# only Python 3.11 and access to the package registry.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/easel run $(if $(CONFIG),--config $(CONFIG),)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/submit.py
+
+clean:
+	rm -rf $(VENV) .easel-state

@@ -1,0 +1,171 @@
+"""The media finalizer actor: fetches a job's outputs and stores them.
+
+Mailbox: ``Finalize(job)`` for a job that has just entered FINALIZING. On start it
+also takes every job left in FINALIZING (after a crash or a restart), since the
+provider's output URLs are stored on the job. Downloads are streamed and capped in
+size, their content type is checked, and ``data:`` URIs (synchronous providers) are
+decoded in place. Provider URLs expire (BFL's after 10 minutes), so finalizing is
+never queued behind polling.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+
+import attrs
+import httpx
+import trio
+
+from actors import context
+from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.jobs import Job, JobState
+from actors.lifecycle import Lifecycle
+from actors.monitor import Monitor
+from actors.storage import LocalStorage, extension_for
+from actors.store import Store
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 4
+
+
+@attrs.frozen
+class Finalize:
+    job: Job
+
+
+def decode_data_uri(uri: str) -> tuple[bytes, str]:
+    header, _, payload = uri.partition(",")
+    if not header.startswith("data:") or ";base64" not in header:
+        raise EaselError(ErrorCode.PROVIDER_ERROR, "output is not a base64 data URI")
+    content_type = header[5:].split(";")[0] or "application/octet-stream"
+    try:
+        return base64.b64decode(payload, validate=True), content_type
+    except (binascii.Error, ValueError) as exc:
+        raise EaselError(ErrorCode.PROVIDER_ERROR, "output data URI is not valid base64") from exc
+
+
+class Finalizer:
+    def __init__(
+        self,
+        store: Store,
+        storage: LocalStorage,
+        lifecycle: Lifecycle,
+        monitor: Monitor,
+        *,
+        max_bytes: int,
+        concurrency: int = 8,
+        mailbox_size: int = 1024,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.lifecycle = lifecycle
+        self.monitor = monitor
+        self.max_bytes = max_bytes
+        self.send, self._receive = trio.open_memory_channel[Finalize](mailbox_size)
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for job in await self.store.jobs_in([JobState.FINALIZING]):
+                nursery.start_soon(self._finalize, job)
+            async for message in self._receive:
+                nursery.start_soon(self._finalize, message.job)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _download(self, url: str) -> tuple[bytes, str]:
+        if url.startswith("data:"):
+            return decode_data_uri(url)
+        try:
+            async with self._client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise EaselError(
+                        ErrorCode.PROVIDER_ERROR,
+                        f"output download answered HTTP {response.status_code}",
+                        {"status": response.status_code},
+                        retryable=response.status_code >= 500 or response.status_code == 429,
+                    )
+                content_type = response.headers.get("content-type", "")
+                if extension_for(content_type) is None:
+                    raise EaselError(
+                        ErrorCode.PROVIDER_ERROR,
+                        f"output has unexpected content type {content_type!r}",
+                        retryable=False,
+                    )
+                declared = int(response.headers.get("content-length") or 0)
+                if declared > self.max_bytes:
+                    raise EaselError(
+                        ErrorCode.PROVIDER_ERROR,
+                        f"output is larger than {self.max_bytes} bytes",
+                        retryable=False,
+                    )
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise EaselError(
+                            ErrorCode.PROVIDER_ERROR,
+                            f"output is larger than {self.max_bytes} bytes",
+                            retryable=False,
+                        )
+                    chunks.append(chunk)
+                return b"".join(chunks), content_type
+        except httpx.HTTPError as exc:
+            raise EaselError(
+                ErrorCode.PROVIDER_UNAVAILABLE, f"output download failed: {type(exc).__name__}"
+            ) from exc
+
+    async def _store_outputs(self, job: Job) -> list[dict[str, str]]:
+        results = []
+        for index, url in enumerate(job.provider_outputs):
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    data, content_type = await self._download(url)
+                    break
+                except EaselError as exc:
+                    if not exc.info.is_retryable or attempt == ATTEMPTS:
+                        raise
+                    await trio.sleep(0.5 * 2**attempt)
+            path = await self.storage.save(job.id, index, data, content_type)
+            kind = "video" if content_type.startswith("video/") else "image"
+            results.append({"type": kind, "url": path, "contentType": content_type})
+        return results
+
+    async def _finalize(self, job: Job) -> None:
+        context.job_id.set(job.id)
+        context.provider.set(job.provider)
+        async with self._limiter:
+            with self.lifecycle.busy():
+                try:
+                    if not job.provider_outputs:
+                        raise EaselError(ErrorCode.TASK_FAILED, "provider returned no outputs")
+                    results = await self._store_outputs(job)
+                except EaselError as exc:
+                    error = exc.info
+                except Exception as exc:
+                    log.exception("finalizing failed")
+                    error = ErrorInfo(ErrorCode.INTERNAL_ERROR, f"finalizing failed: {exc!r}")
+                else:
+                    done = await self.store.transition(
+                        job.id,
+                        JobState.FINALIZING,
+                        JobState.SUCCEEDED,
+                        results=results,
+                        provider_outputs=[],
+                        progress=1.0,
+                    )
+                    if done is not None:
+                        log.info("job succeeded", extra={"outputs": len(results)})
+                        self.monitor.emit("job.succeeded", job.provider, model=job.model)
+                    return
+                failed = await self.store.transition(
+                    job.id, JobState.FINALIZING, JobState.FAILED, error=error
+                )
+                if failed is not None:
+                    log.warning("job failed while finalizing: %s", error.message)
+                    self.monitor.emit("job.failed", job.provider, code=error.code.value)

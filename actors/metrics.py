@@ -1,0 +1,41 @@
+"""Prometheus metrics, in one registry the daemon exposes at ``/api/metrics``.
+
+A registry of Easel's own (not the global default) so tests that build several
+daemons in one process do not collide, and so ``/api/metrics`` holds only Easel.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+JOBS_SUBMITTED = Counter(
+    "easel_jobs_submitted", "Jobs accepted over HTTP", ["model"], registry=REGISTRY
+)
+JOBS_FINISHED = Counter(
+    "easel_jobs_finished", "Jobs that reached a terminal state", ["provider", "outcome"],
+    registry=REGISTRY,
+)
+PROVIDER_CALLS = Counter(
+    "easel_provider_calls", "Calls to providers", ["provider", "call", "outcome"],
+    registry=REGISTRY,
+)
+PROVIDER_LATENCY = Histogram(
+    "easel_provider_call_seconds", "Latency of provider calls", ["provider", "call"],
+    registry=REGISTRY,
+)
+ACTOR_RESTARTS = Counter(
+    "easel_actor_restarts", "Actor crashes restarted by the supervisor", ["actor"],
+    registry=REGISTRY,
+)
+MONITOR_DROPPED = Counter(
+    "easel_monitor_dropped_events", "Monitor events dropped on a full mailbox",
+    registry=REGISTRY,
+)
+JOBS_BY_STATE = Gauge(
+    "easel_jobs", "Jobs by state (refreshed on scrape)", ["state"], registry=REGISTRY
+)
+SLOTS_HELD = Gauge(
+    "easel_provider_slots_held", "In-flight slots held", ["provider"], registry=REGISTRY
+)

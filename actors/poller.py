@@ -1,0 +1,225 @@
+"""The poller actor of one provider: a timer heap of running provider tasks.
+
+Every RUNNING job of the provider has one entry, keyed by when it is next due: its
+next status check, or its model's ``max_duration`` deadline if that comes first.
+The loop sleeps until the earliest entry, takes a token from the provider for each
+check (so checks never exceed the provider's rate), and runs the check in a child
+task. The next due time is stored on the job (``next_poll_at``), so after a restart
+polling resumes on schedule rather than all at once.
+
+Mailbox: ``Track(job)`` for a job that has just become RUNNING; ``Forget(job_id)``
+for a job cancelled by a client.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from actors import context
+from actors.catalog import PollingSpec
+from actors.clock import trio_time_of, wall_now
+from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.jobs import Job, JobState
+from actors.lifecycle import Lifecycle
+from actors.monitor import Monitor
+from actors.polling import delay_before_check, polling_for
+from actors.provider import ProviderActor
+from actors.providers.base import TaskState
+from actors.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Track:
+    job: Job
+
+
+@attrs.frozen
+class Forget:
+    job_id: str
+
+
+@attrs.define
+class _Entry:
+    job: Job
+    spec: PollingSpec
+    deadline: float  # wall time at which the task times out
+    due: float = 0.0
+    generation: int = 0
+
+
+class Poller:
+    def __init__(
+        self,
+        provider: ProviderActor,
+        store: Store,
+        lifecycle: Lifecycle,
+        monitor: Monitor,
+        mailbox_size: int = 1024,
+    ) -> None:
+        self.provider = provider
+        self.store = store
+        self.lifecycle = lifecycle
+        self.monitor = monitor
+        self.send, self._receive = trio.open_memory_channel[Track | Forget](mailbox_size)
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._counter = itertools.count()
+        self._changed = trio.Event()
+        # Checks under way at once: enough to keep the provider's tokens busy, few
+        # enough that thousands of due tasks do not become thousands of trio tasks.
+        self._checks = trio.Semaphore(max(8, 2 * provider.settings.burst))
+        self.on_outputs: Callable[[Job], Awaitable[None]] | None = None
+
+    @property
+    def tracked(self) -> int:
+        return len(self._entries)
+
+    def _schedule(self, entry: _Entry, due: float) -> None:
+        entry.generation += 1
+        entry.due = min(due, entry.deadline)
+        heapq.heappush(self._heap, (entry.due, next(self._counter), entry.job.id, entry.generation))
+        self._changed.set()
+
+    def _track(self, job: Job) -> None:
+        spec = self.provider.catalog.get(job.model)
+        if spec is None:
+            log.error("running job %s has unknown model %s; not polled", job.id, job.model)
+            return
+        polling = polling_for(spec)
+        started = job.started_at or wall_now()
+        entry = _Entry(job=job, spec=polling, deadline=started + spec.max_duration)
+        self._entries[job.id] = entry
+        due = job.next_poll_at
+        if due is None:
+            due = wall_now() + delay_before_check(polling, job.poll_count)
+        self._schedule(entry, due)
+
+    async def run(self) -> None:
+        self._entries.clear()
+        self._heap.clear()
+        for job in await self.store.jobs_in([JobState.RUNNING], provider=self.provider.name):
+            self._track(job)
+        log.info("%s poller resumed %d running tasks", self.provider.name, len(self._entries))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._mailbox)
+            await self._timer_loop(nursery)
+
+    async def _mailbox(self) -> None:
+        async for message in self._receive:
+            if isinstance(message, Track):
+                self._track(message.job)
+            else:
+                self._entries.pop(message.job_id, None)
+
+    async def _timer_loop(self, nursery: trio.Nursery) -> None:
+        while True:
+            if self.lifecycle.draining:
+                await trio.sleep_forever()
+            if not self._heap:
+                self._changed = trio.Event()
+                await self._changed.wait()
+                continue
+            due, _, job_id, generation = self._heap[0]
+            entry = self._entries.get(job_id)
+            if entry is None or entry.generation != generation:
+                heapq.heappop(self._heap)  # stale: forgotten or rescheduled
+                continue
+            if due > wall_now():
+                self._changed = trio.Event()
+                with trio.move_on_at(trio_time_of(due)):
+                    await self._changed.wait()
+                continue
+            await self._checks.acquire()
+            if self._heap and self._heap[0][2] == job_id and self._heap[0][3] == generation:
+                heapq.heappop(self._heap)
+                # Park the entry so it is not due again while its check runs.
+                entry.generation += 1
+                nursery.start_soon(self._check_and_release, entry)
+            else:
+                self._checks.release()
+
+    async def _check_and_release(self, entry: _Entry) -> None:
+        try:
+            await self._check(entry)
+        finally:
+            self._checks.release()
+
+    async def _check(self, entry: _Entry) -> None:
+        job = entry.job
+        context.job_id.set(job.id)
+        context.provider.set(self.provider.name)
+        if wall_now() >= entry.deadline:
+            await self._time_out(entry)
+            return
+        try:
+            status = await self.provider.check(job.provider_task_id or "")
+        except EaselError as exc:
+            if exc.info.is_retryable:
+                log.info("status check failed (%s); will check again", exc.code.value)
+                await self._reschedule(entry, progress=job.progress)
+                return
+            if exc.code is ErrorCode.NOT_FOUND:
+                error = ErrorInfo(ErrorCode.TASK_FAILED, "the provider no longer knows this task",
+                                  exc.info.details)
+            else:
+                error = exc.info
+            await self._finish(entry, JobState.FAILED, error=error)
+            return
+        if status.state is TaskState.RUNNING:
+            await self._reschedule(entry, progress=status.progress)
+        elif status.state is TaskState.SUCCEEDED:
+            await self._finish(entry, JobState.FINALIZING, provider_outputs=list(status.outputs),
+                               progress=1.0)
+        elif status.state is TaskState.FAILED:
+            error = status.error or ErrorInfo(ErrorCode.TASK_FAILED, "the provider task failed")
+            await self._finish(entry, JobState.FAILED, error=error)
+        else:
+            await self._finish(entry, JobState.CANCELLED, error=ErrorInfo(
+                ErrorCode.TASK_CANCELLED, "the task was cancelled at the provider"))
+
+    async def _reschedule(self, entry: _Entry, progress: float | None) -> None:
+        job = entry.job
+        checks = job.poll_count + 1
+        due = min(wall_now() + delay_before_check(entry.spec, checks), entry.deadline)
+        updated = await self.store.update(
+            job.id, JobState.RUNNING, next_poll_at=due, poll_count=checks, progress=progress
+        )
+        if updated is None:  # no longer RUNNING: cancelled or settled elsewhere
+            self._entries.pop(job.id, None)
+            return
+        if self._entries.get(job.id) is not entry:  # forgotten meanwhile
+            return
+        entry.job = updated
+        self._schedule(entry, due)
+
+    async def _finish(self, entry: _Entry, state: JobState, **fields: object) -> None:
+        self._entries.pop(entry.job.id, None)
+        job = await self.store.transition(entry.job.id, JobState.RUNNING, state, **fields)
+        if job is None:
+            return
+        if state is JobState.FINALIZING:
+            if self.on_outputs is not None:
+                await self.on_outputs(job)
+        elif state is JobState.FAILED:
+            log.warning("job failed: %s", job.error.message if job.error else "")
+            self.monitor.emit("job.failed", self.provider.name,
+                              code=job.error.code.value if job.error else "")
+        else:
+            self.monitor.emit("job.cancelled", self.provider.name)
+
+    async def _time_out(self, entry: _Entry) -> None:
+        spec = self.provider.catalog[entry.job.model]
+        await self._finish(entry, JobState.FAILED, error=ErrorInfo(
+            ErrorCode.TASK_TIMEOUT,
+            f"the provider task did not finish within {spec.max_duration:g} s",
+            {"maxDuration": spec.max_duration},
+        ))
+        await self.provider.cancel_remote(entry.job)

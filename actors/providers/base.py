@@ -1,0 +1,110 @@
+"""What every provider adapter speaks, and what the shared provider actor needs.
+
+An adapter holds only a provider's wire protocol (DESIGN section 6): ``submit``
+answers ``Submitted`` (a remote task to poll) or ``Completed`` (the outputs at once),
+``check`` answers a ``TaskStatus``, ``cancel`` asks the provider to stop, and
+``reconcile`` tries to find a task that a crash left us unsure about. Failures are
+raised as ``EaselError`` with a code; the actor around the adapter decides about
+retries, tokens and slots.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Protocol
+
+import attrs
+
+from actors.catalog import ModelSpec
+
+
+@attrs.frozen
+class ProviderSettings:
+    """One ``[providers.NAME]`` section. Fields an adapter does not use are ignored."""
+
+    adapter: str | None = None
+    enabled: bool = True
+    base_url: str = ""
+    api_token: str = ""
+    api_key: str = ""
+    access_key: str = ""
+    secret_key: str = ""
+    auth: str = "default"
+    rate: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    burst: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    max_in_flight: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    request_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    connect_timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
+    #: Attempts for a call that is safe to repeat (status checks, provably unsent
+    #: submissions) before the error is final.
+    max_attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    #: Sandbox only: seconds before an image is drawn / a video task "finishes".
+    delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    video_duration: float = attrs.field(default=20.0, validator=attrs.validators.ge(0))
+
+
+@attrs.frozen
+class JobRequest:
+    """What an adapter needs to know of a job to submit it."""
+
+    job_id: str
+    model: str
+    spec: ModelSpec
+    prompt: str
+    number_of_outputs: int = 1
+    input_images: tuple[str, ...] = ()
+    parameters: dict[str, Any] = attrs.field(factory=dict)
+    #: Wall-clock time the job entered SUBMITTING; reconciliation matches on it.
+    submitting_at: float = 0.0
+
+
+@attrs.frozen
+class Submitted:
+    task_id: str
+
+
+@attrs.frozen
+class Completed:
+    """Outputs known at once. Each output is a URL: http(s) or a ``data:`` URI."""
+
+    outputs: tuple[str, ...]
+
+
+class TaskState(str, enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@attrs.frozen
+class TaskStatus:
+    state: TaskState
+    outputs: tuple[str, ...] = ()
+    error: Any = None  # an ErrorInfo when state is FAILED
+    progress: float | None = None
+
+
+class Adapter(Protocol):
+    """The wire protocol of one provider."""
+
+    name: str
+
+    async def submit(self, job: JobRequest) -> Submitted | Completed: ...
+
+    async def check(self, task_id: str) -> TaskStatus: ...
+
+    async def cancel(self, task_id: str) -> None: ...
+
+    async def reconcile(self, job: JobRequest) -> list[str] | None:
+        """Find the provider task that a crash left us unsure about.
+
+        Returns the ids of the provider's tasks that match the job (same input,
+        created after the job entered SUBMITTING), oldest first; ``None`` when the
+        provider offers no way to look. The actor adopts a match no other job has
+        claimed; with none, nothing is proven and the job fails
+        UNCERTAIN_SUBMISSION unless its model is safe to resubmit.
+        """
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,140 @@
+"""HTTP plumbing shared by adapters: one client per provider, errors to codes.
+
+Every network failure and HTTP status a provider answers with becomes an
+``EaselError`` here, so adapters only describe their own bodies. A connection that
+was refused or never established is marked ``sent=False``: the one failure after
+which resending a submission cannot pay twice.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from typing import Any
+
+import httpx
+
+from actors.errors import EaselError, ErrorCode
+
+_SECRETISH = re.compile(
+    r"(?i)(bearer\s+)[A-Za-z0-9._\-]+|\b(r8_|whsec_|sk-)[A-Za-z0-9_\-]+"
+)
+
+
+def redact(text: str, limit: int = 500) -> str:
+    """A short excerpt of a provider's answer with anything key-like masked."""
+    text = _SECRETISH.sub(lambda m: (m.group(1) or m.group(2) or "") + "***", text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def new_client(
+    base_url: str,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    connect_timeout: float,
+    max_connections: int = 64,
+) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers,
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def send(
+    client: httpx.AsyncClient, method: str, url: str, *, provider: str, **kwargs: Any
+) -> httpx.Response:
+    """Send one request; network failures raise ``EaselError``."""
+    try:
+        return await client.request(method, url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise EaselError(
+            ErrorCode.PROVIDER_UNAVAILABLE,
+            f"{provider}: cannot connect ({type(exc).__name__})",
+            {"provider": provider},
+            sent=False,
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise EaselError(
+            ErrorCode.PROVIDER_TIMEOUT,
+            f"{provider}: no answer in time ({type(exc).__name__})",
+            {"provider": provider},
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise EaselError(
+            ErrorCode.PROVIDER_UNAVAILABLE,
+            f"{provider}: connection failed ({type(exc).__name__})",
+            {"provider": provider},
+        ) from exc
+
+
+def error_for_status(response: httpx.Response, provider: str, message: str = "") -> EaselError:
+    """The Easel error for a provider's non-2xx answer."""
+    status = response.status_code
+    excerpt = redact(response.text)
+    lowered = excerpt.lower()
+    if status in (401, 403):
+        code = ErrorCode.AUTHENTICATION_FAILED
+    elif status == 402 or "insufficient credit" in lowered or "out of credit" in lowered:
+        code = ErrorCode.QUOTA_EXCEEDED
+    elif status == 429:
+        code = ErrorCode.RATE_LIMITED
+    elif status == 404:
+        code = ErrorCode.NOT_FOUND
+    elif status in (400, 422):
+        code = ErrorCode.INVALID_PARAMETERS
+    elif status == 408:
+        code = ErrorCode.PROVIDER_TIMEOUT
+    elif status >= 500:
+        code = ErrorCode.PROVIDER_ERROR
+    else:
+        code = ErrorCode.PROVIDER_ERROR
+    text = message or _detail(response) or response.reason_phrase
+    return EaselError(
+        code,
+        f"{provider}: {text}",
+        {"provider": provider, "status": status, "body": excerpt},
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return ""
+    if isinstance(body, dict):
+        for key in ("detail", "message", "error", "title"):
+            if isinstance(body.get(key), str):
+                return redact(body[key], 200)
+    return ""
+
+
+def json_body(response: httpx.Response, provider: str) -> Any:
+    """The JSON body of a 2xx answer; a malformed one is a retryable provider error."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EaselError(
+            ErrorCode.PROVIDER_ERROR,
+            f"{provider}: answer is not JSON",
+            {"provider": provider, "status": response.status_code, "body": redact(response.text)},
+        ) from exc

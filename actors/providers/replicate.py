@@ -1,0 +1,170 @@
+"""Replicate's predictions API (https://replicate.com/docs/reference/http).
+
+Create: ``POST /v1/models/{owner}/{name}/predictions`` for official models, or
+``POST /v1/predictions`` with ``version`` when the catalog names
+``owner/name:version``; 201 with the prediction. Get: ``GET /v1/predictions/{id}``.
+Cancel: ``POST /v1/predictions/{id}/cancel``. Statuses: starting, processing,
+succeeded, failed, canceled. ``output`` is a URL or a list of them. Auth:
+``Authorization: Bearer <token>``.
+
+Replicate takes no idempotency key, so a crash between sending a create and
+recording its id is reconciled by listing recent predictions
+(``GET /v1/predictions``, newest first, cursor-paginated) and matching the exact
+input and a creation time after the job entered SUBMITTING.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.providers import http
+from actors.providers.base import JobRequest, ProviderSettings, Submitted, TaskState, TaskStatus
+
+_STATES = {
+    "starting": TaskState.RUNNING,
+    "processing": TaskState.RUNNING,
+    "succeeded": TaskState.SUCCEEDED,
+    "failed": TaskState.FAILED,
+    "canceled": TaskState.CANCELLED,
+}
+
+#: How far back of SUBMITTING a matching creation may lie (clock skew with Replicate).
+RECONCILE_SKEW = 120.0
+#: Pages of the prediction list looked through when reconciling.
+RECONCILE_PAGES = 10
+
+
+def prediction_input(job: JobRequest) -> dict[str, Any]:
+    """The ``input`` object sent for ``job``; reconciliation matches on it exactly."""
+    body: dict[str, Any] = {"prompt": job.prompt}
+    if job.number_of_outputs != 1:
+        body["num_outputs"] = job.number_of_outputs
+    body.update(job.parameters)
+    return body
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _outputs(output: Any) -> tuple[str, ...]:
+    if output is None:
+        return ()
+    if isinstance(output, str):
+        return (output,)
+    if isinstance(output, list):
+        return tuple(o for o in output if isinstance(o, str))
+    if isinstance(output, dict):  # some models answer {"image": url, ...}
+        return tuple(v for v in output.values() if isinstance(v, str))
+    return ()
+
+
+def status_of(prediction: dict[str, Any], provider: str = "replicate") -> TaskStatus:
+    """Map a prediction object to a ``TaskStatus``."""
+    state = _STATES.get(prediction.get("status", ""))
+    if state is None:
+        raise EaselError(
+            ErrorCode.PROVIDER_ERROR,
+            f"{provider}: unknown prediction status {prediction.get('status')!r}",
+            {"provider": provider},
+        )
+    if state is TaskState.SUCCEEDED:
+        outputs = _outputs(prediction.get("output"))
+        if not outputs:
+            return TaskStatus(
+                TaskState.FAILED,
+                error=ErrorInfo(ErrorCode.TASK_FAILED, f"{provider}: succeeded without output"),
+            )
+        return TaskStatus(state, outputs=outputs, progress=1.0)
+    if state is TaskState.FAILED:
+        message = str(prediction.get("error") or "prediction failed")
+        code = ErrorCode.TASK_FAILED
+        if "nsfw" in message.lower() or "safety" in message.lower():
+            code = ErrorCode.CONTENT_MODERATED
+        return TaskStatus(state, error=ErrorInfo(code, f"{provider}: {http.redact(message)}"))
+    return TaskStatus(state)
+
+
+class ReplicateAdapter:
+    def __init__(self, settings: ProviderSettings, name: str = "replicate") -> None:
+        self.name = name
+        self.client = http.new_client(
+            settings.base_url.rstrip("/"),
+            {"Authorization": f"Bearer {settings.api_token}"},
+            timeout=settings.request_timeout,
+            connect_timeout=settings.connect_timeout,
+            max_connections=max(8, settings.max_in_flight),
+        )
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        response = await http.send(self.client, method, url, provider=self.name, **kwargs)
+        if response.status_code >= 300:
+            raise http.error_for_status(response, self.name)
+        return http.json_body(response, self.name)
+
+    async def submit(self, job: JobRequest) -> Submitted:
+        model = job.spec.provider_model
+        body: dict[str, Any] = {"input": prediction_input(job)}
+        if ":" in model:
+            body["version"] = model.split(":", 1)[1]
+            url = "/v1/predictions"
+        else:
+            url = f"/v1/models/{model}/predictions"
+        prediction = await self._call("POST", url, json=body)
+        task_id = prediction.get("id") if isinstance(prediction, dict) else None
+        if not isinstance(task_id, str):
+            raise EaselError(
+                ErrorCode.PROVIDER_ERROR,
+                f"{self.name}: create answered without a prediction id",
+                {"provider": self.name},
+                retryable=False,
+            )
+        return Submitted(task_id)
+
+    async def check(self, task_id: str) -> TaskStatus:
+        prediction = await self._call("GET", f"/v1/predictions/{task_id}")
+        if not isinstance(prediction, dict):
+            raise EaselError(ErrorCode.PROVIDER_ERROR, f"{self.name}: malformed prediction")
+        return status_of(prediction, self.name)
+
+    async def cancel(self, task_id: str) -> None:
+        await self._call("POST", f"/v1/predictions/{task_id}/cancel")
+
+    async def reconcile(self, job: JobRequest) -> list[str]:
+        expected = prediction_input(job)
+        model = job.spec.provider_model
+        not_before = job.submitting_at - RECONCILE_SKEW
+        matches: list[tuple[float, str]] = []
+        url: str | None = "/v1/predictions"
+        for _ in range(RECONCILE_PAGES):
+            if url is None:
+                break
+            page = await self._call("GET", url)
+            results = page.get("results", []) if isinstance(page, dict) else []
+            oldest_seen = None
+            for prediction in results:
+                created = parse_time(prediction.get("created_at"))
+                if created is None:
+                    continue
+                oldest_seen = created if oldest_seen is None else min(oldest_seen, created)
+                if created < not_before:
+                    continue
+                same_model = prediction.get("model") in (None, model, model.split(":")[0])
+                # The list may omit ``input`` (UNCONFIRMED in Replicate's docs); then
+                # the prediction proves nothing and is not adopted.
+                if same_model and prediction.get("input") == expected:
+                    matches.append((created, prediction["id"]))
+            if oldest_seen is not None and oldest_seen < not_before:
+                break
+            url = page.get("next") if isinstance(page, dict) else None
+        return [task_id for _, task_id in sorted(matches)]
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,179 @@
+"""The actors of one daemon, wired together and put under a supervisor.
+
+``Runtime`` builds one provider actor and one poller per enabled provider, the
+scheduler, the finalizer and the monitor, connects their mailboxes, and exposes
+what the HTTP layer needs (``submit``, ``cancel``, ``statistics``). Wiring lives
+here, not in the actors, so each actor module only knows the messages it takes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from actors.catalog import ModelSpec
+from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.finalizer import Finalize, Finalizer
+from actors.jobs import Job, JobState, TERMINAL
+from actors.lifecycle import Lifecycle
+from actors.monitor import Monitor
+from actors.poller import Forget, Poller, Track
+from actors.provider import CancelTask, ProviderActor
+from actors.providers import make_adapter
+from actors.providers.base import ProviderSettings
+from actors.scheduler import Enqueue, Scheduler
+from actors.storage import LocalStorage
+from actors.store import Store
+from actors.supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        providers: dict[str, ProviderSettings],
+        catalog: dict[str, ModelSpec],
+        media_dir: Path,
+        max_download_bytes: int = 200 * 1024 * 1024,
+        max_restarts: int = 5,
+        max_restart_seconds: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.catalog = {
+            name: spec
+            for name, spec in catalog.items()
+            if spec.provider in providers and providers[spec.provider].enabled
+        }
+        self.lifecycle = Lifecycle()
+        self.monitor = Monitor()
+        self.storage = LocalStorage(media_dir)
+        self.scheduler = Scheduler(store, self.lifecycle)
+        self.finalizer = Finalizer(
+            store, self.storage, self.lifecycle, self.monitor, max_bytes=max_download_bytes
+        )
+        self.providers: dict[str, ProviderActor] = {}
+        self.pollers: dict[str, Poller] = {}
+        for name, settings in providers.items():
+            if not settings.enabled:
+                continue
+            adapter = make_adapter(settings.adapter or name, settings, name)
+            actor = ProviderActor(
+                name, adapter, settings, store=store, catalog=self.catalog,
+                lifecycle=self.lifecycle, monitor=self.monitor,
+            )
+            poller = Poller(actor, store, self.lifecycle, self.monitor)
+            actor.scheduler_send = self.scheduler.send.send
+            actor.on_running = self._tracker(poller)
+            actor.on_outputs = poller.on_outputs = self._finalize
+            actor.on_cancelled = self._forgetter(poller)
+            self.scheduler.add_provider(name, actor.slots, actor.send.send)
+            self.providers[name] = actor
+            self.pollers[name] = poller
+        store.add_listener(self._on_change)
+        self.supervisor = Supervisor(
+            self._children(), max_restarts=max_restarts, max_seconds=max_restart_seconds,
+            on_crash=lambda name, exc: self.monitor.emit("actor.crash", actor=name),
+        )
+
+    def _children(self) -> list[ChildSpec]:
+        children = [
+            ChildSpec("monitor", self.monitor.run),
+            ChildSpec("finalizer", self.finalizer.run),
+            ChildSpec("scheduler", self.scheduler.run),
+        ]
+        for name in self.providers:
+            children.append(ChildSpec(f"provider:{name}", self.providers[name].run))
+            children.append(ChildSpec(f"poller:{name}", self.pollers[name].run))
+        return children
+
+    @staticmethod
+    def _tracker(poller: Poller):  # type: ignore[no-untyped-def]
+        async def track(job: Job) -> None:
+            await poller.send.send(Track(job))
+
+        return track
+
+    @staticmethod
+    def _forgetter(poller: Poller):  # type: ignore[no-untyped-def]
+        def forget(job: Job) -> None:
+            try:
+                poller.send.send_nowait(Forget(job.id))
+            except trio.WouldBlock:
+                pass  # the poller drops it at its next check: the job is not RUNNING
+
+        return forget
+
+    async def _finalize(self, job: Job) -> None:
+        await self.finalizer.send.send(Finalize(job))
+
+    def _on_change(self, job: Job) -> None:
+        """Every committed state change: a terminal job gives back its slot."""
+        if job.state in TERMINAL:
+            actor = self.providers.get(job.provider)
+            if actor is not None:
+                actor.slots.release(job.id)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self.supervisor.run(task_status=task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                for actor in self.providers.values():
+                    await actor.adapter.aclose()
+                await self.finalizer.aclose()
+
+    # -- what the HTTP layer calls -------------------------------------------
+
+    async def submit(self, job: Job) -> tuple[Job, bool]:
+        """Store ``job`` durably, then queue it. Returns ``(job, created)``."""
+        stored, created = await self.store.insert_job(job)
+        if created:
+            await self.scheduler.send.send(Enqueue(stored))
+        return stored, created
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
+        if job.state.terminal:
+            raise EaselError(
+                ErrorCode.CONFLICT, f"job {job_id} is already {job.state.status}",
+                {"status": job.state.status},
+            )
+        cancelled = await self.store.transition(
+            job_id, [job.state], JobState.CANCELLED,
+            error=ErrorInfo(ErrorCode.TASK_CANCELLED, "cancelled by the client"),
+        )
+        if cancelled is None:  # it moved meanwhile; try once more from where it is
+            return await self.cancel(job_id)
+        self.monitor.emit("job.cancelled", job.provider)
+        actor = self.providers.get(job.provider)
+        if actor is not None and job.state is not JobState.QUEUED:
+            await actor.send.send(CancelTask(cancelled))
+        return cancelled
+
+    def statistics(self) -> dict[str, Any]:
+        providers = {}
+        for name, actor in self.providers.items():
+            slots = actor.slots.statistics()
+            providers[name] = {
+                "slotsHeld": slots.held,
+                "slotsCapacity": slots.capacity,
+                "tokens": round(actor.bucket.available, 2),
+                "queued": self.scheduler.queued(name),
+                "polling": self.pollers[name].tracked,
+            }
+        return {
+            "draining": self.lifecycle.draining,
+            "providers": providers,
+            "restarts": dict(self.supervisor.restart_counts),
+            "monitor": self.monitor.statistics(),
+            "store": attrs.asdict(self.store.statistics()),
+        }

@@ -1,0 +1,449 @@
+"""The SQLite store: every job's durable state, and group commit.
+
+``aiosqlite`` cannot run under trio, so the store owns two stdlib ``sqlite3``
+connections (one for writes, one for reads; WAL lets them work side by side), each
+used from worker threads one call at a time through its own ``CapacityLimiter(1)``.
+
+Writes are functions of a connection, sent to one writer task. While a commit is in
+flight, the writes that arrive queue up and go into the next single transaction
+(group commit), so ``synchronous=FULL`` durability costs one fsync per batch, not
+per job. Each write runs in a savepoint of its own: one that fails is rolled back
+alone and its caller gets the exception; the others commit.
+
+Every state change is one conditional UPDATE (``WHERE id=? AND state IN (...)``), so
+an actor with a stale view can never overwrite a newer state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from actors.clock import wall_now
+from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.jobs import Job, JobState
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The largest number of writes that share one transaction.
+MAX_BATCH = 512
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, their events, and the schema version itself.
+    """
+    CREATE TABLE generation_requests (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        provider_model TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        number_of_outputs INTEGER NOT NULL DEFAULT 1,
+        input_images TEXT NOT NULL DEFAULT '[]',
+        parameters TEXT NOT NULL DEFAULT '{}',
+        priority INTEGER NOT NULL DEFAULT 0,
+        webhook_url TEXT,
+        user_id TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        idempotency_key TEXT,
+        request_hash TEXT,
+        batch_id TEXT,
+        experiment_id TEXT,
+        variant_id TEXT,
+        served_model TEXT,
+        provider_task_id TEXT,
+        provider_outputs TEXT NOT NULL DEFAULT '[]',
+        results TEXT NOT NULL DEFAULT '[]',
+        error TEXT,
+        progress REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cost REAL,
+        rating INTEGER,
+        feedback TEXT,
+        next_poll_at REAL,
+        poll_count INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        submitting_at REAL,
+        started_at REAL,
+        completed_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX generation_requests_idempotency
+        ON generation_requests(idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX generation_requests_active
+        ON generation_requests(provider, state)
+        WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
+    CREATE INDEX generation_requests_task ON generation_requests(provider, provider_task_id)
+        WHERE provider_task_id IS NOT NULL;
+    CREATE INDEX generation_requests_batch ON generation_requests(batch_id)
+        WHERE batch_id IS NOT NULL;
+    CREATE INDEX generation_requests_experiment ON generation_requests(experiment_id)
+        WHERE experiment_id IS NOT NULL;
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX job_events_job ON job_events(job_id);
+    """,
+]
+
+_JSON_COLUMNS = {"input_images", "parameters", "metadata", "provider_outputs", "results"}
+_COLUMNS = [f.name for f in attrs.fields(Job)]
+
+
+def _encode(name: str, value: Any) -> Any:
+    if name in _JSON_COLUMNS:
+        return json.dumps(value)
+    if name == "error":
+        return json.dumps(value.to_json()) if value is not None else None
+    if isinstance(value, JobState):
+        return value.value
+    return value
+
+
+def _to_row(job: Job) -> dict[str, Any]:
+    return {name: _encode(name, getattr(job, name)) for name in _COLUMNS}
+
+
+def _from_row(row: sqlite3.Row) -> Job:
+    data = dict(row)
+    for name in _JSON_COLUMNS:
+        data[name] = json.loads(data[name])
+    data["state"] = JobState(data["state"])
+    data["error"] = ErrorInfo.from_json(json.loads(data["error"])) if data["error"] else None
+    return Job(**data)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns it."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    version = row[0] if row else 0
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (?)", (number,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version
+
+
+@attrs.define(eq=False)
+class _Write:
+    fn: Callable[[sqlite3.Connection], Any]
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+    #: Jobs whose state this write changed, to wake their watchers after commit.
+    changed: list[Job] = attrs.field(factory=list)
+
+
+@attrs.define
+class StoreStatistics:
+    writes: int = 0
+    transactions: int = 0
+    largest_batch: int = 0
+
+
+class Store:
+    """Durable job state. Make one with ``open_store``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._write_conn = _connect(path)
+        self._read_conn = _connect(path)
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(1)
+        self._send, self._receive = trio.open_memory_channel[_Write](10_000)
+        self._watchers: dict[str, trio.Event] = {}
+        self._listeners: list[Callable[[Job], None]] = []
+        self._stats = StoreStatistics()
+
+    # -- the writer ---------------------------------------------------------
+
+    async def _run_writer(self) -> None:
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await trio.to_thread.run_sync(self._commit, batch, limiter=self._write_limiter)
+                self._stats.writes += len(batch)
+                self._stats.transactions += 1
+                self._stats.largest_batch = max(self._stats.largest_batch, len(batch))
+                for write in batch:
+                    for job in write.changed:
+                        self._wake(job)
+                    write.done.set()
+
+    def _commit(self, batch: list[_Write]) -> None:
+        conn = self._write_conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                conn.execute("SAVEPOINT w")
+                try:
+                    write.result = write.fn(conn)
+                except Exception as exc:  # handed to that write's caller
+                    write.error = exc
+                    write.changed.clear()
+                    conn.execute("ROLLBACK TO w")
+                conn.execute("RELEASE w")
+            conn.execute("COMMIT")
+        except Exception as exc:
+            log.exception("store transaction failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for write in batch:
+                write.error = write.error or exc
+                write.changed.clear()
+
+    def _wake(self, job: Job) -> None:
+        event = self._watchers.pop(job.id, None)
+        if event is not None:
+            event.set()
+        for listener in self._listeners:
+            try:
+                listener(job)
+            except Exception:
+                log.exception("store listener failed for %s", job.id)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection, _Write], T]) -> T:
+        write = _Write(fn=lambda conn: None)
+        write.fn = lambda conn: fn(conn, write)
+        await self._send.send(write)
+        await write.done.wait()
+        if write.error is not None:
+            raise write.error
+        return write.result  # type: ignore[no-any-return]
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await trio.to_thread.run_sync(fn, self._read_conn, limiter=self._read_limiter)
+
+    # -- public surface -----------------------------------------------------
+
+    def add_listener(self, listener: Callable[[Job], None]) -> None:
+        """Call ``listener(job)`` after each committed state change (not thread-safe
+        work: it runs in the writer task and must not block)."""
+        self._listeners.append(listener)
+
+    def watch(self, job_id: str) -> trio.Event:
+        """An event set at the next committed state change of ``job_id``."""
+        event = self._watchers.get(job_id)
+        if event is None:
+            event = self._watchers[job_id] = trio.Event()
+        return event
+
+    def statistics(self) -> StoreStatistics:
+        return attrs.evolve(self._stats)
+
+    async def insert_job(self, job: Job) -> tuple[Job, bool]:
+        """Insert ``job``; returns ``(job, True)``.
+
+        With an idempotency key already used by the same request, returns
+        ``(original, False)``; used by a different request, raises CONFLICT.
+        """
+
+        def op(conn: sqlite3.Connection, write: _Write) -> tuple[Job, bool]:
+            if job.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT * FROM generation_requests WHERE idempotency_key=?",
+                    (job.idempotency_key,),
+                ).fetchone()
+                if row is not None:
+                    existing = _from_row(row)
+                    if existing.request_hash != job.request_hash:
+                        raise EaselError(
+                            ErrorCode.CONFLICT,
+                            "Idempotency-Key was already used with a different request",
+                            {"id": existing.id},
+                        )
+                    return existing, False
+            now = wall_now()
+            job.created_at = job.created_at or now
+            job.updated_at = now
+            row = _to_row(job)
+            row.pop("seq")
+            names = ", ".join(row)
+            marks = ", ".join(f":{n}" for n in row)
+            cursor = conn.execute(
+                f"INSERT INTO generation_requests ({names}) VALUES ({marks})", row
+            )
+            job.seq = cursor.lastrowid
+            _event(conn, job.id, "created", {"state": job.state.value})
+            return job, True
+
+        return await self._write(op)
+
+    async def transition(
+        self,
+        job_id: str,
+        from_states: JobState | Iterable[JobState],
+        to_state: JobState,
+        *,
+        event: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job | None:
+        """Move a job from one of ``from_states`` to ``to_state`` and set ``fields``.
+
+        Returns the updated job, or ``None`` when the job was not in one of
+        ``from_states`` (someone else moved it first: the caller's view is stale).
+        """
+        froms = [from_states] if isinstance(from_states, JobState) else list(from_states)
+        now = wall_now()
+        fields["updated_at"] = now
+        if to_state.terminal:
+            fields.setdefault("completed_at", now)
+            fields.setdefault("next_poll_at", None)
+        assignments = ", ".join(f"{name}=:{name}" for name in fields)
+        params = {name: _encode(name, value) for name, value in fields.items()}
+        params.update(id=job_id, to_state=to_state.value)
+        marks = ", ".join(f":from{i}" for i in range(len(froms)))
+        params.update({f"from{i}": s.value for i, s in enumerate(froms)})
+
+        def op(conn: sqlite3.Connection, write: _Write) -> Job | None:
+            cursor = conn.execute(
+                f"UPDATE generation_requests SET state=:to_state, {assignments} "
+                f"WHERE id=:id AND state IN ({marks})",
+                params,
+            )
+            if cursor.rowcount != 1:
+                return None
+            row = conn.execute("SELECT * FROM generation_requests WHERE id=?", (job_id,))
+            job = _from_row(row.fetchone())
+            if froms != [to_state]:
+                _event(conn, job_id, "state", {"state": to_state.value, **(event or {})})
+                write.changed.append(job)
+            elif event:
+                _event(conn, job_id, event.get("kind", "update"), event)
+            return job
+
+        return await self._write(op)
+
+    async def update(self, job_id: str, state: JobState, **fields: Any) -> Job | None:
+        """Set ``fields`` of a job that is still in ``state`` (no state change)."""
+        return await self.transition(job_id, state, state, **fields)
+
+    async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        await self._write(lambda conn, write: _event(conn, job_id, kind, data))
+
+    async def get_job(self, job_id: str) -> Job | None:
+        def op(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                "SELECT * FROM generation_requests WHERE id=?", (job_id,)
+            ).fetchone()
+            return _from_row(row) if row else None
+
+        return await self._read(op)
+
+    async def jobs_in(self, states: Iterable[JobState], provider: str | None = None) -> list[Job]:
+        """Jobs in any of ``states`` (of one provider), by priority then age."""
+        names = [s.value for s in states]
+        marks = ", ".join("?" for _ in names)
+        sql = f"SELECT * FROM generation_requests WHERE state IN ({marks})"
+        args: list[Any] = list(names)
+        if provider is not None:
+            sql += " AND provider=?"
+            args.append(provider)
+        sql += " ORDER BY priority DESC, seq ASC"
+
+        def op(conn: sqlite3.Connection) -> list[Job]:
+            return [_from_row(r) for r in conn.execute(sql, args)]
+
+        return await self._read(op)
+
+    async def task_claimed(self, provider: str, task_id: str) -> bool:
+        """Whether some job already records ``task_id`` as its provider task."""
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM generation_requests WHERE provider=? AND provider_task_id=?",
+                (provider, task_id),
+            ).fetchone()
+            return row is not None
+
+        return await self._read(op)
+
+    async def events(self, job_id: str) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT at, kind, data FROM job_events WHERE job_id=? ORDER BY id", (job_id,)
+            )
+            return [{"at": r[0], "kind": r[1], **json.loads(r[2])} for r in rows]
+
+        return await self._read(op)
+
+    async def count_by_state(self) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT state, COUNT(*) FROM generation_requests GROUP BY state")
+            return {r[0]: r[1] for r in rows}
+
+        return await self._read(op)
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+
+def _event(conn: sqlite3.Connection, job_id: str, kind: str, data: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO job_events (job_id, at, kind, data) VALUES (?, ?, ?, ?)",
+        (job_id, wall_now(), kind, json.dumps(data)),
+    )
+
+
+@asynccontextmanager
+async def open_store(path: str | Path) -> AsyncIterator[Store]:
+    """Open (and migrate) the database at ``path`` for the duration of the block.
+
+    On exit, writes already sent are committed before the connections close, so a
+    draining daemon loses nothing it acknowledged.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = await trio.to_thread.run_sync(Store, path)
+    try:
+        await trio.to_thread.run_sync(migrate, store._write_conn, limiter=store._write_limiter)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store._run_writer)
+            try:
+                yield store
+            finally:
+                # Let the writer drain what was sent, then stop.
+                await store._send.aclose()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store._write_conn.close, limiter=store._write_limiter)
+            await trio.to_thread.run_sync(store._read_conn.close, limiter=store._read_limiter)

@@ -1,0 +1,5 @@
+"""``python -m daemon`` is ``easel``."""
+
+from daemon.cli import main
+
+raise SystemExit(main())

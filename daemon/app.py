@@ -1,0 +1,209 @@
+"""The HTTP API: a quart-trio app over the runtime's actors.
+
+Routes keep the paths existing clients use (DESIGN section 5). Every error leaves
+as ``{error: {code, message, details, isRetryable}}`` with the status of its code,
+including the ones Quart raises itself (404, 405, 413) and anything unexpected,
+which is logged and answered INTERNAL_ERROR rather than leaking a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, request, send_from_directory
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from actors import context, metrics
+from actors.errors import EaselError, ErrorCode, ErrorInfo, http_status
+from actors.jobs import Job
+from actors.runtime import Runtime
+from actors.storage import MEDIA_PREFIX
+from actors.validation import job_from, parse_submission, request_hash
+
+log = logging.getLogger(__name__)
+
+#: The longest ``?wait=`` a status request may hold its connection, in seconds.
+MAX_WAIT = 120.0
+HEALTH_CACHE_SECONDS = 1.0
+
+_HTTP_CODES = {
+    400: ErrorCode.INVALID_REQUEST,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.INVALID_REQUEST,
+    413: ErrorCode.INVALID_REQUEST,
+    415: ErrorCode.INVALID_REQUEST,
+}
+
+
+def error_response(info: ErrorInfo, status: int | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps({"error": info.to_json()})
+    response = Response(body, status=status or http_status(info.code),
+                        content_type="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data), status=status, content_type="application/json")
+
+
+def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048_576,
+               public_base_url: str = "", drain_retry_after: int = 30) -> QuartTrio:
+    app = QuartTrio("easel")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    started_at = time.time()
+    health_cache: dict[str, Any] = {"at": -1e9, "body": None}
+
+    def absolute(job: Job) -> dict[str, Any]:
+        data = job.to_api()
+        base = (public_base_url or request.host_url).rstrip("/")
+        data["results"] = [
+            {**r, "url": base + r["url"]} if r.get("url", "").startswith(MEDIA_PREFIX) else r
+            for r in data["results"]
+        ]
+        return data
+
+    @app.before_request
+    async def tag_request() -> None:
+        context.request_id.set(request.headers.get("X-Request-Id") or secrets.token_hex(8))
+
+    @app.after_request
+    async def echo_request_id(response: Response) -> Response:
+        response.headers["X-Request-Id"] = context.request_id.get() or ""
+        return response
+
+    @app.errorhandler(EaselError)
+    async def easel_error(exc: EaselError) -> Response:
+        return error_response(exc.info)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, ErrorCode.INVALID_REQUEST if status < 500 else ErrorCode.INTERNAL_ERROR)
+        message = {
+            413: f"request body is larger than {max_body_bytes} bytes",
+            404: "no such path",
+            405: f"method {request.method} is not allowed here",
+        }.get(status, exc.description or exc.name)
+        return error_response(ErrorInfo(code, message, {"httpStatus": status}), status)
+
+    @app.errorhandler(Exception)
+    async def unexpected(exc: Exception) -> Response:
+        log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+        return error_response(ErrorInfo(ErrorCode.INTERNAL_ERROR, "internal error"))
+
+    async def json_body() -> Any:
+        if request.mimetype != "application/json":
+            raise EaselError(ErrorCode.INVALID_REQUEST, "Content-Type must be application/json",
+                             {"contentType": request.content_type})
+        raw = await request.get_data(cache=False)
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EaselError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {exc}") from None
+
+    @app.post("/api/external/generation")
+    async def submit() -> Response:
+        if runtime.lifecycle.draining:
+            return error_response(
+                ErrorInfo(ErrorCode.SHUTTING_DOWN, "Easel is shutting down; retry shortly"),
+                headers={"Retry-After": str(drain_retry_after)},
+            )
+        body = await json_body()
+        parsed = parse_submission(body, runtime.catalog)
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and len(key) > 255:
+            raise EaselError(ErrorCode.INVALID_REQUEST, "Idempotency-Key is longer than 255 characters")
+        job = job_from(parsed, runtime.catalog, idempotency_key=key, body_hash=request_hash(body))
+        context.job_id.set(job.id)
+        job, created = await runtime.submit(job)
+        if created:
+            metrics.JOBS_SUBMITTED.labels(model=job.model).inc()
+            log.info("job accepted", extra={"model": job.model})
+        return json_response(absolute(job), 202 if created else 200)
+
+    async def load(job_id: str) -> Job:
+        job = await runtime.store.get_job(job_id)
+        if job is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
+        return job
+
+    @app.get("/api/external/generation/<job_id>")
+    async def status(job_id: str) -> Response:
+        try:
+            wait = min(float(request.args.get("wait", 0)), MAX_WAIT)
+        except ValueError:
+            raise EaselError(ErrorCode.INVALID_REQUEST, "wait must be a number of seconds") from None
+        job = await load(job_id)
+        with trio.move_on_after(max(wait, 0)):
+            while not job.state.terminal:
+                changed = runtime.store.watch(job_id)
+                job = await load(job_id)  # re-read after watching: no change slips by
+                if job.state.terminal:
+                    break
+                await changed.wait()
+                job = await load(job_id)
+        return json_response(absolute(job))
+
+    @app.get("/api/external/generation/<job_id>/events")
+    async def events(job_id: str) -> Response:
+        await load(job_id)
+        return json_response({"id": job_id, "events": await runtime.store.events(job_id)})
+
+    @app.post("/api/external/generation/<job_id>/cancel")
+    async def cancel(job_id: str) -> Response:
+        context.job_id.set(job_id)
+        job = await runtime.cancel(job_id)
+        return json_response(absolute(job))
+
+    @app.get("/api/health")
+    async def health() -> Response:
+        now = time.monotonic()
+        if health_cache["body"] is None or now - health_cache["at"] > HEALTH_CACHE_SECONDS:
+            try:
+                await runtime.store.ping()
+                database = "ok"
+            except Exception as exc:  # a failing database is what health is for
+                database = f"error: {exc}"
+            state = "draining" if runtime.lifecycle.draining else "ok"
+            if database != "ok":
+                state = "degraded"
+            health_cache["body"] = {
+                "status": state,
+                "database": database,
+                "uptimeSeconds": round(time.time() - started_at, 1),
+                "providers": sorted(runtime.providers),
+                "models": sorted(runtime.catalog),
+            }
+            health_cache["at"] = now
+        body = health_cache["body"]
+        return json_response(body, 200 if body["status"] == "ok" else 503)
+
+    @app.get("/api/health/detailed")
+    async def health_detailed() -> Response:
+        counts = await runtime.store.count_by_state()
+        return json_response({**runtime.statistics(), "jobs": counts})
+
+    @app.get("/api/metrics")
+    async def prometheus() -> Response:
+        for state, count in (await runtime.store.count_by_state()).items():
+            metrics.JOBS_BY_STATE.labels(state=state).set(count)
+        for name, actor in runtime.providers.items():
+            metrics.SLOTS_HELD.labels(provider=name).set(actor.slots.statistics().held)
+        return Response(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/media/<path:name>")
+    async def media(name: str) -> Response:
+        return await send_from_directory(media_dir, name)
+
+    return app

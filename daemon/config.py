@@ -1,0 +1,203 @@
+"""Configuration: shipped defaults, the operator's file over them, env secrets.
+
+Loading order: ``config/easel.toml`` and ``config/models.toml`` shipped inside the
+package (found the same way from a checkout or an installed wheel), then the file
+given with ``--config`` (or ``/etc/easel/easel.toml`` when it exists), merged table by
+table. ``${NAME}`` and ``${NAME:-default}`` in strings are replaced from the
+environment, so secrets stay out of files. cattrs structures the result into attrs
+classes; every mistake is reported with its key path
+(``providers.replicate.rate: expected number``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from actors.catalog import ModelSpec
+from actors.providers.base import ProviderSettings
+
+SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; ``problems`` lists ``path: message`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@attrs.frozen
+class DaemonSettings:
+    bind: list[str] = attrs.field(factory=lambda: ["127.0.0.1:8700"])
+    state_dir: str = ".easel-state"
+    drain_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    max_body_bytes: int = attrs.field(default=1_048_576, validator=attrs.validators.ge(1024))
+    public_base_url: str = ""
+    #: Restart intensity of the supervisor: more than ``max_restarts`` crashes of
+    #: actors within ``max_restart_seconds`` and the process exits non-zero.
+    max_restarts: int = 5
+    max_restart_seconds: float = 60.0
+
+
+@attrs.frozen
+class LoggingSettings:
+    level: str = "INFO"
+    #: Log file; relative paths are under ``state_dir``. Empty: stderr only.
+    file: str = "logs/easel.log"
+    format: str = "json"
+    max_size: int = 10 * 1024 * 1024
+    max_files: int = 5
+
+
+@attrs.frozen
+class MediaSettings:
+    #: Largest output Easel downloads from a provider, in bytes.
+    max_download_bytes: int = 200 * 1024 * 1024
+
+
+@attrs.frozen
+class Config:
+    daemon: DaemonSettings = attrs.field(factory=DaemonSettings)
+    logging: LoggingSettings = attrs.field(factory=LoggingSettings)
+    media: MediaSettings = attrs.field(factory=MediaSettings)
+    providers: dict[str, ProviderSettings] = attrs.field(factory=dict)
+    models: dict[str, ModelSpec] = attrs.field(factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.daemon.state_dir)
+
+    @property
+    def log_file(self) -> Path | None:
+        if not self.logging.file:
+            return None
+        return self.state_dir / self.logging.file
+
+    def adapter_name(self, provider: str) -> str:
+        return self.providers[provider].adapter or provider
+
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _structure_str_list(value: Any, _: Any) -> list[str]:
+    # cattrs would happily turn "127.0.0.1:8700" into a list of characters.
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("expected a list of strings")
+    return list(value)
+
+
+_converter.register_structure_hook_func(lambda t: t == list[str], _structure_str_list)
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a TOML tree.
+
+    An unset variable becomes the default or the empty string: the shipped config
+    names every provider's key, and an operator who uses only the sandbox must not
+    have to set them all. A provider used without its key fails with
+    AUTHENTICATION_FAILED at the provider, which says what is missing.
+    """
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ) for v in value]
+    return value
+
+
+def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge TOML tables: tables merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _shipped(name: str) -> dict[str, Any]:
+    text = importlib.resources.files("config").joinpath(name).read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
+
+
+def _path_of(cattrs_path: str) -> str:
+    # cattrs writes "$.providers['kling'].rate"; operators think in TOML keys.
+    path = cattrs_path.removeprefix("$").lstrip(".")
+    return re.sub(r"\['([^']*)'\]", r".\1", path).lstrip(".")
+
+
+def _describe(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required key is missing"
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
+    names = {int: "integer", float: "number", str: "string", bool: "boolean"}
+    if type_ in names:
+        return f"expected {names[type_]}"
+    if isinstance(exc, ValueError) and type_ is not None and hasattr(type_, "__members__"):
+        allowed = ", ".join(repr(m.value) for m in type_)
+        return f"must be one of {allowed}"
+    return str(exc) or type(exc).__name__
+
+
+def structure(tree: Mapping[str, Any]) -> Config:
+    try:
+        return _converter.structure(dict(tree), Config)
+    except cattrs.BaseValidationError as exc:
+        problems: list[str] = []
+        for line in cattrs.transform_error(exc, format_exception=_describe):
+            message, _, where = line.rpartition(" @ ")
+            problems.append(f"{_path_of(where)}: {message}" if where else line)
+        raise ConfigError(problems) from None
+
+
+def _check(config: Config) -> None:
+    problems: list[str] = []
+    for name, model in config.models.items():
+        if model.provider not in config.providers:
+            problems.append(f"models.{name}.provider: no [providers.{model.provider}] section")
+    if not config.daemon.bind:
+        problems.append("daemon.bind: at least one address is needed")
+    for i, bind in enumerate(config.daemon.bind):
+        if not bind.startswith("unix:") and ":" not in bind:
+            problems.append(f"daemon.bind[{i}]: expected HOST:PORT or unix:PATH, got {bind!r}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Shipped defaults, then ``path`` (or the system config), then checks."""
+    environ = os.environ if environ is None else environ
+    tree = merge(_shipped("easel.toml"), {"models": _shipped("models.toml").get("models", {})})
+    if path is not None:
+        tree = merge(tree, _read_toml(Path(path)))
+    elif SYSTEM_CONFIG.exists():
+        tree = merge(tree, _read_toml(SYSTEM_CONFIG))
+    config = structure(interpolate(tree, environ))
+    _check(config)
+    return config

@@ -1,0 +1,104 @@
+"""The daemon's life: start everything, serve, drain on a signal, stop.
+
+``serve(config)`` opens the store, builds the runtime (actors under their
+supervisor) and the HTTP app, tells systemd READY, then waits for SIGTERM/SIGINT.
+Draining (DESIGN section 3): submissions get 503 SHUTTING_DOWN, the scheduler and
+pollers start nothing new, and the provider calls and finalizations already under
+way get up to ``drain_timeout`` seconds to finish and record what they learned.
+Then the actors are cancelled, the store commits what it was sent, and the process
+exits 0. Whatever was still in flight is in SQLite and is picked up after restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from actors.runtime import Runtime
+from actors.store import open_store
+from daemon.app import create_app
+from daemon.config import Config
+from daemon.sdnotify import SystemdNotifier, run_watchdog, watchdog_interval
+
+log = logging.getLogger(__name__)
+
+
+def hypercorn_config(config: Config) -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    hc.bind = list(config.daemon.bind)
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("easel.http")
+    # Idle keep-alive clients would otherwise hold serve() open for the whole
+    # graceful time (DESIGN trap); the drain itself is ours, not hypercorn's.
+    hc.graceful_timeout = 1.0
+    hc.keep_alive_timeout = 5.0
+    return hc
+
+
+async def serve(
+    config: Config,
+    *,
+    notifier: SystemdNotifier | None = None,
+    task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the daemon until SIGTERM/SIGINT (or cancellation), then drain."""
+    notifier = notifier or SystemdNotifier()
+    state_dir = config.state_dir
+    media_dir = (state_dir / "media").resolve()
+    media_dir.mkdir(parents=True, exist_ok=True)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with open_store(state_dir / "easel.db") as store:
+            runtime = Runtime(
+                store,
+                providers=config.providers,
+                catalog=config.models,
+                media_dir=media_dir,
+                max_download_bytes=config.media.max_download_bytes,
+                max_restarts=config.daemon.max_restarts,
+                max_restart_seconds=config.daemon.max_restart_seconds,
+            )
+            app = create_app(
+                runtime,
+                media_dir=media_dir,
+                max_body_bytes=config.daemon.max_body_bytes,
+                public_base_url=config.daemon.public_base_url,
+                drain_retry_after=max(1, int(config.daemon.drain_timeout)),
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runtime.run)
+                binds = await nursery.start(
+                    hypercorn.trio.serve, app, hypercorn_config(config)
+                )
+                interval = watchdog_interval(os.environ)
+                if interval is not None:
+                    nursery.start_soon(run_watchdog, notifier, interval)
+                log.info("easel listening on %s", ", ".join(binds))
+                notifier.ready(f"listening on {', '.join(binds)}")
+                task_status.started({"binds": binds, "runtime": runtime})
+
+                async for signum in signals:
+                    log.info("received %s: draining", signal.Signals(signum).name)
+                    break
+                await drain(runtime, notifier, config.daemon.drain_timeout)
+                nursery.cancel_scope.cancel()
+        log.info("easel stopped")
+
+
+async def drain(runtime: Runtime, notifier: SystemdNotifier, timeout: float) -> None:
+    runtime.lifecycle.start_drain()
+    notifier.stopping(f"draining: {runtime.lifecycle.busy_count} provider calls in flight")
+    with trio.move_on_after(timeout) as scope:
+        await runtime.lifecycle.wait_idle()
+    if scope.cancelled_caught:
+        log.warning(
+            "drain timeout: %d provider calls still in flight are left to recovery",
+            runtime.lifecycle.busy_count,
+        )
+    else:
+        log.info("drained: no provider call in flight")
