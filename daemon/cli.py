@@ -55,18 +55,27 @@ def _run(args: argparse.Namespace) -> int:
             config.logging.max_files,
             os.environ,
         )
+        handle = configure_logging(**attrs.asdict(options))
     except ValueError as exc:
-        print(f"easel: {exc}", file=sys.stderr)
+        print(f"easel: logging: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    with configure_logging(**attrs.asdict(options)):
+    # Every provider call would otherwise log a line at INFO.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log = logging.getLogger("easel")
+    with handle:
         try:
             trio.run(serve, config)
         except BaseExceptionGroup as group:
             escalation, rest = group.split(EscalationError)
             if escalation is None or rest is not None:
+                log.critical("easel crashed", exc_info=group)
                 raise
-            logging.getLogger("easel").critical("supervisor escalated: %s; exiting", escalation)
+            log.critical("supervisor escalated: %s; exiting", escalation.exceptions[0])
             return 1
+        except Exception:
+            log.critical("easel crashed", exc_info=True)
+            raise
     return 0
 
 

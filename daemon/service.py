@@ -45,9 +45,15 @@ async def serve(
     config: Config,
     *,
     notifier: SystemdNotifier | None = None,
+    stop: trio.Event | None = None,
     task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the daemon until SIGTERM/SIGINT (or cancellation), then drain."""
+    """Run the daemon until SIGTERM/SIGINT (or ``stop`` is set), then drain.
+
+    ``task_status.started`` receives ``{"binds": [...], "runtime": Runtime}`` once
+    the API is listening, for tests that embed the daemon in their own nursery.
+    """
+    stop = trio.Event() if stop is None else stop
     notifier = notifier or SystemdNotifier()
     state_dir = config.state_dir
     media_dir = (state_dir / "media").resolve()
@@ -82,12 +88,18 @@ async def serve(
                 notifier.ready(f"listening on {', '.join(binds)}")
                 task_status.started({"binds": binds, "runtime": runtime})
 
-                async for signum in signals:
-                    log.info("received %s: draining", signal.Signals(signum).name)
-                    break
+                nursery.start_soon(_stop_on_signal, signals, stop)
+                await stop.wait()
                 await drain(runtime, notifier, config.daemon.drain_timeout)
                 nursery.cancel_scope.cancel()
         log.info("easel stopped")
+
+
+async def _stop_on_signal(signals: Any, stop: trio.Event) -> None:
+    async for signum in signals:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        stop.set()
+        return
 
 
 async def drain(runtime: Runtime, notifier: SystemdNotifier, timeout: float) -> None:
