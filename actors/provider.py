@@ -93,17 +93,21 @@ class ProviderActor:
 
     # -- calls -------------------------------------------------------------
 
-    async def call(self, what: str, fn: Callable[[], Awaitable[T]], *, safe: bool) -> T:
+    async def call(
+        self, what: str, fn: Callable[[], Awaitable[T]], *, safe: bool, token_taken: bool = False
+    ) -> T:
         """Make one provider call, with tokens and retries.
 
         ``safe``: the call may be repeated without effect at the provider (a status
         check, a cancel). An unsafe call (a submission) is repeated only when the
         error proves the request never left (``EaselError.sent`` is False).
+        ``token_taken``: the caller already spent the first attempt's token.
         """
         attempt = 0
         while True:
             attempt += 1
-            await self.bucket.take()
+            if attempt > 1 or not token_taken:
+                await self.bucket.take()
             started = trio.current_time()
             try:
                 with self.lifecycle.busy():
@@ -194,6 +198,9 @@ class ProviderActor:
         except EaselError as exc:
             await self._fail(job, JobState.QUEUED, exc.info)
             return
+        # The token first: a job marked SUBMITTING must be on the wire at once, or a
+        # crash while it waits for a token leaves it uncertain for nothing.
+        await self.bucket.take()
         now = wall_now()
         job = await self.store.transition(
             job.id, JobState.QUEUED, JobState.SUBMITTING,
@@ -203,11 +210,13 @@ class ProviderActor:
             if newly_held:
                 self.slots.release(message.job.id)
             return
-        await self._send_submission(job, attrs.evolve(request, submitting_at=now))
+        await self._send_submission(job, attrs.evolve(request, submitting_at=now), token_taken=True)
 
-    async def _send_submission(self, job: Job, request: JobRequest) -> None:
+    async def _send_submission(self, job: Job, request: JobRequest, token_taken: bool = False) -> None:
         try:
-            result = await self.call("submit", lambda: self.adapter.submit(request), safe=False)
+            result = await self.call(
+                "submit", lambda: self.adapter.submit(request), safe=False, token_taken=token_taken
+            )
         except EaselError as exc:
             await self._fail(job, JobState.SUBMITTING, exc.info)
             return
