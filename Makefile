@@ -1,6 +1,6 @@
 # `make run` and `make test` create .venv when it is missing, so a fresh clone needs
 # only Python 3.11 and access to the package registry.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
