@@ -30,7 +30,7 @@ from actors.lifecycle import Lifecycle
 from actors.monitor import Monitor
 from actors.polling import delay_before_check, polling_for
 from actors.provider import ProviderActor
-from actors.providers.base import TaskState
+from actors.providers.base import TaskState, TaskStatus
 from actors.store import Store
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,14 @@ class Track:
 @attrs.frozen
 class Forget:
     job_id: str
+
+
+@attrs.frozen
+class Observed:
+    """A status learned without polling (a verified provider webhook)."""
+
+    job_id: str
+    status: TaskStatus
 
 
 @attrs.define
@@ -68,7 +76,9 @@ class Poller:
         self.store = store
         self.lifecycle = lifecycle
         self.monitor = monitor
-        self.send, self._receive = trio.open_memory_channel[Track | Forget](mailbox_size)
+        self.send, self._receive = trio.open_memory_channel[Track | Forget | Observed](
+            mailbox_size
+        )
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str, int]] = []
         self._counter = itertools.count()
@@ -93,7 +103,7 @@ class Poller:
         if spec is None:
             log.error("running job %s has unknown model %s; not polled", job.id, job.model)
             return
-        polling = polling_for(spec)
+        polling = polling_for(spec, self.provider.settings.polling)
         started = job.started_at or wall_now()
         entry = _Entry(job=job, spec=polling, deadline=started + spec.max_duration)
         self._entries[job.id] = entry
@@ -109,13 +119,18 @@ class Poller:
             self._track(job)
         log.info("%s poller resumed %d running tasks", self.provider.name, len(self._entries))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._mailbox)
+            nursery.start_soon(self._mailbox, nursery)
             await self._timer_loop(nursery)
 
-    async def _mailbox(self) -> None:
+    async def _mailbox(self, nursery: trio.Nursery) -> None:
         async for message in self._receive:
             if isinstance(message, Track):
                 self._track(message.job)
+            elif isinstance(message, Observed):
+                entry = self._entries.get(message.job_id)
+                if entry is not None:
+                    entry.generation += 1  # the scheduled check is no longer needed
+                    nursery.start_soon(self._apply, entry, message.status)
             else:
                 self._entries.pop(message.job_id, None)
 
@@ -173,6 +188,11 @@ class Poller:
                 error = exc.info
             await self._finish(entry, JobState.FAILED, error=error)
             return
+        await self._apply(entry, status)
+
+    async def _apply(self, entry: _Entry, status: TaskStatus) -> None:
+        """Act on what the provider says of a task, polled or pushed."""
+        context.job_id.set(entry.job.id)
         if status.state is TaskState.RUNNING:
             await self._reschedule(entry, progress=status.progress)
         elif status.state is TaskState.SUCCEEDED:

@@ -89,6 +89,9 @@ class ProviderActor:
         self.on_running: Callable[[Job], Awaitable[None]] | None = None
         self.on_outputs: Callable[[Job], Awaitable[None]] | None = None
         self.on_cancelled: Callable[[Job], None] | None = None
+        #: Public base URL of the daemon; with it, providers that push webhooks are
+        #: given ``{callback_base}/api/providers/{name}/webhook``.
+        self.callback_base = ""
         self._starts = 0
 
     # -- calls -------------------------------------------------------------
@@ -162,7 +165,14 @@ class ProviderActor:
             input_images=tuple(job.input_images),
             parameters=job.parameters,
             submitting_at=job.submitting_at or 0.0,
+            callback_url=self.callback_url,
         )
+
+    @property
+    def callback_url(self) -> str | None:
+        if not self.callback_base or not hasattr(self.adapter, "parse_webhook"):
+            return None
+        return f"{self.callback_base.rstrip('/')}/api/providers/{self.name}/webhook"
 
     # -- the actor ---------------------------------------------------------
 
@@ -284,7 +294,7 @@ class ProviderActor:
         else:
             lookup_error = None
         for task_id in found or []:
-            if not await self.store.task_claimed(self.name, task_id):
+            if await self.store.job_by_task(self.name, task_id) is None:
                 log.info("adopted provider task after restart", extra={"task_id": task_id})
                 await self.store.add_event(job.id, "reconciled", {"task_id": task_id})
                 await self._record(job, Submitted(task_id))

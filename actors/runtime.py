@@ -9,6 +9,7 @@ here, not in the actors, so each actor module only knows the messages it takes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from actors.finalizer import Finalize, Finalizer
 from actors.jobs import Job, JobState, TERMINAL
 from actors.lifecycle import Lifecycle
 from actors.monitor import Monitor
-from actors.poller import Forget, Poller, Track
+from actors.poller import Forget, Observed, Poller, Track
 from actors.provider import CancelTask, ProviderActor
 from actors.providers import make_adapter
 from actors.providers.base import ProviderSettings
@@ -44,6 +45,7 @@ class Runtime:
         max_download_bytes: int = 200 * 1024 * 1024,
         max_restarts: int = 5,
         max_restart_seconds: float = 60.0,
+        public_base_url: str = "",
     ) -> None:
         self.store = store
         self.catalog = {
@@ -73,6 +75,7 @@ class Runtime:
             actor.on_running = self._tracker(poller)
             actor.on_outputs = poller.on_outputs = self._finalize
             actor.on_cancelled = self._forgetter(poller)
+            actor.callback_base = public_base_url
             self.scheduler.add_provider(name, actor.slots, actor.send.send)
             self.providers[name] = actor
             self.pollers[name] = poller
@@ -158,6 +161,26 @@ class Runtime:
         if actor is not None and job.state is not JobState.QUEUED:
             await actor.send.send(CancelTask(cancelled))
         return cancelled
+
+    async def provider_webhook(self, provider: str, headers: Mapping[str, str], body: bytes) -> str:
+        """Take a provider's webhook: verify it, then hand the status to the poller.
+
+        Returns what became of it (``"applied"`` or why it was ignored). Unknown
+        tasks are ignored, not refused: the webhook can outrun the recording of the
+        task id, and polling covers that job anyway.
+        """
+        actor = self.providers.get(provider)
+        parse = getattr(actor.adapter, "parse_webhook", None) if actor else None
+        if actor is None or parse is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"provider {provider!r} takes no webhooks")
+        event = parse(headers, body)
+        job = await self.store.job_by_task(provider, event.task_id)
+        if job is None:
+            return "unknown task"
+        if job.state is not JobState.RUNNING:
+            return f"job is {job.state.value}"
+        await self.pollers[provider].send.send(Observed(job.id, event.status))
+        return "applied"
 
     def statistics(self) -> dict[str, Any]:
         providers = {}

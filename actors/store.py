@@ -385,15 +385,15 @@ class Store:
 
         return await self._read(op)
 
-    async def task_claimed(self, provider: str, task_id: str) -> bool:
-        """Whether some job already records ``task_id`` as its provider task."""
+    async def job_by_task(self, provider: str, task_id: str) -> Job | None:
+        """The job that records ``task_id`` as its provider task, if any."""
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                "SELECT 1 FROM generation_requests WHERE provider=? AND provider_task_id=?",
+                "SELECT * FROM generation_requests WHERE provider=? AND provider_task_id=?",
                 (provider, task_id),
             ).fetchone()
-            return row is not None
+            return _from_row(row) if row else None
 
         return await self._read(op)
 

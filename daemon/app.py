@@ -166,6 +166,18 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
         job = await runtime.cancel(job_id)
         return json_response(absolute(job))
 
+    @app.post("/api/providers/<provider>/webhook")
+    async def provider_webhook(provider: str) -> Response:
+        context.provider.set(provider)
+        body = await request.get_data(cache=False)
+        try:
+            outcome = await runtime.provider_webhook(provider, request.headers, body)
+        except EaselError as exc:
+            log.warning("provider webhook rejected: %s", exc.info.message)
+            raise
+        log.info("provider webhook: %s", outcome)
+        return json_response({"received": True, "outcome": outcome})
+
     @app.get("/api/health")
     async def health() -> Response:
         now = time.monotonic()

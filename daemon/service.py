@@ -68,6 +68,7 @@ async def serve(
                 max_download_bytes=config.media.max_download_bytes,
                 max_restarts=config.daemon.max_restarts,
                 max_restart_seconds=config.daemon.max_restart_seconds,
+                public_base_url=config.daemon.public_base_url,
             )
             app = create_app(
                 runtime,

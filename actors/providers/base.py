@@ -11,11 +11,12 @@ retries, tokens and slots.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
 
-from actors.catalog import ModelSpec
+from actors.catalog import ModelSpec, PollingSpec
 
 
 @attrs.frozen
@@ -38,6 +39,11 @@ class ProviderSettings:
     #: Attempts for a call that is safe to repeat (status checks, provably unsent
     #: submissions) before the error is final.
     max_attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    #: Shared secret for webhooks the provider sends us (Replicate's ``whsec_...``,
+    #: Pollo's signing secret, the secret BFL echoes back).
+    webhook_secret: str = ""
+    #: Polling for this provider's models that name none of their own.
+    polling: PollingSpec | None = None
     #: Sandbox only: seconds before an image is drawn / a video task "finishes".
     delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
     video_duration: float = attrs.field(default=20.0, validator=attrs.validators.ge(0))
@@ -56,6 +62,9 @@ class JobRequest:
     parameters: dict[str, Any] = attrs.field(factory=dict)
     #: Wall-clock time the job entered SUBMITTING; reconciliation matches on it.
     submitting_at: float = 0.0
+    #: Where the provider may POST the task's completion, when Easel has a public
+    #: URL (``[daemon] public_base_url``); adapters whose API takes one pass it on.
+    callback_url: str | None = None
 
 
 @attrs.frozen
@@ -83,6 +92,26 @@ class TaskStatus:
     outputs: tuple[str, ...] = ()
     error: Any = None  # an ErrorInfo when state is FAILED
     progress: float | None = None
+
+
+@attrs.frozen
+class WebhookEvent:
+    """A verified provider webhook: which task it is about, and where it stands."""
+
+    task_id: str
+    status: TaskStatus
+
+
+class WebhookReceiver(Protocol):
+    """Adapters whose provider pushes task updates implement this too."""
+
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """Verify and read one webhook delivery.
+
+        Raises ``EaselError`` AUTHENTICATION_FAILED when it cannot be verified and
+        INVALID_REQUEST when it cannot be read; both are answered 4xx and logged.
+        """
+        ...
 
 
 class Adapter(Protocol):

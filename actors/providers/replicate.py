@@ -16,11 +16,21 @@ input and a creation time after the job entered SUBMITTING.
 from __future__ import annotations
 
 import datetime
+import json
+from collections.abc import Mapping
 from typing import Any
 
+from actors import signing
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.providers import http
-from actors.providers.base import JobRequest, ProviderSettings, Submitted, TaskState, TaskStatus
+from actors.providers.base import (
+    JobRequest,
+    ProviderSettings,
+    Submitted,
+    TaskState,
+    TaskStatus,
+    WebhookEvent,
+)
 
 _STATES = {
     "starting": TaskState.RUNNING,
@@ -95,6 +105,7 @@ def status_of(prediction: dict[str, Any], provider: str = "replicate") -> TaskSt
 class ReplicateAdapter:
     def __init__(self, settings: ProviderSettings, name: str = "replicate") -> None:
         self.name = name
+        self.webhook_secret = settings.webhook_secret
         self.client = http.new_client(
             settings.base_url.rstrip("/"),
             {"Authorization": f"Bearer {settings.api_token}"},
@@ -112,6 +123,10 @@ class ReplicateAdapter:
     async def submit(self, job: JobRequest) -> Submitted:
         model = job.spec.provider_model
         body: dict[str, Any] = {"input": prediction_input(job)}
+        if job.callback_url and self.webhook_secret:
+            # Without a secret the webhook could not be verified: poll only.
+            body["webhook"] = job.callback_url
+            body["webhook_events_filter"] = ["completed"]
         if ":" in model:
             body["version"] = model.split(":", 1)[1]
             url = "/v1/predictions"
@@ -166,5 +181,23 @@ class ReplicateAdapter:
             url = page.get("next") if isinstance(page, dict) else None
         return [task_id for _, task_id in sorted(matches)]
 
+    def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
+        """A Replicate webhook: Standard Webhooks signed, the body a prediction."""
+        if not self.webhook_secret:
+            raise EaselError(ErrorCode.AUTHENTICATION_FAILED,
+                             f"{self.name}: no webhook_secret configured to verify webhooks")
+        try:
+            signing.verify(self.webhook_secret, headers, body)
+        except signing.SignatureError as exc:
+            raise EaselError(ErrorCode.AUTHENTICATION_FAILED, f"{self.name} webhook: {exc}") from None
+        try:
+            prediction = json.loads(body)
+            task_id = prediction["id"]
+        except (ValueError, KeyError, TypeError):
+            raise EaselError(ErrorCode.INVALID_REQUEST,
+                             f"{self.name} webhook: body is not a prediction") from None
+        return WebhookEvent(task_id=str(task_id), status=status_of(prediction, self.name))
+
     async def aclose(self) -> None:
         await self.client.aclose()
+ADAPTER = ReplicateAdapter

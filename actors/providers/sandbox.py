@@ -130,3 +130,4 @@ class SandboxAdapter:
 
     async def aclose(self) -> None:
         pass
+ADAPTER = SandboxAdapter
