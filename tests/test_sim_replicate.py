@@ -4,27 +4,38 @@ The SDK-driven tests are what give the simulator its authority: if the real
 ``replicate`` client can create, poll, cancel, list and page through predictions
 against it, the daemon's adapter tested against it is tested against the protocol,
 not against our own reading of it. The in-process tests pin down the simulator's
-own contract (stats, lifecycle, validation) on a fake clock, so nothing depends on
-how fast the machine is.
+own contract (stats, lifecycle, validation, faults in Replicate's shapes, signed
+webhooks) on a fake clock or trio's MockClock, so nothing depends on how fast the
+machine is. The shared fault machinery itself is tested in ``test_sim_base.py``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import io
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import attrs
 import httpx
 import pytest
 import trio
 from PIL import Image
+from quart import request
+from quart_trio import QuartTrio
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 from replicate.pagination import paginate
+from replicate.webhook import Webhooks, WebhookSigningSecret
+from trio.testing import MockClock
 
-from tests.simulators.base import Knobs, serve_simulator, start_simulator_process
+from actors.clock import wall_now
+from tests.simulators.base import Knobs, fetch_stats, serve_simulator, set_knobs, start_simulator_process
 from tests.simulators.replicate import Prediction, ReplicateSimulator
 
 TOKEN = "r8_simulated_token"
@@ -349,3 +360,155 @@ async def test_prediction_exists_while_its_create_is_still_in_flight(
         assert not answered.is_set()
         assert [p["input"] for p in listed] == [body["input"]]
         submitter.cancel_scope.cancel()  # the "crash": abandon the request
+
+
+# -- faults in Replicate's shapes ----------------------------------------------------------
+
+
+def test_sdk_meets_throttling_failures_and_the_webhook_secret() -> None:
+    """The official client against a faulty subprocess: 429s on create (which the SDK
+    does not retry), the webhook secret route (spared by faults), failed predictions."""
+    secret = "whsec_" + base64.b64encode(b"simulated webhook signing key!!").decode()
+    args = ("--duration", "0.2", "--rate-limit-rate", "1", "--fault-routes", "create",
+            "--retry-after", "3", "--webhook-secret", secret)
+    with start_simulator_process("replicate", *args) as (_process, url), sdk_client(url, TOKEN) as sdk:
+        with pytest.raises(ReplicateError) as raised:
+            sdk.models.predictions.create(model=FLUX, input={"prompt": "x"})
+        assert raised.value.status == 429
+        assert raised.value.detail == "Request was throttled. Your rate limit resets in ~3s."
+        assert sdk.webhooks.default.secret().key == secret
+
+        set_knobs(url, rate_limit_rate=0.0, fail_rate=1.0)
+        prediction = sdk.models.predictions.create(model=FLUX, input={"prompt": "x"})
+        prediction.wait()
+        assert prediction.status == "failed"
+        assert prediction.error and "simulated failure" in prediction.error
+        assert prediction.output is None
+
+        stats = fetch_stats(url)
+        assert stats.faults == {"rate_limit": 1, "task_failed": 1}
+        assert (stats.requests["create"], stats.submissions) == (2, 1)
+
+
+async def test_fault_answers_use_replicate_shapes(
+    start_sim: Callable[..., Awaitable[Started]], http: httpx.AsyncClient
+) -> None:
+    sim, url = await start_sim(knobs=Knobs(rate_limit_rate=1.0, retry_after=30))
+    create = f"{url}/v1/models/{FLUX}/predictions"
+    throttled = await http.post(create, json={"input": {}})
+    assert throttled.status_code == 429
+    assert throttled.json() == {"detail": "Request was throttled. Your rate limit resets in ~30s."}
+    assert throttled.headers["Retry-After"] == "30" and throttled.headers["ratelimit-remaining"] == "0"
+
+    sim.knobs = Knobs(error_5xx_rate=1.0)
+    failed = await http.get(f"{url}/v1/predictions")
+    assert failed.headers["content-type"] == "application/problem+json"
+    assert failed.json()["status"] == failed.status_code in (500, 502, 503) and failed.json()["detail"]
+
+    sim.knobs = Knobs(max_active=1, duration=60)
+    assert (await http.post(create, json={"input": {"n": 1}})).status_code == 201
+    refused = await http.post(create, json={"input": {"n": 2}})
+    assert refused.status_code == 429 and refused.json()["status"] == 429
+    assert sim.stats().submissions == 1
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+@attrs.define
+class Hooks:
+    """A webhook receiver in the test's nursery: records (headers, raw body)."""
+
+    url: str = ""
+    received: list[tuple[dict[str, str], bytes]] = attrs.field(factory=list)
+    changed: trio.Event = attrs.field(factory=trio.Event)
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.received) < count:
+            await self.changed.wait()
+
+
+@pytest.fixture
+async def hooks(nursery: trio.Nursery) -> Hooks:
+    receiver = Hooks()
+    app = QuartTrio("hooks")
+
+    @app.post("/hook")
+    async def hook() -> tuple[str, int]:
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        receiver.received.append((headers, await request.get_data()))
+        receiver.changed.set()
+        receiver.changed = trio.Event()
+        return "", 200
+
+    receiver.url = await nursery.start(serve_simulator, app) + "/hook"
+    return receiver
+
+
+def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Standard Webhooks verification written out by hand, independently of the
+    simulator: HMAC-SHA256 over "id.timestamp.body" keyed with the base64-decoded
+    part of the secret after ``whsec_``; any ``v1,<base64>`` entry may match."""
+    assert secret.startswith("whsec_")
+    key = base64.b64decode(secret[len("whsec_"):])
+    signed = headers["webhook-id"].encode() + b"." + headers["webhook-timestamp"].encode() + b"." + body
+    expected = hmac.new(key, signed, hashlib.sha256).digest()
+    for entry in headers["webhook-signature"].split(" "):
+        version, _, signature = entry.partition(",")
+        if version == "v1" and hmac.compare_digest(base64.b64decode(signature), expected):
+            return True
+    return False
+
+
+async def test_completed_webhook_is_signed_per_standard_webhooks(
+    autojump_clock: MockClock,
+    start_sim: Callable[..., Awaitable[Started]],
+    http: httpx.AsyncClient,
+    hooks: Hooks,
+) -> None:
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    sim, url = await start_sim(knobs=Knobs(duration=20.0, webhook_secret=secret), clock=wall_now)
+    body = {"input": {"prompt": "p"}, "webhook": hooks.url, "webhook_events_filter": ["completed"]}
+    created = (await http.post(f"{url}/v1/models/{FLUX}/predictions", json=body)).json()
+    began = trio.current_time()
+    await hooks.wait_for(1)
+    assert trio.current_time() - began == pytest.approx(20.0, abs=0.5)
+
+    headers, raw = hooks.received[0]
+    assert verify_standard_webhook(secret, headers, raw)
+    assert not verify_standard_webhook(secret, headers, raw + b" ")
+    assert headers["webhook-id"].startswith("msg_")
+    assert abs(int(headers["webhook-timestamp"]) - wall_now()) < 5
+    # The official SDK's validator agrees.
+    Webhooks.validate(headers=headers, body=raw.decode(), secret=WebhookSigningSecret(key=secret))
+
+    prediction = json.loads(raw)
+    assert prediction["id"] == created["id"] and prediction["status"] == "succeeded"
+    assert prediction["output"] == [f"{url}/_sim/files/{created['id']}/0.png"]
+    assert (await http.get(f"{url}/v1/webhooks/default/secret")).json() == {"key": secret}
+    assert sim.stats().webhooks_delivered == 1
+
+
+async def test_webhook_events_follow_the_filter_and_cancels(
+    autojump_clock: MockClock,
+    start_sim: Callable[..., Awaitable[Started]],
+    http: httpx.AsyncClient,
+    hooks: Hooks,
+) -> None:
+    sim, url = await start_sim(knobs=Knobs(duration=10.0), clock=wall_now)
+    create = f"{url}/v1/models/{FLUX}/predictions"
+    both = {"input": {"n": 1}, "webhook": hooks.url, "webhook_events_filter": ["start", "completed"]}
+    await http.post(create, json=both)
+    await hooks.wait_for(2)
+    assert [json.loads(raw)["status"] for _h, raw in hooks.received] == ["processing", "succeeded"]
+
+    # The generated secret is a whsec_ one, and it signs.
+    secret = (await http.get(f"{url}/v1/webhooks/default/secret")).json()["key"]
+    assert all(verify_standard_webhook(secret, headers, raw) for headers, raw in hooks.received)
+
+    canceled = (await http.post(create, json={"input": {"n": 2}, "webhook": hooks.url})).json()
+    await http.post(canceled["urls"]["cancel"])
+    await hooks.wait_for(3)
+    await trio.sleep(30)
+    assert [json.loads(raw)["status"] for _h, raw in hooks.received[2:]] == ["canceled"]
+    assert sim.stats().webhooks_delivered == 3

@@ -4,18 +4,23 @@ Covered: Bearer auth, the three create routes (version, official model,
 deployment) answering 201 with the prediction object, get, cancel, and the
 newest-first cursor-paginated list the daemon uses to reconcile a submission whose
 answer it never saw. Predictions go ``starting`` -> ``processing`` -> ``succeeded``
-on the clock alone; outputs are URLs of the simulator's own PNGs.
+(or ``failed`` under ``--fail-rate``) on the clock alone; outputs are URLs of the
+simulator's own PNGs. Webhooks are delivered signed per Standard Webhooks
+(``webhook-id``/``webhook-timestamp``/``webhook-signature``) with the secret of
+``--webhook-secret whsec_...``, which ``GET /v1/webhooks/default/secret`` hands
+out. The base's fault knobs answer in Replicate's shapes (see the overrides).
 
-Not simulated: webhooks are stored but never delivered; ``Prefer: wait`` is
-ignored; streaming, rate limits, the one-hour data retention and ``data:`` URI
+Not simulated: ``Prefer: wait`` is ignored; the ``output`` and ``logs`` webhook
+events are never sent (only ``start`` when asked for, and ``completed``);
+streaming, the real rate limits, the one-hour data retention and ``data:`` URI
 outputs are absent.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
-import hmac
 import json
 import secrets
 from typing import Any
@@ -24,7 +29,16 @@ import attrs
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from tests.simulators.base import Phase, SimTask, Simulator, rfc3339
+from tests.simulators.base import (
+    Knobs,
+    Phase,
+    SimTask,
+    Simulator,
+    WebhookRequest,
+    format_seconds,
+    rfc3339,
+    standard_webhook_signature,
+)
 
 #: Replicate's page size for ``GET /v1/predictions``.
 PAGE_SIZE = 100
@@ -60,12 +74,13 @@ class Prediction(SimTask):
     model: str
     version: str
     input: dict[str, Any]
-    #: The exact ``created_at`` text, fixed once so every later answer (get, list)
-    #: repeats it byte for byte: the daemon matches on it when reconciling.
-    created_at: str
     #: Creation order; the list endpoint sorts and paginates on it.
     seq: int
-    webhook: str | None = None
+    #: The exact ``created_at`` text, fixed once so every later answer (get, list)
+    #: repeats it byte for byte: the daemon matches on it when reconciling.
+    created_at: str = attrs.field(
+        default=attrs.Factory(lambda self: rfc3339(self.created), takes_self=True)
+    )
     webhook_events_filter: list[str] | None = None
 
 
@@ -82,6 +97,17 @@ def hidden_version(model: str) -> str:
     needs a string, so the simulator derives one from the model name.
     """
     return hashlib.sha256(model.encode()).hexdigest()
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret (Standard Webhooks)."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        key = b""
+    if not secret.startswith("whsec_") or not key:
+        raise ValueError(f"webhook secret {secret!r} is not 'whsec_' followed by base64")
+    return key
 
 
 def progress_logs(done: int, steps: int = PROGRESS_STEPS) -> str:
@@ -105,36 +131,40 @@ class ReplicateSimulator(Simulator):
         self.page_size = page_size
         self._next_seq = 0
 
+    # -- command line --------------------------------------------------------------------
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        parser.add_argument(
+            "--page-size", type=int, default=PAGE_SIZE,
+            help=f"predictions per list page (default: {PAGE_SIZE})",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, knobs: Knobs) -> ReplicateSimulator:
+        if knobs.webhook_secret is not None:
+            webhook_key(knobs.webhook_secret)  # raises ValueError early for a malformed secret
+        if args.page_size < 1:
+            raise ValueError("--page-size must be at least 1")
+        return cls(knobs, page_size=args.page_size)
+
     # -- routes ----------------------------------------------------------------------
 
     def register_routes(self, app: QuartTrio) -> None:
-        """Replicate's ``/v1`` prediction routes, behind Bearer auth."""
-        app.before_request(self._check_auth)
-        app.add_url_rule("/v1/predictions", "create_version", self._create_version, methods=["POST"])
-        app.add_url_rule(
-            "/v1/models/<owner>/<name>/predictions", "create_model", self._create_model, methods=["POST"]
+        """Replicate's ``/v1`` routes (Bearer auth and faults come with ``add_route``)."""
+        route = self.add_route
+        route(app, "/v1/predictions", self._create_version, kind="create", methods=["POST"])
+        route(
+            app, "/v1/models/<owner>/<name>/predictions", self._create_model, kind="create", methods=["POST"]
         )
-        app.add_url_rule(
-            "/v1/deployments/<owner>/<name>/predictions",
-            "create_deployment",
-            self._create_deployment,
-            methods=["POST"],
+        route(
+            app, "/v1/deployments/<owner>/<name>/predictions", self._create_deployment,
+            kind="create", methods=["POST"],
         )
-        app.add_url_rule("/v1/predictions", "list_predictions", self._list, methods=["GET"])
-        app.add_url_rule("/v1/predictions/<prediction_id>", "get_prediction", self._get, methods=["GET"])
-        app.add_url_rule(
-            "/v1/predictions/<prediction_id>/cancel", "cancel_prediction", self._cancel, methods=["POST"]
-        )
-
-    async def _check_auth(self) -> Response | None:
-        token = self.knobs.token
-        if token is None or not request.path.startswith("/v1/"):
-            return None
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
-            return self.problem(401, "Unauthenticated", "You did not pass a valid authentication token")
-        return None
+        route(app, "/v1/predictions", self._list, kind="list")
+        route(app, "/v1/predictions/<prediction_id>", self._get, kind="status")
+        route(app, "/v1/predictions/<prediction_id>/cancel", self._cancel, kind="cancel", methods=["POST"])
+        route(app, "/v1/webhooks/default/secret", self._webhook_secret, kind="other")
 
     async def _create_version(self) -> Response:
         try:
@@ -174,7 +204,6 @@ class ReplicateSimulator(Simulator):
             return self.problem(problem.status, problem.title, problem.detail)
 
     async def _get(self, prediction_id: str) -> Response:
-        self.record_status_check()
         prediction = self.tasks.get(prediction_id)
         if not isinstance(prediction, Prediction):
             return self.problem(404, "Not found", "Not found.")
@@ -184,13 +213,11 @@ class ReplicateSimulator(Simulator):
         prediction = self.tasks.get(prediction_id)
         if not isinstance(prediction, Prediction):
             return self.problem(404, "Not found", "Not found.")
-        self.cancels += 1
         # Canceling a finished prediction is a no-op that still answers 200.
-        prediction.cancel(self.clock())
+        self.cancel_task(prediction)
         return self.json_response(200, self.prediction_json(prediction))
 
     async def _list(self) -> Response:
-        self.list_calls += 1
         predictions = sorted(
             (task for task in self.tasks.values() if isinstance(task, Prediction)),
             key=lambda prediction: prediction.seq,
@@ -209,6 +236,10 @@ class ReplicateSimulator(Simulator):
         # Paging is forward only (newest to oldest), so ``previous`` stays null.
         body = {"previous": None, "next": next_url, "results": [self.prediction_json(p) for p in page]}
         return self.json_response(200, body)
+
+    async def _webhook_secret(self) -> Response:
+        """``GET /v1/webhooks/default/secret``: the key webhooks are signed with."""
+        return self.json_response(200, {"key": self.webhook_secret})
 
     # -- creation ---------------------------------------------------------------------
 
@@ -255,13 +286,10 @@ class ReplicateSimulator(Simulator):
 
     async def _create(self, body: dict[str, Any], model: str, version: str, *, identity: str) -> Response:
         """Record the prediction, then (after any create latency) answer 201."""
-        now = self.clock()
-        prediction = Prediction(
+        prediction = self.create_task(
+            Prediction,
             id=new_prediction_id(),
             key=self.submission_key(identity, body["input"]),
-            created=now,
-            created_at=rfc3339(now),
-            duration=self.knobs.duration,
             outputs=body["input"].get("num_outputs", 1),
             model=model,
             version=version,
@@ -272,9 +300,55 @@ class ReplicateSimulator(Simulator):
             webhook_events_filter=body.get("webhook_events_filter"),
         )
         self._next_seq += 1
-        self.add_task(prediction)
         await self.create_delay()
         return self.json_response(201, self.prediction_json(prediction))
+
+    # -- webhooks -----------------------------------------------------------------------
+
+    def generate_webhook_secret(self) -> str:
+        """``whsec_`` and 32 random bytes in base64, the shape of Replicate's secrets."""
+        return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+    def webhook_schedule(self, task: SimTask) -> list[tuple[str, float]]:
+        """``completed`` at the finish (unless filtered out), ``start`` when asked for.
+
+        With no ``webhook_events_filter`` Replicate sends every event; the
+        simulator sends only ``completed`` then (``output`` and ``logs`` are not
+        simulated). A cancel sends ``completed`` at once (``cancel_task``).
+        """
+        if task.webhook is None:
+            return []
+        events = getattr(task, "webhook_events_filter", None)
+        schedule = []
+        if events is not None and "start" in events:
+            schedule.append(("start", task.started))
+        if events is None or "completed" in events:
+            schedule.append(("completed", task.finished))
+        return schedule
+
+    def webhook_request(self, task: SimTask, event: str) -> WebhookRequest | None:
+        """The prediction as of now, signed per Standard Webhooks."""
+        if not isinstance(task, Prediction) or task.webhook is None:
+            return None
+        events = task.webhook_events_filter
+        if events is not None and event not in events:
+            return None  # e.g. the completed webhook of a cancel, filtered to "start"
+        phase = task.phase(self.clock())
+        if event == "start" and phase is Phase.CANCELED:
+            return None
+        body = json.dumps(self.prediction_json(task)).encode()
+        msg_id = "msg_" + secrets.token_urlsafe(18)
+        timestamp = int(self.clock())
+        headers = {
+            "content-type": "application/json",
+            "user-agent": "Replicate-Webhook-Simulator/1.0",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": standard_webhook_signature(
+                webhook_key(self.webhook_secret), msg_id, timestamp, body
+            ),
+        }
+        return WebhookRequest(task.webhook, body, headers)
 
     # -- rendering --------------------------------------------------------------------
 
@@ -335,10 +409,43 @@ class ReplicateSimulator(Simulator):
         """Unknown routes and wrong methods answer in problem-details shape too."""
         return {"title": "Error", "detail": detail, "status": status}
 
-    @staticmethod
-    def json_response(status: int, body: dict[str, Any]) -> Response:
-        """A JSON response with an explicit status (201 for creates)."""
-        return Response(json.dumps(body), status=status, content_type="application/json")
+    # -- faults in Replicate's shapes ----------------------------------------------------------
+
+    def rate_limit_response(self, retry_after: float) -> Response:
+        """The documented 429 body ("Rate limits" docs), plus the ``ratelimit-*``
+        headers seen in the SDK's cassettes."""
+        seconds = format_seconds(retry_after)
+        body = {"detail": f"Request was throttled. Your rate limit resets in ~{seconds}s."}
+        headers = {"Retry-After": seconds, "ratelimit-remaining": "0", "ratelimit-reset": seconds}
+        return self.json_response(429, body, headers)
+
+    def server_error_response(self, status: int) -> Response:
+        # UNCONFIRMED: what Replicate's 5xx bodies look like; problem details are the
+        # documented error shape, so clients must read those at least.
+        titles = {
+            500: "Internal Server Error",
+            502: "Bad Gateway",
+            503: "Service Unavailable",
+            504: "Gateway Timeout",
+        }
+        title = titles.get(status, "Server Error")
+        return self.problem(status, title, f"{title}: the simulated server failed. Try again later.")
+
+    def too_many_active_response(self) -> Response:
+        # UNCONFIRMED: Replicate queues rather than refusing; a throttling 429 is
+        # what a client would meet if it did.
+        return self.problem(
+            429, "Too Many Requests",
+            f"You have reached the limit of {self.knobs.max_active} concurrent predictions.",
+        )
+
+    def auth_error_response(self) -> Response:
+        return self.problem(401, "Unauthenticated", "You did not pass a valid authentication token")
+
+    def task_failed_message(self) -> str:
+        # Deliberately not an NSFW/safety text: the daemon maps those to
+        # CONTENT_MODERATED, and this knob simulates plain model failures.
+        return "CUDA out of memory. Tried to allocate 2.00 GiB (simulated failure)"
 
     @staticmethod
     def _encode_cursor(seq: int) -> str:
