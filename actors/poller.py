@@ -48,10 +48,11 @@ class Forget:
 
 @attrs.frozen
 class Observed:
-    """A status learned without polling (a verified provider webhook)."""
+    """A provider webhook about a running job: a verified status, or (``None``) a
+    hint that the job's task should be checked now."""
 
     job_id: str
-    status: TaskStatus
+    status: TaskStatus | None
 
 
 @attrs.define
@@ -128,7 +129,11 @@ class Poller:
                 self._track(message.job)
             elif isinstance(message, Observed):
                 entry = self._entries.get(message.job_id)
-                if entry is not None:
+                if entry is None:
+                    continue
+                if message.status is None:
+                    self._schedule(entry, wall_now())  # check it now
+                else:
                     entry.generation += 1  # the scheduled check is no longer needed
                     nursery.start_soon(self._apply, entry, message.status)
             else:

@@ -404,12 +404,17 @@ class Store:
         return await self._read(op)
 
     async def job_by_task(self, provider: str, task_id: str) -> Job | None:
-        """The job that records ``task_id`` as its provider task, if any."""
+        """The job that records ``task_id`` as its provider task, if any.
+
+        A stored handle may be ``"<id> <extra>"`` (see ``Adapter.submit``); the
+        range below matches it by its id and still uses the index.
+        """
 
         def op(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                "SELECT * FROM generation_requests WHERE provider=? AND provider_task_id=?",
-                (provider, task_id),
+                "SELECT * FROM generation_requests WHERE provider=? AND (provider_task_id=?"
+                " OR (provider_task_id > ? AND provider_task_id < ?))",
+                (provider, task_id, task_id + " ", task_id + "!"),
             ).fetchone()
             return _from_row(row) if row else None
 

@@ -96,10 +96,15 @@ class TaskStatus:
 
 @attrs.frozen
 class WebhookEvent:
-    """A verified provider webhook: which task it is about, and where it stands."""
+    """A provider webhook: which task it is about, and where it stands.
+
+    ``status`` is ``None`` when the provider signs nothing Easel could verify (Kling's
+    ``callback_url``): the delivery is then only a hint, and the poller checks the
+    task with the provider at once instead of believing the body.
+    """
 
     task_id: str
-    status: TaskStatus
+    status: TaskStatus | None
 
 
 class WebhookReceiver(Protocol):
@@ -119,7 +124,16 @@ class Adapter(Protocol):
 
     name: str
 
-    async def submit(self, job: JobRequest) -> Submitted | Completed: ...
+    async def submit(self, job: JobRequest) -> Submitted | Completed:
+        """Start the job at the provider.
+
+        ``Submitted.task_id`` is all Easel persists of the task. When checking it
+        later needs more than the provider's id (BFL's ``polling_url``, fal's
+        ``status_url``), the handle is ``"<id> <extra>"``: the provider's id, one
+        space, then whatever the adapter needs; webhooks still find the job by the
+        bare id (see ``Store.job_by_task``).
+        """
+        ...
 
     async def check(self, task_id: str) -> TaskStatus: ...
 
