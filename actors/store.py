@@ -295,6 +295,7 @@ class Store:
         With an idempotency key already used by the same request, returns
         ``(original, False)``; used by a different request, raises CONFLICT.
         """
+        now = wall_now()  # here, on trio's clock: the writer thread has none
 
         def op(conn: sqlite3.Connection, write: _Write) -> tuple[Job, bool]:
             if job.idempotency_key is not None:
@@ -311,7 +312,6 @@ class Store:
                             {"id": existing.id},
                         )
                     return existing, False
-            now = wall_now()
             job.created_at = job.created_at or now
             job.updated_at = now
             row = _to_row(job)
@@ -363,10 +363,10 @@ class Store:
             row = conn.execute("SELECT * FROM generation_requests WHERE id=?", (job_id,))
             job = _from_row(row.fetchone())
             if froms != [to_state]:
-                _event(conn, job_id, "state", {"state": to_state.value, **(event or {})})
+                _event(conn, job_id, now, "state", {"state": to_state.value, **(event or {})})
                 write.changed.append(job)
             elif event:
-                _event(conn, job_id, event.get("kind", "update"), event)
+                _event(conn, job_id, now, event.get("kind", "update"), event)
             return job
 
         return await self._write(op)
@@ -376,7 +376,8 @@ class Store:
         return await self.transition(job_id, state, state, **fields)
 
     async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
-        await self._write(lambda conn, write: _event(conn, job_id, kind, data))
+        at = wall_now()
+        await self._write(lambda conn, write: _event(conn, job_id, at, kind, data))
 
     async def get_job(self, job_id: str) -> Job | None:
         def op(conn: sqlite3.Connection) -> Job | None:
@@ -440,10 +441,13 @@ class Store:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
 
 
-def _event(conn: sqlite3.Connection, job_id: str, kind: str, data: dict[str, Any]) -> None:
+def _event(
+    conn: sqlite3.Connection, job_id: str, at: float, kind: str, data: dict[str, Any]
+) -> None:
+    """Record an event; ``at`` comes from the trio side, as the thread has no clock."""
     conn.execute(
         "INSERT INTO job_events (job_id, at, kind, data) VALUES (?, ?, ?, ?)",
-        (job_id, wall_now(), kind, json.dumps(data)),
+        (job_id, at, kind, json.dumps(data)),
     )
 
 

@@ -490,12 +490,6 @@ async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
 # -- timestamps follow trio's clock (actors/clock.py) -----------------------
 
 
-@pytest.mark.xfail(
-    reason="BUG: insert_job computes `now = wall_now()` inside the write op, which runs "
-    "in the writer thread where trio.current_time() is unavailable, so created_at/"
-    "updated_at come from time.time() instead of trio's clock",
-    strict=True,
-)
 async def test_insert_timestamps_follow_trio_clock(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -511,11 +505,6 @@ async def test_insert_timestamps_follow_trio_clock(
     assert moved.completed_at - job.created_at == pytest.approx(0, abs=60)
 
 
-@pytest.mark.xfail(
-    reason="BUG: _event() stamps job_events.at with wall_now() inside the writer "
-    "thread (time.time()), not on trio's clock like the row's updated_at",
-    strict=True,
-)
 async def test_event_timestamps_follow_trio_clock(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
