@@ -99,6 +99,27 @@ def _structure_str_list(value: Any, _: Any) -> list[str]:
 
 _converter.register_structure_hook_func(lambda t: t == list[str], _structure_str_list)
 
+
+def _strict(type_: type, accepts: tuple[type, ...]) -> None:
+    """Take TOML scalars as they are written: cattrs' default would call ``bool()``
+    or ``int()`` on anything, so ``enabled = "false"`` would load as true and
+    ``max_restarts = 5.5`` as 5."""
+
+    def hook(value: Any, target: Any) -> Any:
+        if target is not type_:  # a str-based enum: its own constructor checks
+            return target(value)
+        if isinstance(value, bool) and type_ is not bool or not isinstance(value, accepts):
+            raise TypeError(f"expected {type_.__name__}")
+        return type_(value)
+
+    _converter.register_structure_hook(type_, hook)
+
+
+_strict(bool, (bool,))
+_strict(int, (int,))
+_strict(float, (int, float))
+_strict(str, (str,))
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -111,7 +132,8 @@ def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
     AUTHENTICATION_FAILED at the provider, which says what is missing.
     """
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: environ.get(m.group(1), m.group(2) or ""), value)
+        # As in POSIX sh, ":-" takes the default when the variable is unset or empty.
+        return _ENV_REF.sub(lambda m: environ.get(m.group(1)) or m.group(2) or "", value)
     if isinstance(value, dict):
         return {k: interpolate(v, environ) for k, v in value.items()}
     if isinstance(value, list):
@@ -165,6 +187,9 @@ def _describe(exc: BaseException, type_: Any) -> str:
     return str(exc) or type(exc).__name__
 
 
+_VALIDATOR_KEY = re.compile(r"'(\w+)' must be ")
+
+
 def structure(tree: Mapping[str, Any]) -> Config:
     try:
         return _converter.structure(dict(tree), Config)
@@ -172,7 +197,15 @@ def structure(tree: Mapping[str, Any]) -> Config:
         problems: list[str] = []
         for line in cattrs.transform_error(exc, format_exception=_describe):
             message, _, where = line.rpartition(" @ ")
-            problems.append(f"{_path_of(where)}: {message}" if where else line)
+            path = _path_of(where)
+            # An attrs validator fails for the whole table ("'rate' must be > 0");
+            # the key it names belongs on the path.
+            key = _VALIDATOR_KEY.match(message)
+            if key:
+                path = f"{path}.{key.group(1)}".lstrip(".")
+                message = message[key.end():].lstrip(": ") or message
+                message = f"must be {message}"
+            problems.append(f"{path}: {message}" if path else message)
         raise ConfigError(problems) from None
 
 

@@ -162,11 +162,6 @@ def test_interpolate_walks_lists_and_tables_and_leaves_other_values() -> None:
     assert interpolate("$X ${not valid} ${}", {"X": "1"}) == "$X ${not valid} ${}"
 
 
-@pytest.mark.xfail(
-    reason="BUG: ${VAR:-default} keeps an empty VAR instead of using the default "
-    "(POSIX ':-' means unset OR empty; this implements '-')",
-    strict=True,
-)
 def test_default_applies_to_an_empty_variable() -> None:
     assert interpolate("${X:-fallback}", {"X": ""}) == "fallback"
 
@@ -194,11 +189,6 @@ def test_unknown_keys_are_reported_per_table(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    reason="BUG: an unknown top-level key is reported as ': unknown key(s): bogus' "
-    "(structure() prints an empty path before the colon)",
-    strict=True,
-)
 def test_unknown_top_level_key_has_no_empty_path(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, "bogus = 1\n")
     assert problems == ["unknown key(s): bogus"]
@@ -277,33 +267,17 @@ def test_range_violation_is_an_error(tmp_path: Path) -> None:
     assert len(problems) == 1 and "rate" in problems[0]
 
 
-@pytest.mark.xfail(
-    reason="BUG: attrs validator failures (rate > 0, drain_timeout >= 0, ...) are "
-    "reported at the table path ('providers.replicate: 'rate' must be > 0: -1.0'), "
-    "not at the key path",
-    strict=True,
-)
 def test_range_violation_reports_the_key_path(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, "[providers.replicate]\nrate = -1\n")
     assert len(problems) == 1
     assert problems[0].startswith("providers.replicate.rate: ")
 
 
-@pytest.mark.xfail(
-    reason="BUG: the config converter coerces with bool(): enabled = \"false\" (e.g. "
-    "from \"${X:-false}\") loads as enabled=True instead of being an error",
-    strict=True,
-)
 def test_string_false_is_not_true(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, '[providers.replicate]\nenabled = "false"\n')
     assert problems == ["providers.replicate.enabled: expected boolean"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: the config converter coerces with int(): max_restarts = 5.5 loads "
-    "silently as 5 (and true as 1) instead of 'expected integer'",
-    strict=True,
-)
 def test_float_for_an_integer_is_an_error(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, "[daemon]\nmax_restarts = 5.5\n")
     assert problems == ["daemon.max_restarts: expected integer"]
