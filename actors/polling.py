@@ -5,6 +5,8 @@ Kept free of I/O and clocks so the schedule can be tested and benchmarked alone.
 
 from __future__ import annotations
 
+import math
+
 from actors.catalog import ModelSpec, PollingSpec, PollingStrategy
 
 DEFAULT = PollingSpec()
@@ -21,8 +23,12 @@ def delay_before_check(spec: PollingSpec, checks_done: int) -> float:
         return spec.first_check
     if spec.strategy is PollingStrategy.FIXED:
         return spec.interval
-    k = min(checks_done, 64)  # factor**k overflows long before the cap matters
-    return min(spec.initial * spec.factor**k, spec.max_interval)
+    # Compare in logarithms: factor**k overflows a float for a large factor or k.
+    if spec.factor > 1 and spec.initial > 0 and (
+        math.log(spec.initial) + checks_done * math.log(spec.factor) >= math.log(spec.max_interval)
+    ):
+        return spec.max_interval
+    return min(spec.initial * spec.factor ** min(checks_done, 64), spec.max_interval)
 
 
 def polling_for(model: ModelSpec, provider_default: PollingSpec | None = None) -> PollingSpec:

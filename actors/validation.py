@@ -53,6 +53,18 @@ def _strict(type_: type) -> Any:
 for _t in (str, int):
     _converter.register_structure_hook(_t, _strict(_t))
 
+_structure_list_of_str = _converter.get_structure_hook(list[str])
+
+
+def _strict_list(value: Any, type_: Any) -> list[str]:
+    # cattrs would iterate a string or an object: "" -> [], {"https://a": 1} -> [url].
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return _structure_list_of_str(value, type_)  # type: ignore[no-any-return]
+
+
+_converter.register_structure_hook_func(lambda t: t == list[str], _strict_list)
+
 
 def _cattrs_problems(exc: cattrs.BaseValidationError) -> list[str]:
     problems = []

@@ -79,11 +79,6 @@ def test_polling_for_prefers_model_then_provider_then_default() -> None:
     assert polling_for(without) is DEFAULT
 
 
-@pytest.mark.xfail(
-    reason="BUG: initial * factor**min(k, 64) raises OverflowError for a large float "
-    "factor (e.g. 1e6: 1e6**64 > float max) instead of returning max_interval",
-    strict=True,
-)
 def test_large_factor_does_not_overflow() -> None:
     spec = PollingSpec(initial=1, factor=1e6, max_interval=30)
     assert delay_before_check(spec, 100) == 30

@@ -213,12 +213,6 @@ def test_type_problems_in_several_fields_are_listed_together() -> None:
     assert any("extra" in p for p in found)
 
 
-@pytest.mark.xfail(
-    reason="BUG: input_images given as a string or an object is iterated by cattrs "
-    "(\"\" -> [], {\"https://a\": 1} -> [\"https://a\"], \"abc\" -> one problem per "
-    "character) instead of 'input_images: expected a list'",
-    strict=True,
-)
 @pytest.mark.parametrize("value", ["", {"https://a.example/x.png": 1}, "https://a.example/x.png"])
 def test_input_images_must_be_a_list(value: Any) -> None:
     found = problems(body(input_images=value))
