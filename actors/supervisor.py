@@ -80,6 +80,7 @@ class Supervisor:
     async def _keep(self, child: ChildSpec) -> None:
         failures = 0
         while True:
+            started = trio.current_time()
             try:
                 await child.run()
             except Exception as exc:  # trio.Cancelled is a BaseException: not caught
@@ -88,6 +89,10 @@ class Supervisor:
                     self.on_crash(child.name, exc)
                 if child.restart is Restart.TEMPORARY:
                     return
+                # A child that ran well for a whole window before crashing starts
+                # its backoff over: one crash a day should not wait max_backoff.
+                if trio.current_time() - started >= self.max_seconds:
+                    failures = 0
                 failures += 1
             else:
                 if child.restart is not Restart.PERMANENT:

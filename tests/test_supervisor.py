@@ -71,6 +71,28 @@ async def test_backoff_doubles_and_is_capped(autojump_clock: trio.testing.MockCl
     assert gaps[:6] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
 
 
+async def test_backoff_starts_over_after_a_long_healthy_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    starts: list[float] = []
+    lifetimes = iter([0, 0, 0, 120, 0])  # three quick crashes, a long run, then one
+
+    async def crasher() -> None:
+        starts.append(trio.current_time())
+        await trio.sleep(next(lifetimes, 1000))
+        raise Boom
+
+    supervisor = Supervisor(
+        [ChildSpec("c", crasher)], max_restarts=100, max_seconds=60, backoff=0.1, max_backoff=10
+    )
+    with trio.move_on_after(200):
+        await supervisor.run()
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # 0.1, 0.2, 0.4 back off; the crash after 120 s of health waits 0.1 again,
+    # and the quick crash after it 0.2.
+    assert gaps[:5] == pytest.approx([0.1, 0.2, 0.4, 120.1, 0.2])
+
+
 async def test_started_is_reported(autojump_clock: trio.testing.MockClock) -> None:
     async def idle() -> None:
         await trio.sleep_forever()
