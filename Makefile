@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/submit.py
+	$(BIN)/python bench/polling.py
 
 clean:
 	rm -rf $(VENV) .easel-state

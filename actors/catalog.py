@@ -21,6 +21,7 @@ class MediaKind(str, enum.Enum):
 class PollingStrategy(str, enum.Enum):
     FIXED = "fixed"
     EXPONENTIAL = "exponential"
+    ADAPTIVE = "adaptive"
 
 
 @attrs.frozen
@@ -38,6 +39,8 @@ class PollingSpec:
     factor: float = attrs.field(default=1.5, validator=attrs.validators.ge(1))
     max_interval: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     first_check: float | None = None
+    #: ``adaptive`` only: seconds of detection delay one check is worth (actors/adaptive.py).
+    check_cost: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
 
 
 @attrs.frozen

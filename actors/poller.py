@@ -22,7 +22,8 @@ import attrs
 import trio
 
 from actors import context
-from actors.catalog import PollingSpec
+from actors.adaptive import DurationHistory
+from actors.catalog import PollingSpec, PollingStrategy
 from actors.clock import trio_time_of, wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job, JobState
@@ -88,6 +89,8 @@ class Poller:
         # enough that thousands of due tasks do not become thousands of trio tasks.
         self._checks = trio.Semaphore(max(8, 2 * provider.settings.burst))
         self.on_outputs: Callable[[Job], Awaitable[None]] | None = None
+        #: Completion times of this provider's models, for adaptive polling.
+        self.history = DurationHistory()
 
     @property
     def tracked(self) -> int:
@@ -110,12 +113,54 @@ class Poller:
         self._entries[job.id] = entry
         due = job.next_poll_at
         if due is None:
-            due = wall_now() + delay_before_check(polling, job.poll_count)
+            due = wall_now() + self._delay(entry, job.poll_count)
         self._schedule(entry, due)
+
+    def _delay(self, entry: _Entry, checks_done: int) -> float:
+        """Seconds from now to the next check of ``entry``'s task."""
+        if entry.spec.strategy is PollingStrategy.ADAPTIVE:
+            job = entry.job
+            elapsed = wall_now() - (job.started_at or wall_now())
+            return self.history.delay(job.model, entry.spec, elapsed, checks_done)
+        return delay_before_check(entry.spec, checks_done)
+
+    def _adaptive_models(self) -> list[str]:
+        default = self.provider.settings.polling
+        return [
+            name for name, spec in self.provider.catalog.items()
+            if spec.provider == self.provider.name
+            and polling_for(spec, default).strategy is PollingStrategy.ADAPTIVE
+        ]
+
+    async def _load_history(self) -> None:
+        found = await self.store.recent_durations(self._adaptive_models(), self.history.window)
+        for model, durations in found.items():
+            for seconds, seen_running in durations:
+                self.history.add(model, seconds, seen_running)
+
+    async def _learn(self, entry: _Entry, exact: bool) -> None:
+        """Remember how long a task that just succeeded took.
+
+        Polled: its end lies between the last check that saw it running and now,
+        and both bounds are kept (see ``DurationHistory``). Pushed by a verified
+        webhook: now is (nearly) exact.
+        """
+        job = entry.job
+        if entry.spec.strategy is not PollingStrategy.ADAPTIVE or job.started_at is None:
+            return
+        seconds = wall_now() - job.started_at
+        seen_running: float | None = None
+        if not exact:
+            seen_running = max(0.0, job.updated_at - job.started_at) if job.poll_count else 0.0
+            seen_running = min(seen_running, seconds * 0.999)
+        if self.history.add(job.model, seconds, seen_running):
+            await self.store.add_duration(job.model, seconds, seen_running)
 
     async def run(self) -> None:
         self._entries.clear()
         self._heap.clear()
+        self.history = DurationHistory()
+        await self._load_history()
         for job in await self.store.jobs_in([JobState.RUNNING], provider=self.provider.name):
             self._track(job)
         log.info("%s poller resumed %d running tasks", self.provider.name, len(self._entries))
@@ -135,7 +180,7 @@ class Poller:
                     self._schedule(entry, wall_now())  # check it now
                 else:
                     entry.generation += 1  # the scheduled check is no longer needed
-                    nursery.start_soon(self._apply, entry, message.status)
+                    nursery.start_soon(self._apply, entry, message.status, True)
             else:
                 self._entries.pop(message.job_id, None)
 
@@ -195,12 +240,13 @@ class Poller:
             return
         await self._apply(entry, status)
 
-    async def _apply(self, entry: _Entry, status: TaskStatus) -> None:
+    async def _apply(self, entry: _Entry, status: TaskStatus, pushed: bool = False) -> None:
         """Act on what the provider says of a task, polled or pushed."""
         context.job_id.set(entry.job.id)
         if status.state is TaskState.RUNNING:
             await self._reschedule(entry, progress=status.progress)
         elif status.state is TaskState.SUCCEEDED:
+            await self._learn(entry, exact=pushed)
             await self._finish(entry, JobState.FINALIZING, provider_outputs=list(status.outputs),
                                progress=1.0)
         elif status.state is TaskState.FAILED:
@@ -213,7 +259,7 @@ class Poller:
     async def _reschedule(self, entry: _Entry, progress: float | None) -> None:
         job = entry.job
         checks = job.poll_count + 1
-        due = min(wall_now() + delay_before_check(entry.spec, checks), entry.deadline)
+        due = min(wall_now() + self._delay(entry, checks), entry.deadline)
         updated = await self.store.update(
             job.id, JobState.RUNNING, next_poll_at=due, poll_count=checks, progress=progress
         )

@@ -99,6 +99,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX job_events_job ON job_events(job_id);
     """,
+    # 2: how long each model's tasks took, for adaptive polling (actors/adaptive.py).
+    # seconds: from the job's start to when its end was seen; seen_running: to the
+    # last check that still saw it running (NULL when the end time is exact).
+    """
+    CREATE TABLE task_durations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        seen_running REAL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX task_durations_model ON task_durations(model, id);
+    """,
 ]
 
 _JSON_COLUMNS = {"input_images", "parameters", "metadata", "provider_outputs", "results"}
@@ -378,6 +391,37 @@ class Store:
     async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
         at = wall_now()
         await self._write(lambda conn, write: _event(conn, job_id, at, kind, data))
+
+    async def add_duration(self, model: str, seconds: float, seen_running: float | None) -> None:
+        """Record how long one task of ``model`` took (see ``task_durations``)."""
+        at = wall_now()
+
+        def op(conn: sqlite3.Connection, write: _Write) -> None:
+            conn.execute(
+                "INSERT INTO task_durations (model, seconds, seen_running, at)"
+                " VALUES (?, ?, ?, ?)", (model, seconds, seen_running, at),
+            )
+
+        await self._write(op)
+
+    async def recent_durations(
+        self, models: Iterable[str], limit: int
+    ) -> dict[str, list[tuple[float, float | None]]]:
+        """The last ``limit`` durations of each model, oldest first:
+        ``(seconds, seen_running)`` pairs."""
+        names = list(models)
+
+        def op(conn: sqlite3.Connection) -> dict[str, list[tuple[float, float | None]]]:
+            found: dict[str, list[tuple[float, float | None]]] = {}
+            for model in names:
+                rows = conn.execute(
+                    "SELECT seconds, seen_running FROM task_durations WHERE model=?"
+                    " ORDER BY id DESC LIMIT ?", (model, limit),
+                ).fetchall()
+                found[model] = [(r[0], r[1]) for r in reversed(rows)]
+            return found
+
+        return await self._read(op)
 
     async def get_job(self, job_id: str) -> Job | None:
         def op(conn: sqlite3.Connection) -> Job | None:
