@@ -179,8 +179,8 @@ class ProviderActor:
     async def run(self) -> None:
         self._starts += 1
         async with trio.open_nursery() as nursery:
-            for job in await self.store.jobs_in(AT_PROVIDER, provider=self.name):
-                self.slots.adopt(job.id)
+            for job_id in await self.store.job_ids_in(AT_PROVIDER, provider=self.name):
+                self.slots.adopt(job_id)
             nursery.start_soon(self._reconcile_all)
             if self._starts > 1 and self.scheduler_send is not None:
                 # Jobs handed to us before the crash may be lost with it.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 #: The largest number of writes that share one transaction.
 MAX_BATCH = 512
+#: Seconds between flushes of poll bookkeeping (``Store.note_poll``).
+POLL_FLUSH_SECONDS = 1.0
 
 MIGRATIONS: list[str] = [
     # 1: jobs, their events, and the schema version itself.
@@ -132,10 +134,20 @@ def _to_row(job: Job) -> dict[str, Any]:
     return {name: _encode(name, getattr(job, name)) for name in _COLUMNS}
 
 
+def _decode_json(text: str) -> Any:
+    # Most rows hold empty lists and objects; a restart reads every running job.
+    if text == "[]":
+        return []
+    if text == "{}":
+        return {}
+    return json.loads(text)
+
+
 def _from_row(row: sqlite3.Row) -> Job:
-    data = dict(row)
+    # zip, not dict(row): a Row looks names up one by one, linearly.
+    data = dict(zip(row.keys(), row, strict=True))
     for name in _JSON_COLUMNS:
-        data[name] = json.loads(data[name])
+        data[name] = _decode_json(data[name])
     data["state"] = JobState(data["state"])
     data["error"] = ErrorInfo.from_json(json.loads(data["error"])) if data["error"] else None
     return Job(**data)
@@ -201,6 +213,8 @@ class Store:
         self._watchers: dict[str, trio.Event] = {}
         self._listeners: list[Callable[[Job], None]] = []
         self._stats = StoreStatistics()
+        self._polls: dict[str, tuple[float, int, float | None, float]] = {}
+        self._polls_waiting = trio.Event()
 
     # -- the writer ---------------------------------------------------------
 
@@ -284,6 +298,37 @@ class Store:
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await trio.to_thread.run_sync(fn, self._read_conn, limiter=self._read_limiter)
+
+    async def _flush_polls(self, *, final: bool = False) -> None:
+        """Write the poll notes gathered so far; ``final``: directly, as the writer
+        task may already be gone (the daemon is stopping)."""
+        polls, self._polls = self._polls, {}
+        if not polls:
+            return
+        rows = [(due, count, progress, at, job_id)
+                for job_id, (due, count, progress, at) in polls.items()]
+
+        def op(conn: sqlite3.Connection, write: _Write) -> None:
+            conn.executemany(
+                "UPDATE generation_requests SET next_poll_at=?, poll_count=?, progress=?,"
+                " updated_at=? WHERE id=? AND state='RUNNING'", rows,
+            )
+
+        if not final:
+            await self._write(op)
+            return
+        write = _Write(fn=lambda conn: None)
+        write.fn = lambda conn: op(conn, write)
+        await trio.to_thread.run_sync(self._commit, [write], limiter=self._write_limiter)
+
+    async def _run_poll_flusher(self) -> None:
+        # No timer while there is nothing to write: an idle store sleeps for good
+        # (and a MockClock test is not moved along by it).
+        while True:
+            await self._polls_waiting.wait()
+            await trio.sleep(POLL_FLUSH_SECONDS)
+            self._polls_waiting = trio.Event()
+            await self._flush_polls()
 
     # -- public surface -----------------------------------------------------
 
@@ -392,6 +437,32 @@ class Store:
         at = wall_now()
         await self._write(lambda conn, write: _event(conn, job_id, at, kind, data))
 
+    def note_poll(
+        self, job_id: str, next_poll_at: float, poll_count: int, progress: float | None
+    ) -> None:
+        """Record a status check of a RUNNING job, written within a second.
+
+        Not durable at once, on purpose: with 100,000 running tasks the checks are a
+        steady stream of writes, and losing the last second of them to a crash only
+        means those tasks are checked again a little early after the restart. A job
+        that has left RUNNING meanwhile is not touched.
+        """
+        self._polls[job_id] = (next_poll_at, poll_count, progress, wall_now())
+        self._polls_waiting.set()
+
+    async def job_ids_in(self, states: Iterable[JobState], provider: str) -> list[str]:
+        """Ids of the provider's jobs in any of ``states`` (cheaper than ``jobs_in``)."""
+        names = [s.value for s in states]
+        marks = ", ".join("?" for _ in names)
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(
+                f"SELECT id FROM generation_requests WHERE state IN ({marks}) AND provider=?",
+                [*names, provider],
+            )]
+
+        return await self._read(op)
+
     async def add_duration(self, model: str, seconds: float, seen_running: float | None) -> None:
         """Record how long one task of ``model`` took (see ``task_durations``)."""
         at = wall_now()
@@ -495,6 +566,11 @@ def _event(
     )
 
 
+async def _under(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await fn()
+
+
 @asynccontextmanager
 async def open_store(path: str | Path) -> AsyncIterator[Store]:
     """Open (and migrate) the database at ``path`` for the duration of the block.
@@ -509,12 +585,16 @@ async def open_store(path: str | Path) -> AsyncIterator[Store]:
         await trio.to_thread.run_sync(migrate, store._write_conn, limiter=store._write_limiter)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store._run_writer)
+            flusher = trio.CancelScope()
+            nursery.start_soon(_under, flusher, store._run_poll_flusher)
             try:
                 yield store
             finally:
                 # Let the writer drain what was sent, then stop.
+                flusher.cancel()
                 await store._send.aclose()
     finally:
         with trio.CancelScope(shield=True):
+            await store._flush_polls(final=True)
             await trio.to_thread.run_sync(store._write_conn.close, limiter=store._write_limiter)
             await trio.to_thread.run_sync(store._read_conn.close, limiter=store._read_limiter)
