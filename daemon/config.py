@@ -141,12 +141,29 @@ def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
     return value
 
 
-def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge TOML tables: tables merge key by key, anything else replaces."""
+#: Tables that an override replaces whole: a model's ``polling = {strategy =
+#: "fixed", interval = 5}`` must not inherit the shipped ``first_check`` of another
+#: strategy. Paths with ``*`` for any key.
+_REPLACED_WHOLE = {("models", "*", "polling"), ("providers", "*", "polling")}
+
+
+def _replaced_whole(path: tuple[str, ...]) -> bool:
+    return any(
+        len(pattern) == len(path) and all(p in ("*", k) for p, k in zip(pattern, path, strict=True))
+        for pattern in _REPLACED_WHOLE
+    )
+
+
+def merge(
+    base: dict[str, Any], override: Mapping[str, Any], path: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Deep-merge TOML tables: tables merge key by key (except ``_REPLACED_WHOLE``),
+    anything else replaces."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        here = (*path, key)
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and not _replaced_whole(here):
+            out[key] = merge(out[key], value, here)
         else:
             out[key] = value
     return out

@@ -622,13 +622,18 @@ def test_cli_help_lists_every_simulator_without_importing_them(capsys: pytest.Ca
 
 
 def test_cli_reports_a_registered_simulator_that_does_not_exist_yet(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    missing = next(name for name in cli.SIMULATORS if name != "replicate")
+    monkeypatch.setitem(cli.SIMULATORS, "ghost", "tests.simulators.ghost:GhostSimulator")
     with pytest.raises(SystemExit) as exited:
-        cli.parse_args([missing, "--port", "0"])
+        cli.parse_args(["ghost", "--port", "0"])
     assert exited.value.code == 2
     assert "does not exist yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["replicate", "bfl", "kling", "pollo", "openai", "fal"])
+def test_every_registered_simulator_loads(name: str) -> None:
+    assert issubclass(cli.load_simulator(name), Simulator)
 
 
 def test_cli_registry_follows_the_naming_convention() -> None:

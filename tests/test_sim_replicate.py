@@ -37,24 +37,12 @@ from trio.testing import MockClock
 from actors.clock import wall_now
 from tests.simulators.base import Knobs, fetch_stats, serve_simulator, set_knobs, start_simulator_process
 from tests.simulators.replicate import Prediction, ReplicateSimulator
+from tests.fakes import FakeClock
 
 TOKEN = "r8_simulated_token"
 FLUX = "black-forest-labs/flux-schnell"
 
 Started = tuple[ReplicateSimulator, str]
-
-
-class FakeClock:
-    """A Unix clock that moves only when told, so lifecycle tests are exact."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pkgutil
 
 from actors.providers.base import Adapter, ProviderSettings
 
-_NOT_ADAPTERS = {"base", "http"}
+_NOT_ADAPTERS = {"base", "http", "outcomes"}
 
 
 def known_adapters() -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from actors.errors import EaselError, ErrorCode
+from actors.providers.base import ProviderSettings
 
 _SECRETISH = re.compile(
     r"(?i)(bearer\s+)[A-Za-z0-9._\-]+|\b(r8_|whsec_|sk-)[A-Za-z0-9_\-]+"
@@ -29,19 +30,18 @@ def redact(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def new_client(
-    base_url: str,
-    headers: dict[str, str],
-    *,
-    timeout: float,
-    connect_timeout: float,
-    max_connections: int = 64,
+def client_for(
+    settings: ProviderSettings, headers: dict[str, str], *, base_url: str | None = None
 ) -> httpx.AsyncClient:
+    """The one HTTP client of a provider section: its base URL, timeouts, and as
+    many connections as it may have tasks in flight (at least 8 for polling)."""
     return httpx.AsyncClient(
-        base_url=base_url,
+        base_url=(settings.base_url if base_url is None else base_url).rstrip("/"),
         headers=headers,
-        timeout=httpx.Timeout(timeout, connect=connect_timeout),
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
+        timeout=httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+        limits=httpx.Limits(
+            max_connections=max(8, settings.max_in_flight), max_keepalive_connections=16
+        ),
     )
 
 

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from actors import signing
-from actors.errors import EaselError, ErrorCode, ErrorInfo
-from actors.providers import http
+from actors.errors import EaselError, ErrorCode
+from actors.providers import http, outcomes
 from actors.providers.base import (
     JobRequest,
     ProviderSettings,
@@ -86,19 +86,9 @@ def status_of(prediction: dict[str, Any], provider: str = "replicate") -> TaskSt
             {"provider": provider},
         )
     if state is TaskState.SUCCEEDED:
-        outputs = _outputs(prediction.get("output"))
-        if not outputs:
-            return TaskStatus(
-                TaskState.FAILED,
-                error=ErrorInfo(ErrorCode.TASK_FAILED, f"{provider}: succeeded without output"),
-            )
-        return TaskStatus(state, outputs=outputs, progress=1.0)
+        return outcomes.succeeded(_outputs(prediction.get("output")), provider)
     if state is TaskState.FAILED:
-        message = str(prediction.get("error") or "prediction failed")
-        code = ErrorCode.TASK_FAILED
-        if "nsfw" in message.lower() or "safety" in message.lower():
-            code = ErrorCode.CONTENT_MODERATED
-        return TaskStatus(state, error=ErrorInfo(code, f"{provider}: {http.redact(message)}"))
+        return outcomes.failed(str(prediction.get("error") or "prediction failed"), provider)
     return TaskStatus(state)
 
 
@@ -106,13 +96,7 @@ class ReplicateAdapter:
     def __init__(self, settings: ProviderSettings, name: str = "replicate") -> None:
         self.name = name
         self.webhook_secret = settings.webhook_secret
-        self.client = http.new_client(
-            settings.base_url.rstrip("/"),
-            {"Authorization": f"Bearer {settings.api_token}"},
-            timeout=settings.request_timeout,
-            connect_timeout=settings.connect_timeout,
-            max_connections=max(8, settings.max_in_flight),
-        )
+        self.client = http.client_for(settings, {"Authorization": f"Bearer {settings.api_token}"})
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
         response = await http.send(self.client, method, url, provider=self.name, **kwargs)
