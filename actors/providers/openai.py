@@ -1,0 +1,332 @@
+"""OpenAI's Images API and the OpenAI-compatible resellers (Tu-zi), as an adapter.
+
+Owns: the request bodies of ``POST {base_url}/images/generations`` (JSON) and
+``POST {base_url}/images/edits`` (multipart, used when a job has input images),
+the reading of ``{created, data: [{b64_json | url}]}``, and the mapping of the
+``{"error": {message, type, param, code}}`` envelope to Easel's codes. ``base_url``
+includes the version prefix (``https://api.openai.com/v1``); auth is
+``Authorization: Bearer <api_key>``.
+
+The API is synchronous: ``submit`` answers ``Completed`` with the images, each a
+``data:image/...;base64,`` URI (GPT image models always answer ``b64_json``) or,
+for dall-e models asked for ``response_format = "url"``, the provider's URL (valid
+for an hour; the finalizer fetches it at once). There is no task id, so nothing
+is polled or cancelled, no webhook exists, and a submission caught by a crash
+cannot be looked up (``reconcile`` answers ``None``).
+
+Timeouts matter here more than anywhere: a gpt-image-1 call routinely takes 30 to
+90 s, and the whole generation happens inside the one HTTP request, so the
+section's ``request_timeout`` must exceed the slowest generation (180 s is a sane
+value; the 30 s default is too short). A read timeout after the request was sent
+is PROVIDER_TIMEOUT and is not resent: the provider may have generated (and
+billed) the images.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import attrs
+import httpx
+
+from actors.errors import EaselError, ErrorCode
+from actors.providers import http
+from actors.providers.base import Completed, JobRequest, ProviderSettings, TaskStatus
+
+#: Error ``code`` values OpenAI uses for safety rejections (dall-e answers
+#: ``content_policy_violation``, GPT image models ``moderation_blocked``).
+MODERATION_CODES = frozenset({"content_policy_violation", "moderation_blocked"})
+#: The ``code`` (or ``type``) of a 429 that means "out of credits", not "slow down".
+QUOTA_CODE = "insufficient_quota"
+#: Largest input image sent to an edit (OpenAI takes files under 50 MB).
+MAX_INPUT_BYTES = 50 * 1024 * 1024
+#: Content types an edit accepts as input images.
+INPUT_TYPES = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+#: Keys of ``JobRequest.parameters`` the adapter sets itself and will not take.
+RESERVED_PARAMETERS = frozenset({"model", "prompt", "n", "image", "image[]", "stream"})
+#: ``output_format`` -> content type of a ``b64_json`` image.
+OUTPUT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "jpg": "image/jpeg", "webp": "image/webp"}
+
+
+@attrs.frozen
+class InputImage:
+    """One input image, ready to be a multipart part."""
+
+    data: bytes
+    content_type: str
+
+    def part(self, index: int) -> tuple[str, bytes, str]:
+        return (f"image-{index}.{INPUT_TYPES[self.content_type]}", self.data, self.content_type)
+
+
+def is_dalle(model: str) -> bool:
+    """dall-e-2/3 take ``response_format``; GPT image models reject it (always b64)."""
+    return model.lower().startswith("dall-e")
+
+
+def generation_body(job: JobRequest) -> dict[str, Any]:
+    """The JSON of ``POST /images/generations`` for ``job``.
+
+    Parameters (``size``, ``quality``, ``style``, ``background``, ``output_format``,
+    ``output_compression``, ``moderation``, ``response_format``...) pass through as
+    given; dall-e models default to ``b64_json`` so an output survives a restart
+    longer than a provider URL's hour would.
+    """
+    model = job.spec.provider_model
+    body: dict[str, Any] = {"model": model, "prompt": job.prompt, "n": job.number_of_outputs}
+    body.update({k: v for k, v in job.parameters.items() if k not in RESERVED_PARAMETERS})
+    if is_dalle(model):
+        body.setdefault("response_format", "b64_json")
+    else:
+        body.pop("response_format", None)
+    return body
+
+
+def edit_fields(job: JobRequest) -> dict[str, str]:
+    """The non-file form fields of ``POST /images/edits`` (multipart values are text)."""
+    fields = generation_body(job)
+    return {key: _form_value(value) for key, value in fields.items() if value is not None}
+
+
+def _form_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def validate(job: JobRequest) -> None:
+    """Refuse, before paying, what the API documents it will refuse."""
+    model = job.spec.provider_model
+    if model.lower() == "dall-e-3":
+        if job.number_of_outputs != 1:
+            raise _invalid("dall-e-3 makes one image per request (number_of_outputs must be 1)")
+        if job.input_images:
+            raise _invalid("dall-e-3 cannot edit images; use gpt-image-1 (or dall-e-2) for input_images")
+    if not 1 <= job.number_of_outputs <= 10:
+        raise _invalid("number_of_outputs must be between 1 and 10")
+
+
+def _invalid(message: str) -> EaselError:
+    return EaselError(ErrorCode.INVALID_PARAMETERS, f"openai: {message}", retryable=False)
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def error_envelope(response: httpx.Response) -> dict[str, Any]:
+    """``body["error"]`` of an OpenAI error answer, or ``{}`` when it has none."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):  # some compatible proxies answer {"error": "text"}
+        return {"message": error}
+    return {}
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """``retry-after-ms`` first, then ``retry-after`` (what the official SDK honours)."""
+    millis = response.headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    return http.parse_retry_after(response.headers.get("retry-after"))
+
+
+def code_for(status: int, error: dict[str, Any]) -> ErrorCode:
+    """The Easel code of an OpenAI error status and envelope."""
+    code = str(error.get("code") or "")
+    kind = str(error.get("type") or "")
+    message = str(error.get("message") or "").lower()
+    if status in (401, 403):
+        return ErrorCode.AUTHENTICATION_FAILED
+    if status == 429:
+        if QUOTA_CODE in (code, kind) or "exceeded your current quota" in message:
+            return ErrorCode.QUOTA_EXCEEDED
+        return ErrorCode.RATE_LIMITED
+    if status in (400, 404, 409, 413, 415, 422) and (
+        code in MODERATION_CODES or "safety system" in message
+    ):
+        return ErrorCode.CONTENT_MODERATED
+    if status == 408:
+        return ErrorCode.PROVIDER_TIMEOUT
+    if status >= 500 or status == 409:
+        return ErrorCode.PROVIDER_ERROR
+    if 400 <= status < 500:
+        return ErrorCode.INVALID_PARAMETERS
+    return ErrorCode.PROVIDER_ERROR
+
+
+def error_for(response: httpx.Response, provider: str) -> EaselError:
+    """The ``EaselError`` for a non-2xx answer, with the envelope in its details."""
+    error = error_envelope(response)
+    code = code_for(response.status_code, error)
+    message = http.redact(str(error.get("message") or response.reason_phrase or "error"), 300)
+    details: dict[str, Any] = {
+        "provider": provider,
+        "status": response.status_code,
+        "body": http.redact(response.text),
+    }
+    for key in ("type", "code", "param"):
+        if error.get(key) is not None:
+            details[f"provider_{key}"] = str(error[key])
+    request_id = response.headers.get("x-request-id")
+    if request_id:
+        details["request_id"] = request_id
+    return EaselError(
+        code,
+        f"{provider}: {message}",
+        details,
+        retry_after=retry_after(response),
+        # A plain 429 is a refusal before any work: resending cannot pay twice.
+        sent=code is not ErrorCode.RATE_LIMITED,
+    )
+
+
+def _malformed(provider: str, why: str, response: httpx.Response) -> EaselError:
+    return EaselError(
+        ErrorCode.PROVIDER_ERROR,
+        f"{provider}: malformed images answer ({why})",
+        {"provider": provider, "status": response.status_code, "body": http.redact(response.text)},
+    )
+
+
+def outputs_of(body: Any, response: httpx.Response, provider: str) -> tuple[str, ...]:
+    """The images of an ``ImagesResponse`` as URLs (``data:`` or http(s))."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or not data:
+        raise _malformed(provider, "no data[]", response)
+    output_format = body.get("output_format") if isinstance(body.get("output_format"), str) else "png"
+    content_type = OUTPUT_TYPES.get(output_format.lower(), "image/png")
+    outputs = []
+    for item in data:
+        if not isinstance(item, dict):
+            raise _malformed(provider, "data[] item is not an object", response)
+        b64, url = item.get("b64_json"), item.get("url")
+        if isinstance(b64, str) and b64:
+            try:
+                base64.b64decode(b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise _malformed(provider, "b64_json is not base64", response) from None
+            outputs.append(f"data:{content_type};base64,{b64}")
+        elif isinstance(url, str) and url.startswith(("http://", "https://")):
+            outputs.append(url)
+        else:
+            raise _malformed(provider, "data[] item has neither b64_json nor url", response)
+    return tuple(outputs)
+
+
+# -- input images -------------------------------------------------------------------
+
+
+def decode_input_data_uri(uri: str) -> InputImage:
+    header, _, payload = uri.partition(",")
+    content_type = header[5:].split(";")[0].lower()
+    if ";base64" not in header or content_type not in INPUT_TYPES:
+        raise _invalid("input image data URI must be data:image/(png|jpeg|webp);base64,...")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid("input image data URI is not valid base64") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise _invalid(f"input image is larger than {MAX_INPUT_BYTES} bytes")
+    return InputImage(data, content_type)
+
+
+# -- the adapter --------------------------------------------------------------------
+
+
+class OpenaiAdapter:
+    """The wire protocol of one OpenAI-compatible images section."""
+
+    def __init__(self, settings: ProviderSettings, name: str = "openai") -> None:
+        self.name = name
+        key = settings.api_key or settings.api_token
+        self.client = http.client_for(settings, {"Authorization": f"Bearer {key}"})
+        # Input images come from anywhere: never send them our API key.
+        self.fetcher = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+            follow_redirects=True,
+        )
+
+    async def submit(self, job: JobRequest) -> Completed:
+        """Generate (or edit, with input images) and answer the images at once."""
+        validate(job)
+        if job.input_images:
+            images = [await self._input_image(uri) for uri in job.input_images]
+            field = "image" if len(images) == 1 else "image[]"
+            files = [(field, image.part(index)) for index, image in enumerate(images)]
+            response = await self._post("/images/edits", data=edit_fields(job), files=files)
+        else:
+            response = await self._post("/images/generations", json=generation_body(job))
+        return Completed(outputs_of(http.json_body(response, self.name), response, self.name))
+
+    async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        response = await http.send(self.client, "POST", path, provider=self.name, **kwargs)
+        if response.status_code >= 300:
+            raise error_for(response, self.name)
+        return response
+
+    async def _input_image(self, uri: str) -> InputImage:
+        if uri.startswith("data:"):
+            return decode_input_data_uri(uri)
+        if not uri.startswith(("http://", "https://")):
+            raise _invalid("input image must be an http(s) URL or a data: URI")
+        try:
+            async with self.fetcher.stream("GET", uri) as response:
+                if response.status_code != 200:
+                    raise _invalid(f"input image {uri} answered HTTP {response.status_code}")
+                content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                if content_type not in INPUT_TYPES:
+                    raise _invalid(f"input image {uri} has content type {content_type!r}")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_INPUT_BYTES:
+                        raise _invalid(f"input image {uri} is larger than {MAX_INPUT_BYTES} bytes")
+                    chunks.append(chunk)
+        except httpx.HTTPError as exc:
+            raise EaselError(
+                ErrorCode.INVALID_PARAMETERS,
+                f"{self.name}: input image {uri} could not be fetched ({type(exc).__name__})",
+                sent=False,
+            ) from exc
+        return InputImage(b"".join(chunks), content_type)
+
+    async def check(self, task_id: str) -> TaskStatus:
+        """Never called: submissions answer ``Completed``, so there is no task."""
+        raise _no_task(self.name, "check", task_id)
+
+    async def cancel(self, task_id: str) -> None:
+        """Never called: the API has no task to cancel (a generation cannot be stopped)."""
+        raise _no_task(self.name, "cancel", task_id)
+
+    async def reconcile(self, job: JobRequest) -> None:
+        """The API keeps no list of generations: nothing can be proven after a crash."""
+        return None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        await self.fetcher.aclose()
+
+
+def _no_task(provider: str, what: str, task_id: str) -> EaselError:
+    return EaselError(
+        ErrorCode.INTERNAL_ERROR,
+        f"{provider}: cannot {what} task {task_id!r}: the images API is synchronous and has no tasks",
+        {"provider": provider},
+        retryable=False,
+    )
+
+
+ADAPTER = OpenaiAdapter
