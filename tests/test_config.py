@@ -308,3 +308,50 @@ def test_check_config_bad_file_exits_2_with_the_path(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "providers.replicate.rate: expected number" in result.stderr
     assert result.stdout == ""
+
+
+# -- the shipped catalog and provider sections ---------------------------------
+
+
+def test_shipped_catalog_names_every_provider_model() -> None:
+    config = load(environ={})
+    wanted = {
+        "replicate-flux-schnell": ("replicate", "black-forest-labs/flux-schnell"),
+        "flux-pro": ("bfl", "flux-pro-1.1"),
+        "flux-dev": ("bfl", "flux-dev"),
+        "flux-kontext-pro": ("bfl", "flux-kontext-pro"),
+        "kling-v2-1-master": ("kling", "kling-v2-1-master"),
+        "tuzi-kling-v2-1-master": ("tuzi-kling", "kling-v2-1-master"),
+        "pollo-v1-6": ("pollo", "pollo/pollo-v1-6"),
+        "gpt-image-1": ("openai", "gpt-image-1"),
+        "dall-e-3": ("openai", "dall-e-3"),
+        "tuzi-gpt-image": ("tuzi-openai", "gpt-image-1"),
+        "fal-flux-dev": ("fal", "fal-ai/flux/dev"),
+    }
+    found = {name: (config.models[name].provider, config.models[name].provider_model)
+             for name in wanted if name in config.models}
+    assert found == wanted
+
+
+def test_shipped_providers_carry_documented_base_urls_and_adapters() -> None:
+    config = load(environ={})
+    urls = {name: settings.base_url for name, settings in config.providers.items()}
+    assert urls["bfl"] == "https://api.bfl.ai"
+    assert urls["kling"] == "https://api-singapore.klingai.com"
+    assert urls["tuzi-kling"] == "https://api.tu-zi.com/kling"
+    assert urls["pollo"] == "https://pollo.ai/api/platform"
+    assert urls["openai"] == "https://api.openai.com/v1"
+    assert urls["fal"] == "https://queue.fal.run"
+    assert config.adapter_name("tuzi-kling") == "kling"
+    assert config.providers["tuzi-kling"].auth == "bearer"
+    assert config.adapter_name("tuzi-openai") == "openai"
+
+
+def test_an_overridden_polling_table_replaces_the_shipped_one(tmp_path: Path) -> None:
+    path = tmp_path / "easel.toml"
+    path.write_text('[models.kling-v2-1-master]\npolling = { strategy = "fixed", interval = 5 }\n')
+    spec = load(path, environ={}).models["kling-v2-1-master"]
+    assert spec.polling is not None
+    assert (spec.polling.strategy.value, spec.polling.interval, spec.polling.first_check) == (
+        "fixed", 5, None)
+    assert spec.max_duration == 1800  # the rest of the shipped entry stays
