@@ -112,8 +112,10 @@ class EaselError(Exception):
         super().__init__(message)
         self.info = ErrorInfo(code, message, details or {}, retryable)
         self.retry_after = retry_after
-        #: False only when the request provably never reached the provider (the
-        #: connection was refused): the one case where resending a submission is safe.
+        #: False only when the request provably created nothing at the provider: the
+        #: connection was refused, or the provider answered with a documented refusal
+        #: that starts no task (a 429 rate or concurrency limit). The only cases in
+        #: which resending a submission cannot pay twice.
         self.sent = sent
 
     @property

@@ -80,7 +80,11 @@ class Finalizer:
 
     async def _download(self, url: str) -> tuple[bytes, str]:
         if url.startswith("data:"):
-            return decode_data_uri(url)
+            data, content_type = decode_data_uri(url)
+            if len(data) > self.max_bytes:
+                raise EaselError(ErrorCode.PROVIDER_ERROR,
+                                 f"output is larger than {self.max_bytes} bytes", retryable=False)
+            return data, content_type
         try:
             async with self._client.stream("GET", url) as response:
                 if response.status_code != 200:

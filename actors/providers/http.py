@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import re
 import time
 from typing import Any
 
@@ -18,15 +17,14 @@ import httpx
 
 from actors.errors import EaselError, ErrorCode
 from actors.providers.base import ProviderSettings
+from actors.redaction import redact_text
 
-_SECRETISH = re.compile(
-    r"(?i)(bearer\s+)[A-Za-z0-9._\-]+|\b(r8_|whsec_|sk-)[A-Za-z0-9_\-]+"
-)
+_CREDIT_PHRASES = ("insufficient credit", "out of credit", "not enough credit")
 
 
 def redact(text: str, limit: int = 500) -> str:
     """A short excerpt of a provider's answer with anything key-like masked."""
-    text = _SECRETISH.sub(lambda m: (m.group(1) or m.group(2) or "") + "***", text)
+    text = redact_text(text)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
@@ -91,10 +89,11 @@ def error_for_status(response: httpx.Response, provider: str, message: str = "")
     status = response.status_code
     excerpt = redact(response.text)
     lowered = excerpt.lower()
-    if status in (401, 403):
-        code = ErrorCode.AUTHENTICATION_FAILED
-    elif status == 402 or "insufficient credit" in lowered or "out of credit" in lowered:
+    # Credits first: some providers refuse an empty account with 403 (Pollo).
+    if status == 402 or any(phrase in lowered for phrase in _CREDIT_PHRASES):
         code = ErrorCode.QUOTA_EXCEEDED
+    elif status in (401, 403):
+        code = ErrorCode.AUTHENTICATION_FAILED
     elif status == 429:
         code = ErrorCode.RATE_LIMITED
     elif status == 404:

@@ -1,0 +1,104 @@
+"""Masking secrets in anything that leaves the process: log lines, error details.
+
+Provider answers and log records can carry keys (an echoed ``Authorization``
+header, a pre-signed URL); both the logs and the ``details`` of API errors go
+through this one set of patterns, so a key masked in one is masked in the other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MASK = "***"
+
+#: A key whose value is a secret, whatever the value looks like. Keys are compared
+#: lower-cased with ``-`` read as ``_`` (``X-Api-Key`` is ``x_api_key``).
+_SECRET_KEY = re.compile(
+    r"(?:^|_)(?:api_?key|api_?token|token|secret|password|passwd|authorization"
+    r"|credentials?|private_?key|cookie|set_cookie|signing_?key)$"
+    r"|secret|password"
+)
+
+#: Secret-looking text anywhere in a string: (pattern, replacement).
+_SECRET_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
+    # "Authorization: Bearer abc", "token=abc", "'api_key': 'abc'", "password: abc".
+    (
+        re.compile(
+            r"""(?ix)
+            ((?<![a-z0-9])(?:authorization|api[_-]?key|api[_-]?token|access[_-]?token
+               |refresh[_-]?token|auth[_-]?token|token|client[_-]?secret|secret|password
+               |passwd)(?![a-z0-9])["']?\s*[:=]\s*["']?)
+            (?:(?:bearer|basic|token)\s+)?[^\s"',;&}\]]+
+            """
+        ),
+        r"\1" + MASK,
+    ),
+    # Credentials in a URL's query string, S3 pre-signed URLs included.
+    (
+        re.compile(
+            r"(?i)([?&;][\w.-]*(?:key|token|secret|signature|password|credential)[\w.-]*=)"
+            r"[^&\s#\"']+"
+        ),
+        r"\1" + MASK,
+    ),
+    # "Bearer" needs a token-sized word after it, so prose rarely trips it.
+    (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + MASK),
+    (re.compile(r"\br8_[A-Za-z0-9]+"), "r8_" + MASK),  # Replicate API tokens
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), "whsec_" + MASK),  # webhook secrets
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "sk-" + MASK),  # OpenAI-style keys
+    (re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+"), MASK),  # JWTs (Kling signs with them)
+    (re.compile(r"\b(Key)\s+[A-Za-z0-9._-]+:[A-Za-z0-9._-]+"), r"\1 " + MASK),  # fal keys
+)
+
+_MAX_DEPTH = 8
+
+
+def _is_secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key.lower().replace("-", "_")))
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value)
+
+
+def redact_text(text: str) -> str:
+    """Mask secret-looking substrings (bearer tokens, ``r8_…``, ``whsec_…``, …)."""
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact(value: Any, _depth: int = 0) -> Any:
+    """A JSON-safe, redacted copy of ``value``.
+
+    Values under secret-named keys become ``***`` whatever they are (empty values
+    stay, because "no key configured" is worth seeing); strings are scanned for
+    secret-looking text; anything that is not JSON becomes its ``repr``, scanned
+    too. Copying also freezes the value: the listener thread formats it later, and
+    a dict the caller mutates after logging must not change the line.
+    """
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return redact_text(value)
+    if _depth >= _MAX_DEPTH:
+        return redact_text(repr(value))
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            name = str(key)
+            if _is_secret_key(name) and not _is_empty(item):
+                out[name] = MASK
+            else:
+                out[name] = redact(item, _depth + 1)
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [redact(item, _depth + 1) for item in value]
+    return redact_text(repr(value))
+
+
+def is_secret_field(key: str, value: Any) -> bool:
+    """Whether a field named ``key`` must be masked whole (an empty one stays)."""
+    return _is_secret_key(key) and not _is_empty(value)
