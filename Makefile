@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/submit.py
 	$(BIN)/python bench/polling.py
+	$(BIN)/python bench/inflight.py
 
 clean:
 	rm -rf $(VENV) .easel-state
