@@ -28,7 +28,7 @@ from actors.providers import make_adapter
 from actors.providers.base import ProviderSettings
 from actors.scheduler import Enqueue, Scheduler
 from actors.storage import LocalStorage
-from actors.store import Store
+from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, Store
 from actors.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,10 @@ class Runtime:
         max_restarts: int = 5,
         max_restart_seconds: float = 60.0,
         public_base_url: str = "",
+        idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
     ) -> None:
         self.store = store
+        self.idempotency_window = idempotency_window
         self.catalog = {
             name: spec
             for name, spec in catalog.items()
@@ -136,7 +138,7 @@ class Runtime:
 
     async def submit(self, job: Job) -> tuple[Job, bool]:
         """Store ``job`` durably, then queue it. Returns ``(job, created)``."""
-        stored, created = await self.store.insert_job(job)
+        stored, created = await self.store.insert_job(job, self.idempotency_window)
         if created:
             await self.scheduler.send.send(Enqueue(stored))
         return stored, created

@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 #: The largest number of writes that share one transaction.
 MAX_BATCH = 512
+#: How long an ``Idempotency-Key`` stays bound to its job (24 h).
+DEFAULT_IDEMPOTENCY_WINDOW = 24 * 3600.0
 #: Seconds between flushes of poll bookkeeping (``Store.note_poll``).
 POLL_FLUSH_SECONDS = 1.0
 
@@ -347,11 +349,15 @@ class Store:
     def statistics(self) -> StoreStatistics:
         return attrs.evolve(self._stats)
 
-    async def insert_job(self, job: Job) -> tuple[Job, bool]:
+    async def insert_job(
+        self, job: Job, idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
+    ) -> tuple[Job, bool]:
         """Insert ``job``; returns ``(job, True)``.
 
-        With an idempotency key already used by the same request, returns
-        ``(original, False)``; used by a different request, raises CONFLICT.
+        With an idempotency key already used by the same request within
+        ``idempotency_window`` seconds, returns ``(original, False)``; used by a
+        different request, raises CONFLICT. A key older than the window is released
+        from its old job and means a new request.
         """
         now = wall_now()  # here, on trio's clock: the writer thread has none
 
@@ -361,6 +367,10 @@ class Store:
                     "SELECT * FROM generation_requests WHERE idempotency_key=?",
                     (job.idempotency_key,),
                 ).fetchone()
+                if row is not None and row["created_at"] < now - idempotency_window:
+                    conn.execute("UPDATE generation_requests SET idempotency_key=NULL WHERE id=?",
+                                 (row["id"],))
+                    row = None
                 if row is not None:
                     existing = _from_row(row)
                     if existing.request_hash != job.request_hash:

@@ -43,6 +43,8 @@ class DaemonSettings:
     drain_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     max_body_bytes: int = attrs.field(default=1_048_576, validator=attrs.validators.ge(1024))
     public_base_url: str = ""
+    #: Seconds an ``Idempotency-Key`` stays bound to its job.
+    idempotency_window: float = attrs.field(default=86_400.0, validator=attrs.validators.gt(0))
     #: Restart intensity of the supervisor: more than ``max_restarts`` crashes of
     #: actors within ``max_restart_seconds`` and the process exits non-zero.
     max_restarts: int = 5

@@ -69,6 +69,7 @@ async def serve(
                 max_restarts=config.daemon.max_restarts,
                 max_restart_seconds=config.daemon.max_restart_seconds,
                 public_base_url=config.daemon.public_base_url,
+                idempotency_window=config.daemon.idempotency_window,
             )
             app = create_app(
                 runtime,

@@ -325,6 +325,25 @@ async def test_idempotency_same_key_other_hash_is_conflict(tmp_path: Path) -> No
     assert counts == {"QUEUED": 1}
 
 
+async def test_idempotency_key_expires_after_its_window(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with open_store(tmp_path / "db") as store:
+        first, _ = await store.insert_job(make_job(idempotency_key="k", request_hash="h1"),
+                                          idempotency_window=3600)
+        await trio.sleep(1800)
+        again, created = await store.insert_job(make_job(idempotency_key="k", request_hash="h1"),
+                                                idempotency_window=3600)
+        assert (again.id, created) == (first.id, False)
+        await trio.sleep(3600)
+        # Past the window the key is free again: a new job, even with another body.
+        fresh, created = await store.insert_job(make_job(idempotency_key="k", request_hash="h2"),
+                                                idempotency_window=3600)
+        old = await store.get_job(first.id)
+    assert created is True and fresh.id != first.id
+    assert old is not None and old.idempotency_key is None
+
+
 async def test_concurrent_inserts_with_one_key_make_one_row(tmp_path: Path) -> None:
     results: list[tuple[Job, bool]] = []
 
