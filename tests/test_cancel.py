@@ -36,13 +36,13 @@ async def cancel_while_running(easel_daemon, sim: Simulator, toml: str, model: s
     response = await easel.submit({"modelIdentifier": model, "prompt": "a long exposure"})
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         while (await easel.client.get(f"/api/external/generation/{job_id}")).json()[
                 "stage"] != "RUNNING":
             await trio.sleep(0.02)
     cancelled = await easel.client.post(f"/api/external/generation/{job_id}/cancel")
     assert cancelled.status_code == 200, cancelled.text
-    with trio.fail_after(10):
+    with trio.fail_after(30):
         while sim.stats().requests.get("cancel", 0) == 0:
             await trio.sleep(0.02)
     return (await easel.client.get(f"/api/external/generation/{job_id}")).json()
