@@ -33,6 +33,12 @@ def test_status_and_wording_decide_the_code(status: int, body: str, code: ErrorC
     assert error.info.details["status"] == status
 
 
+@pytest.mark.parametrize(("status", "sent"), [(429, False), (500, True), (502, True), (400, True)])
+def test_only_a_refusal_is_marked_unsent(status: int, sent: bool) -> None:
+    # 429 starts nothing at the provider; a 5xx may come after the work was accepted.
+    assert error_for_status(answer(status, "{}"), "prov").sent is sent
+
+
 def test_retry_after_is_kept() -> None:
     error = error_for_status(answer(429, "{}", **{"Retry-After": "7"}), "prov")
     assert error.retry_after == 7

@@ -1,9 +1,10 @@
 """HTTP plumbing shared by adapters: one client per provider, errors to codes.
 
 Every network failure and HTTP status a provider answers with becomes an
-``EaselError`` here, so adapters only describe their own bodies. A connection that
-was refused or never established is marked ``sent=False``: the one failure after
-which resending a submission cannot pay twice.
+``EaselError`` here, so adapters only describe their own bodies. A request that
+never left (connection refused, none free in the pool) or that the provider refused
+with 429 is marked ``sent=False``: the failures after which resending a submission
+cannot pay twice. A timeout, a reset or a 5xx after sending proves nothing.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ async def send(
     """Send one request; network failures raise ``EaselError``."""
     try:
         return await client.request(method, url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        # No connection was made (or none was free in our own pool): the request
+        # never left, so even a submission may be sent again.
         raise EaselError(
             ErrorCode.PROVIDER_UNAVAILABLE,
             f"{provider}: cannot connect ({type(exc).__name__})",
@@ -112,6 +115,8 @@ def error_for_status(response: httpx.Response, provider: str, message: str = "")
         f"{provider}: {text}",
         {"provider": provider, "status": status, "body": excerpt},
         retry_after=parse_retry_after(response.headers.get("retry-after")),
+        # 429 is a refusal: the provider started nothing, so resending is safe.
+        sent=code is not ErrorCode.RATE_LIMITED,
     )
 
 
