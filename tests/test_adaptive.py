@@ -241,7 +241,7 @@ def test_check_cost_trades_checks_for_delay():
     results = []
     for cost in (2.0, 5.0, 20.0):
         schedule = plan(durations, check_cost=cost)
-        results.append(replay(tasks, lambda e, d: adaptive_delay(schedule, e, d, FALLBACK)))
+        results.append(replay(tasks, lambda e, d, s=schedule: adaptive_delay(s, e, d, FALLBACK)))
     (c1, d1), (c2, d2), (c3, d3) = results
     assert c1 > c2 > c3
     assert d1 < d2 < d3
@@ -281,7 +281,7 @@ def test_relearning_from_its_own_polling_does_not_drift_later():
             assert schedule is not None
             times = first_times(schedule, 100)
             delays.append(
-                replay(tasks, lambda e, d: adaptive_delay(schedule, e, d, FALLBACK))[1])
+                replay(tasks, lambda e, d, s=schedule: adaptive_delay(s, e, d, FALLBACK))[1])
         return delays
 
     delays = generations(as_intervals=True)

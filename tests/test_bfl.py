@@ -30,10 +30,10 @@ from actors.providers.bfl import (
     status_of,
 )
 from tests.conftest import free_port, write_config
+from tests.fakes import FakeClock
 from tests.process import DaemonProcess
 from tests.simulators.base import Knobs, fetch_stats, serve_simulator, start_simulator_process
 from tests.simulators.bfl import BflSimulator
-from tests.fakes import FakeClock
 
 KEY = "bfl-adapter-key"
 SECRET = "hook-secret-123"

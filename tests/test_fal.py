@@ -26,10 +26,16 @@ from actors.errors import EaselError, ErrorCode
 from actors.providers import fal
 from actors.providers.base import JobRequest, ProviderSettings, Submitted, TaskState
 from tests.conftest import free_port, write_config
-from tests.process import DaemonProcess
-from tests.simulators.base import Knobs, fetch_stats, png_bytes, serve_simulator, start_simulator_process
-from tests.simulators.fal import FalSimulator
 from tests.fakes import FakeClock
+from tests.process import DaemonProcess
+from tests.simulators.base import (
+    Knobs,
+    fetch_stats,
+    png_bytes,
+    serve_simulator,
+    start_simulator_process,
+)
+from tests.simulators.fal import FalSimulator
 
 KEY = "fal-key-id:fal-key-secret"
 MODEL = "fal-ai/flux/dev"

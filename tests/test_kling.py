@@ -24,12 +24,12 @@ from actors.catalog import MediaKind, ModelSpec
 from actors.errors import EaselError, ErrorCode
 from actors.providers import kling, make_adapter
 from actors.providers.base import JobRequest, ProviderSettings, Submitted, TaskState, WebhookEvent
-from actors.providers.kling import KlingAdapter, JwtSigner, encode_jwt
+from actors.providers.kling import JwtSigner, KlingAdapter, encode_jwt
 from tests.conftest import free_port, write_config
+from tests.fakes import FakeClock
 from tests.process import DaemonProcess, wait_all_terminal
 from tests.simulators.base import Knobs, fetch_stats, serve_simulator, start_simulator_process
 from tests.simulators.kling import KlingSimulator, jwt_problem
-from tests.fakes import FakeClock
 
 ACCESS = "ak_simulated"
 SECRET = "sk_simulated_secret"

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.lowlevel
 
 from actors import context
 from daemon import logs
@@ -97,7 +98,7 @@ async def test_context_follows_trio_tasks_and_worker_threads(tmp_path: Path) -> 
 
     async def work(job: str) -> None:
         context.job_id.set(job)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         log.info("in task")
         await trio.to_thread.run_sync(lambda: log.info("in worker thread"))
 
@@ -118,7 +119,7 @@ async def test_context_follows_trio_tasks_and_worker_threads(tmp_path: Path) -> 
 def test_exception_goes_in_exc(tmp_path: Path) -> None:
     handle, path, _ = start(tmp_path)
     try:
-        1 / 0
+        raise ZeroDivisionError("division by zero")
     except ZeroDivisionError:
         log.exception("division failed")
     handle.stop()

@@ -31,9 +31,9 @@ from actors.errors import EaselError, ErrorCode
 from actors.providers.base import JobRequest, ProviderSettings, Submitted, TaskState
 from actors.providers.pollo import PolloAdapter, error_for_response, status_of, unwrap
 from tests.conftest import free_port, write_config
+from tests.fakes import FakeClock
 from tests.process import DaemonProcess
 from tests.simulators.base import Knobs, fetch_stats, serve_simulator, start_simulator_process
-from tests.fakes import FakeClock
 from tests.simulators.pollo import (
     CREDITS_PER_TASK,
     MODERATION_MARKER,

@@ -19,9 +19,9 @@ from PIL import Image
 from quart import request
 from quart_trio import QuartTrio
 
+from tests.fakes import FakeClock
 from tests.simulators.base import Knobs, fetch_stats, serve_simulator, start_simulator_process
 from tests.simulators.bfl import BflSimulator
-from tests.fakes import FakeClock
 
 KEY = "bfl-test-key"
 Started = tuple[BflSimulator, str]

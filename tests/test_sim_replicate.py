@@ -35,9 +35,15 @@ from replicate.webhook import Webhooks, WebhookSigningSecret
 from trio.testing import MockClock
 
 from actors.clock import wall_now
-from tests.simulators.base import Knobs, fetch_stats, serve_simulator, set_knobs, start_simulator_process
-from tests.simulators.replicate import Prediction, ReplicateSimulator
 from tests.fakes import FakeClock
+from tests.simulators.base import (
+    Knobs,
+    fetch_stats,
+    serve_simulator,
+    set_knobs,
+    start_simulator_process,
+)
+from tests.simulators.replicate import Prediction, ReplicateSimulator
 
 TOKEN = "r8_simulated_token"
 FLUX = "black-forest-labs/flux-schnell"
