@@ -1,17 +1,23 @@
 """Checking a submission before anything is stored.
 
-The unified request is structured by cattrs into ``SubmissionRequest``; every
-problem found is reported with its path in one INVALID_PARAMETERS error, so a
-client fixes its request in one round trip. An unknown model is INVALID_REQUEST and
-names the models that exist.
+The unified request is structured by cattrs into ``SubmissionRequest``, whose field
+types carry their own limits (prompt length, output count, image references), so
+one pass collects every type and value problem; the model's ``parameters`` are then
+checked by its provider family (``actors/parameters.py``), which also fills in the
+provider's defaults. Every problem found is reported with its path in one
+INVALID_PARAMETERS error, so a client fixes its request in one round trip. An
+unknown model is INVALID_REQUEST and names the models that exist.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import attrs
 import cattrs
@@ -19,21 +25,84 @@ import cattrs
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job, new_job_id
+from actors.parameters import (
+    Between,
+    Invalid,
+    check_parameters,
+    converter as parameters_converter,
+    problems_of,
+    strict,
+    strict_object,
+    type_name,
+)
 
 MAX_PROMPT = 2000
 MAX_OUTPUTS = 10
-_DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,[A-Za-z0-9+/=\s]+$")
+#: Deepest nesting of ``parameters`` and ``metadata`` (JSON objects and lists).
+MAX_DEPTH = 32
+_DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,([A-Za-z0-9+/=\s]+)$")
+IMAGE_PROBLEM = "must be an http(s) URL or a data:image/(png|jpeg|jpg|webp);base64 URI"
+
+
+@attrs.frozen
+class _Prompt:
+    """Marks the prompt: 1 to MAX_PROMPT characters, not only whitespace."""
+
+
+@attrs.frozen
+class _ImageRef:
+    """Marks an input image: an http(s) URL or a base64 ``data:image/...`` URI."""
+
+
+@attrs.frozen
+class _HttpUrl:
+    """Marks a URL Easel will call: http(s) only."""
+
+
+def _structure_prompt(value: Any, _: Any) -> str:
+    if type(value) is not str:
+        raise Invalid(f"expected a string, got {type_name(value)}")
+    if not value.strip() or len(value) > MAX_PROMPT:
+        raise Invalid(f"must be 1 to {MAX_PROMPT} characters")
+    return value
+
+
+def _valid_base64(data: str) -> bool:
+    try:
+        base64.b64decode(re.sub(r"\s", "", data), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def _structure_image(value: Any, _: Any) -> str:
+    if type(value) is not str:
+        raise Invalid(f"expected a string, got {type_name(value)}")
+    if value.startswith(("http://", "https://")) and len(value) > len("https://"):
+        return value
+    data = _DATA_IMAGE.match(value)
+    if data is None or not _valid_base64(data.group(2)):
+        raise Invalid(IMAGE_PROBLEM)
+    return value
+
+
+def _structure_http_url(value: Any, _: Any) -> str:
+    if type(value) is not str:
+        raise Invalid(f"expected a string, got {type_name(value)}")
+    if not value.startswith(("http://", "https://")):
+        raise Invalid("must be an http(s) URL")
+    return value
 
 
 @attrs.frozen
 class SubmissionRequest:
     modelIdentifier: str  # noqa: N815 - the wire name
-    prompt: str
-    input_images: list[str] = attrs.field(factory=list)
-    number_of_outputs: int = 1
+    prompt: Annotated[str, _Prompt()]
+    input_images: list[Annotated[str, _ImageRef()]] = attrs.field(factory=list)
+    number_of_outputs: Annotated[int, Between(1, MAX_OUTPUTS)] = 1
     parameters: dict[str, Any] = attrs.field(factory=dict)
-    priority: int = 0
-    webhook_url: str | None = None
+    priority: Annotated[int, Between(-1000, 1000)] = 0
+    webhook_url: Annotated[str, _HttpUrl()] | None = None
     user_id: str | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
 
@@ -41,40 +110,41 @@ class SubmissionRequest:
 _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
-def _strict(type_: type) -> Any:
-    def structure(value: Any, _: Any) -> Any:
-        if type(value) is not type_:  # no "3" -> 3, no True -> 1
-            raise TypeError(f"expected {type_.__name__}")
-        return value
+_converter.register_structure_hook(str, strict(str, "a string"))  # no 3 -> "3"
+_converter.register_structure_hook(int, strict(int, "an integer"))  # no "3" -> 3, no True -> 1
 
-    return structure
+_MARKED = {_Prompt: _structure_prompt, _ImageRef: _structure_image, _HttpUrl: _structure_http_url}
 
 
-for _t in (str, int):
-    _converter.register_structure_hook(_t, _strict(_t))
+def _annotated_hook(type_: Any) -> Any:
+    for mark in type_.__metadata__:
+        if type(mark) in _MARKED:
+            return _MARKED[type(mark)]
+    return parameters_converter.get_structure_hook(type_)  # Between and friends
 
-_structure_list_of_str = _converter.get_structure_hook(list[str])
+
+def _is_annotated(type_: Any) -> bool:
+    return hasattr(type_, "__metadata__") and hasattr(type_, "__origin__")
+
+
+_converter.register_structure_hook_factory(_is_annotated, _annotated_hook)
+
+
+# cattrs would take any mapping-like value and copy it; only a JSON object is one.
+_converter.register_structure_hook_func(lambda t: t == dict[str, Any], strict_object)
+_structure_images = _converter.get_structure_hook(list[Annotated[str, _ImageRef()]])
 
 
 def _strict_list(value: Any, type_: Any) -> list[str]:
     # cattrs would iterate a string or an object: "" -> [], {"https://a": 1} -> [url].
-    if not isinstance(value, list):
-        raise TypeError("expected a list")
-    return _structure_list_of_str(value, type_)  # type: ignore[no-any-return]
+    if type(value) is not list:
+        raise Invalid(f"expected a list, got {type_name(value)}")
+    return _structure_images(value, type_)  # type: ignore[no-any-return]
 
 
-_converter.register_structure_hook_func(lambda t: t == list[str], _strict_list)
-
-
-def _cattrs_problems(exc: cattrs.BaseValidationError) -> list[str]:
-    problems = []
-    for line in cattrs.transform_error(exc):
-        message, _, where = line.rpartition(" @ ")
-        path = where.removeprefix("$").lstrip(".")
-        path = re.sub(r"\[(\d+)\]", r"[\1]", path)
-        message = message.replace("required field missing", "is required")
-        problems.append(f"{path}: {message}" if path else message)
-    return problems
+_converter.register_structure_hook_func(
+    lambda t: t == list[Annotated[str, _ImageRef()]], _strict_list
+)
 
 
 def request_hash(body: Any) -> str:
@@ -83,39 +153,81 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_submission(body: Any, catalog: dict[str, ModelSpec]) -> SubmissionRequest:
+def depth(value: Any) -> int:
+    """How deeply JSON containers nest in ``value`` (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+    return deepest
+
+
+def invalid_parameters(problems: list[str]) -> EaselError:
+    """The 422 for ``problems``: the message names the first, details list them all."""
+    message = problems[0]
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more in details.problems)"
+    return EaselError(ErrorCode.INVALID_PARAMETERS, message, {"problems": problems})
+
+
+def parse_submission(
+    body: Any,
+    catalog: Mapping[str, ModelSpec],
+    families: Mapping[str, str] | None = None,
+) -> SubmissionRequest:
+    """Check ``body`` and return it structured, with the model's parameters normalised.
+
+    ``families`` maps a provider section to its adapter (``tuzi-kling`` -> ``kling``);
+    a section missing from it is its own adapter's name. Problems of the unified
+    fields and of the parameters are collected together, whichever fails first.
+    """
     if not isinstance(body, dict):
         raise EaselError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    model = body.get("modelIdentifier")
+    if type(model) is str and model not in catalog:
+        raise EaselError(
+            ErrorCode.INVALID_REQUEST,
+            f"unknown model {model[:200]!r}",
+            {"knownModels": sorted(catalog)},
+        )
+    problems: list[str] = []
+    request: SubmissionRequest | None = None
     try:
         request = _converter.structure(body, SubmissionRequest)
     except cattrs.BaseValidationError as exc:
-        problems = _cattrs_problems(exc)
-        raise EaselError(
-            ErrorCode.INVALID_PARAMETERS, "; ".join(problems), {"problems": problems}
-        ) from None
-    problems = []
-    if request.modelIdentifier not in catalog:
-        raise EaselError(
-            ErrorCode.INVALID_REQUEST,
-            f"unknown model {request.modelIdentifier!r}",
-            {"knownModels": sorted(catalog)},
+        problems += problems_of(exc, "")
+    for field in ("parameters", "metadata"):
+        if depth(body.get(field)) > MAX_DEPTH:
+            problems.append(f"{field}: nested deeper than {MAX_DEPTH} levels")
+    checked = None
+    parameters = body.get("parameters", {})
+    if type(model) is str and type(parameters) is dict:
+        spec = catalog[model]
+        family = (families or {}).get(spec.provider, spec.provider)
+        given = body.get("number_of_outputs")
+        valid_outputs = type(given) is int and 1 <= given <= MAX_OUTPUTS
+        images = body.get("input_images")
+        checked = check_parameters(
+            family,
+            spec.provider_model,
+            parameters,
+            number_of_outputs=given if valid_outputs else 1,
+            outputs_given=valid_outputs,
+            input_images=len(images) if type(images) is list else 0,
         )
-    if not 1 <= len(request.prompt.strip()) <= MAX_PROMPT or len(request.prompt) > MAX_PROMPT:
-        problems.append(f"prompt: must be 1 to {MAX_PROMPT} characters")
-    if not 1 <= request.number_of_outputs <= MAX_OUTPUTS:
-        problems.append(f"number_of_outputs: must be 1 to {MAX_OUTPUTS}")
-    if not -1000 <= request.priority <= 1000:
-        problems.append("priority: must be -1000 to 1000")
-    for i, image in enumerate(request.input_images):
-        if not (image.startswith(("http://", "https://")) or _DATA_IMAGE.match(image)):
-            problems.append(
-                f"input_images[{i}]: must be an http(s) URL or a data:image/(png|jpeg|webp);base64 URI"
-            )
-    if request.webhook_url is not None and not request.webhook_url.startswith(("http://", "https://")):
-        problems.append("webhook_url: must be an http(s) URL")
+        problems += checked.problems
     if problems:
-        raise EaselError(ErrorCode.INVALID_PARAMETERS, "; ".join(problems), {"problems": problems})
-    return request
+        raise invalid_parameters(problems)
+    assert request is not None and checked is not None
+    return attrs.evolve(
+        request, parameters=checked.parameters, number_of_outputs=checked.number_of_outputs
+    )
 
 
 def job_from(

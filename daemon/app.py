@@ -4,12 +4,19 @@ Routes keep the paths existing clients use (DESIGN section 5). Every error leave
 as ``{error: {code, message, details, isRetryable}}`` with the status of its code,
 including the ones Quart raises itself (404, 405, 413) and anything unexpected,
 which is logged and answered INTERNAL_ERROR rather than leaking a stack trace.
+
+A submission body is refused before validation when it is not what a JSON API
+takes: another Content-Type (415), more than ``max_body_bytes`` (413), text that is
+not strict JSON (NaN, numbers too long to read, nesting beyond the parser, lone
+UTF-16 surrogates that could not be stored) (400). Each is the client's mistake,
+so none may surface as a 500.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 from pathlib import Path
@@ -43,6 +50,52 @@ _HTTP_CODES = {
 }
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON from a request body, or INVALID_REQUEST saying what is wrong.
+
+    Python's parser takes ``NaN`` and ``Infinity`` (not JSON; they could not be sent
+    back), raises ValueError past 4300 digits and RecursionError on deep nesting;
+    a ``\\ud800`` escape yields a string SQLite cannot store. All are refused here.
+    """
+    try:
+        body = json.loads(raw, parse_constant=_no_constant)
+        json.dumps(body, ensure_ascii=False).encode()  # lone surrogates raise here
+    except RecursionError:
+        raise EaselError(ErrorCode.INVALID_REQUEST, "body is nested too deeply") from None
+    except UnicodeError as exc:
+        raise EaselError(ErrorCode.INVALID_REQUEST, f"body is not valid UTF-8 JSON text: {exc.reason}") from None
+    except ValueError as exc:  # JSONDecodeError is one
+        raise EaselError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {exc}") from None
+    return body
+
+
+def _wait_seconds(text: str | None) -> float:
+    """``?wait=`` as seconds from 0 to MAX_WAIT (a NaN would break the timeout)."""
+    if text is None:
+        return 0.0
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if math.isnan(seconds):
+        raise EaselError(ErrorCode.INVALID_REQUEST, "wait must be a number of seconds",
+                         {"wait": text[:100]})
+    return min(max(seconds, 0.0), MAX_WAIT)
+
+
+class _Refused(Exception):
+    """A request refused with a status other than its code's own (415 for a body type)."""
+
+    def __init__(self, info: ErrorInfo, status: int) -> None:
+        super().__init__(info.message)
+        self.info = info
+        self.status = status
+
+
 def error_response(info: ErrorInfo, status: int | None = None,
                    headers: dict[str, str] | None = None) -> Response:
     body = json.dumps({"error": info.to_json()})
@@ -61,7 +114,12 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
                public_base_url: str = "", drain_retry_after: int = 30) -> QuartTrio:
     app = QuartTrio("easel")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    # A job id is one path segment: ``generation//x`` (an id of "/x") is no such job
+    # (404), not a redirect to another path with an empty, non-JSON body.
+    app.url_map.merge_slashes = False
     started_at = time.time()
+    #: Provider section -> adapter family, which decides how ``parameters`` are checked.
+    families = {name: actor.settings.adapter or name for name, actor in runtime.providers.items()}
     health_cache: dict[str, Any] = {"at": -1e9, "body": None}
 
     def absolute(job: Job) -> dict[str, Any]:
@@ -95,7 +153,10 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
             404: "no such path",
             405: f"method {request.method} is not allowed here",
         }.get(status, exc.description or exc.name)
-        return error_response(ErrorInfo(code, message, {"httpStatus": status}), status)
+        # A 413 leaves the body unread on the connection: close it, or the client's
+        # next request on it would wait for an answer that never comes.
+        headers = {"Connection": "close"} if status == 413 else None
+        return error_response(ErrorInfo(code, message, {"httpStatus": status}), status, headers)
 
     @app.errorhandler(Exception)
     async def unexpected(exc: Exception) -> Response:
@@ -103,24 +164,28 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
         return error_response(ErrorInfo(ErrorCode.INTERNAL_ERROR, "internal error"))
 
     async def json_body() -> Any:
-        if request.mimetype != "application/json":
-            raise EaselError(ErrorCode.INVALID_REQUEST, "Content-Type must be application/json",
-                             {"contentType": request.content_type})
+        # Read first (413 beyond max_body_bytes), so a refused body never stays unread
+        # on a connection the client goes on using.
         raw = await request.get_data(cache=False)
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EaselError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {exc}") from None
+        if request.mimetype != "application/json":
+            info = ErrorInfo(ErrorCode.INVALID_REQUEST, "Content-Type must be application/json",
+                             {"contentType": (request.content_type or "")[:200], "httpStatus": 415})
+            raise _Refused(info, 415)
+        return parse_json(raw)
+
+    @app.errorhandler(_Refused)
+    async def refused(exc: _Refused) -> Response:
+        return error_response(exc.info, exc.status)
 
     @app.post("/api/external/generation")
     async def submit() -> Response:
         if runtime.lifecycle.draining:
             return error_response(
                 ErrorInfo(ErrorCode.SHUTTING_DOWN, "Easel is shutting down; retry shortly"),
-                headers={"Retry-After": str(drain_retry_after)},
+                headers={"Retry-After": str(drain_retry_after), "Connection": "close"},
             )
         body = await json_body()
-        parsed = parse_submission(body, runtime.catalog)
+        parsed = parse_submission(body, runtime.catalog, families)
         key = request.headers.get("Idempotency-Key") or None
         if key is not None and len(key) > 255:
             raise EaselError(ErrorCode.INVALID_REQUEST, "Idempotency-Key is longer than 255 characters")
@@ -140,12 +205,9 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
 
     @app.get("/api/external/generation/<job_id>")
     async def status(job_id: str) -> Response:
-        try:
-            wait = min(float(request.args.get("wait", 0)), MAX_WAIT)
-        except ValueError:
-            raise EaselError(ErrorCode.INVALID_REQUEST, "wait must be a number of seconds") from None
+        wait = _wait_seconds(request.args.get("wait"))
         job = await load(job_id)
-        with trio.move_on_after(max(wait, 0)):
+        with trio.move_on_after(wait):
             while not job.state.terminal:
                 changed = runtime.store.watch(job_id)
                 job = await load(job_id)  # re-read after watching: no change slips by

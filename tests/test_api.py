@@ -136,7 +136,7 @@ async def test_cancel(easel_daemon) -> None:
     ("content", "headers", "status", "code"),
     [
         (b"{not json", {"content-type": "application/json"}, 400, "INVALID_REQUEST"),
-        (b'{"a": 1}', {"content-type": "text/plain"}, 400, "INVALID_REQUEST"),
+        (b'{"a": 1}', {"content-type": "text/plain"}, 415, "INVALID_REQUEST"),
         (b"[1, 2]", {"content-type": "application/json"}, 400, "INVALID_REQUEST"),
         (b'{"modelIdentifier": "nope", "prompt": "x"}', {"content-type": "application/json"},
          400, "INVALID_REQUEST"),
