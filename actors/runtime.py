@@ -1,9 +1,10 @@
 """The actors of one daemon, wired together and put under a supervisor.
 
 ``Runtime`` builds one provider actor and one poller per enabled provider, the
-scheduler, the finalizer and the monitor, connects their mailboxes, and exposes
-what the HTTP layer needs (``submit``, ``cancel``, ``statistics``). Wiring lives
-here, not in the actors, so each actor module only knows the messages it takes.
+scheduler, the finalizer, the monitor and the client webhook outbox, connects their
+mailboxes, and exposes what the HTTP layer needs (``submit``, ``cancel``,
+``statistics``). Wiring lives here, not in the actors, so each actor module only
+knows the messages it takes.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import trio
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.finalizer import Finalize, Finalizer
-from actors.jobs import Job, JobState, TERMINAL
+from actors.jobs import TERMINAL, Job, JobState
 from actors.lifecycle import Lifecycle
 from actors.monitor import Monitor
+from actors.outbox import Outbox, OutboxSettings
 from actors.poller import Forget, Observed, Poller, Track
 from actors.provider import CancelTask, ProviderActor
 from actors.providers import make_adapter
@@ -47,7 +49,12 @@ class Runtime:
         max_restart_seconds: float = 60.0,
         public_base_url: str = "",
         idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
+        webhooks: OutboxSettings | None = None,
+        webhook_base_url: str = "",
     ) -> None:
+        """``webhooks`` configures client webhook delivery (its ``secret`` must be
+        set: the daemon generates one when the operator did not);
+        ``webhook_base_url`` makes ``/media/`` result URLs in them absolute."""
         self.store = store
         self.idempotency_window = idempotency_window
         self.catalog = {
@@ -81,7 +88,11 @@ class Runtime:
             self.scheduler.add_provider(name, actor.slots, actor.send.send)
             self.providers[name] = actor
             self.pollers[name] = poller
+        self.outbox = Outbox(
+            store, webhooks or OutboxSettings(), base_url=webhook_base_url, monitor=self.monitor
+        )
         store.add_listener(self._on_change)
+        store.add_listener(self.outbox.notify)
         self.supervisor = Supervisor(
             self._children(), max_restarts=max_restarts, max_seconds=max_restart_seconds,
             on_crash=lambda name, exc: self.monitor.emit("actor.crash", actor=name),
@@ -92,6 +103,7 @@ class Runtime:
             ChildSpec("monitor", self.monitor.run),
             ChildSpec("finalizer", self.finalizer.run),
             ChildSpec("scheduler", self.scheduler.run),
+            ChildSpec("outbox", self.outbox.run),
         ]
         for name in self.providers:
             children.append(ChildSpec(f"provider:{name}", self.providers[name].run))

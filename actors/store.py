@@ -116,7 +116,72 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX task_durations_model ON task_durations(model, id);
     """,
+    # 3: the client webhook outbox (actors/outbox.py). One row per delivery, written
+    # in the same transaction as the job's terminal state so a crash cannot lose
+    # it. id is the stable webhook-id; payload the job JSON (relative media URLs);
+    # state PENDING -> DELIVERED | FAILED.
+    """
+    CREATE TABLE webhook_outbox (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'PENDING',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX webhook_outbox_due ON webhook_outbox(next_attempt_at)
+        WHERE state = 'PENDING';
+    CREATE INDEX webhook_outbox_job ON webhook_outbox(job_id);
+    """,
 ]
+
+#: States of a ``webhook_outbox`` row.
+OUTBOX_PENDING, OUTBOX_DELIVERED, OUTBOX_FAILED = "PENDING", "DELIVERED", "FAILED"
+
+
+@attrs.define
+class OutboxRow:
+    """One client webhook delivery (a row of ``webhook_outbox``)."""
+
+    id: str
+    job_id: str
+    url: str
+    payload: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+def _outbox_row(row: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(**dict(zip(row.keys(), row, strict=True)))
+
+
+def outbox_id(job_id: str, state: JobState) -> str:
+    """The delivery's ``webhook-id``: stable across retries and restarts, so a
+    receiver can drop a delivery it has already seen."""
+    return f"msg_{job_id}_{state.value}"
+
+
+def _enqueue_webhook(conn: sqlite3.Connection, job: Job, now: float) -> None:
+    """Queue the client webhook of a job that just became terminal (inside the
+    transition's transaction: both commit or neither does)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO webhook_outbox (id, job_id, url, payload, next_attempt_at,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (outbox_id(job.id, job.state), job.id, job.webhook_url, json.dumps(job.to_api()),
+         now, now, now),
+    )
 
 _JSON_COLUMNS = {"input_images", "parameters", "metadata", "provider_outputs", "results"}
 _COLUMNS = [f.name for f in attrs.fields(Job)]
@@ -432,6 +497,8 @@ class Store:
             job = _from_row(row.fetchone())
             if froms != [to_state]:
                 _event(conn, job_id, now, "state", {"state": to_state.value, **(event or {})})
+                if to_state.terminal and job.webhook_url:
+                    _enqueue_webhook(conn, job, now)
                 write.changed.append(job)
             elif event:
                 _event(conn, job_id, now, event.get("kind", "update"), event)
@@ -559,6 +626,74 @@ class Store:
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute("SELECT state, COUNT(*) FROM generation_requests GROUP BY state")
             return {r[0]: r[1] for r in rows}
+
+        return await self._read(op)
+
+    # -- the client webhook outbox (actors/outbox.py) ---------------------
+
+    async def due_webhooks(
+        self, now: float, limit: int, exclude: Iterable[str] = ()
+    ) -> list[OutboxRow]:
+        """Up to ``limit`` pending deliveries due at ``now``, oldest due first,
+        leaving out ``exclude`` (those already being attempted)."""
+        skip = list(exclude)
+        marks = ", ".join("?" for _ in skip)
+        sql = "SELECT * FROM webhook_outbox WHERE state='PENDING' AND next_attempt_at<=?"
+        if skip:
+            sql += f" AND id NOT IN ({marks})"
+        sql += " ORDER BY next_attempt_at LIMIT ?"
+
+        def op(conn: sqlite3.Connection) -> list[OutboxRow]:
+            return [_outbox_row(r) for r in conn.execute(sql, [now, *skip, limit])]
+
+        return await self._read(op)
+
+    async def next_webhook_at(self, exclude: Iterable[str] = ()) -> float | None:
+        """When the next pending delivery (not in ``exclude``) is due, if any."""
+        skip = list(exclude)
+        marks = ", ".join("?" for _ in skip)
+        sql = "SELECT MIN(next_attempt_at) FROM webhook_outbox WHERE state='PENDING'"
+        if skip:
+            sql += f" AND id NOT IN ({marks})"
+
+        def op(conn: sqlite3.Connection) -> float | None:
+            value = conn.execute(sql, skip).fetchone()[0]
+            return float(value) if value is not None else None
+
+        return await self._read(op)
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: str,
+        state: str,
+        *,
+        status: int | None,
+        error: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Count one attempt of a pending delivery and set its outcome: ``state``
+        PENDING again (with ``next_attempt_at``), DELIVERED or FAILED."""
+        now = wall_now()
+        finished = None if state == OUTBOX_PENDING else now
+
+        def op(conn: sqlite3.Connection, write: _Write) -> None:
+            conn.execute(
+                "UPDATE webhook_outbox SET state=?, attempts=attempts+1, last_status=?,"
+                " last_error=?, next_attempt_at=COALESCE(?, next_attempt_at), updated_at=?,"
+                " finished_at=? WHERE id=? AND state='PENDING'",
+                (state, status, error, next_attempt_at, now, finished, delivery_id),
+            )
+
+        await self._write(op)
+
+    async def webhooks_of(self, job_id: str) -> list[OutboxRow]:
+        """A job's webhook deliveries (for status pages and tests)."""
+
+        def op(conn: sqlite3.Connection) -> list[OutboxRow]:
+            rows = conn.execute(
+                "SELECT * FROM webhook_outbox WHERE job_id=? ORDER BY created_at", (job_id,)
+            )
+            return [_outbox_row(r) for r in rows]
 
         return await self._read(op)
 

@@ -23,6 +23,7 @@ import attrs
 import cattrs
 
 from actors.catalog import ModelSpec
+from actors.outbox import OutboxSettings
 from actors.providers.base import ProviderSettings
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
@@ -72,6 +73,8 @@ class Config:
     daemon: DaemonSettings = attrs.field(factory=DaemonSettings)
     logging: LoggingSettings = attrs.field(factory=LoggingSettings)
     media: MediaSettings = attrs.field(factory=MediaSettings)
+    #: ``[webhooks]``: signed client webhooks (actors/outbox.py).
+    webhooks: OutboxSettings = attrs.field(factory=OutboxSettings)
     providers: dict[str, ProviderSettings] = attrs.field(factory=dict)
     models: dict[str, ModelSpec] = attrs.field(factory=dict)
 

@@ -16,10 +16,12 @@ import os
 import signal
 from typing import Any
 
+import attrs
 import hypercorn.config
 import hypercorn.trio
 import trio
 
+from actors.outbox import load_or_create_secret
 from actors.runtime import Runtime
 from actors.store import open_store
 from daemon.app import create_app
@@ -27,6 +29,10 @@ from daemon.config import Config
 from daemon.sdnotify import SystemdNotifier, run_watchdog, watchdog_interval
 
 log = logging.getLogger(__name__)
+
+#: The generated webhook signing secret, under ``state_dir``, when
+#: ``[webhooks] secret`` is empty.
+WEBHOOK_SECRET_FILE = "webhook_secret"
 
 
 def hypercorn_config(config: Config) -> hypercorn.config.Config:
@@ -58,6 +64,12 @@ async def serve(
     state_dir = config.state_dir
     media_dir = (state_dir / "media").resolve()
     media_dir.mkdir(parents=True, exist_ok=True)
+    webhooks = config.webhooks
+    if not webhooks.secret:
+        secret = await trio.to_thread.run_sync(
+            load_or_create_secret, state_dir / WEBHOOK_SECRET_FILE
+        )
+        webhooks = attrs.evolve(webhooks, secret=secret)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_store(state_dir / "easel.db") as store:
             runtime = Runtime(
@@ -70,6 +82,8 @@ async def serve(
                 max_restart_seconds=config.daemon.max_restart_seconds,
                 public_base_url=config.daemon.public_base_url,
                 idempotency_window=config.daemon.idempotency_window,
+                webhooks=webhooks,
+                webhook_base_url=config.daemon.public_base_url or _bind_url(config.daemon.bind),
             )
             app = create_app(
                 runtime,
@@ -95,6 +109,15 @@ async def serve(
                 await drain(runtime, notifier, config.daemon.drain_timeout)
                 nursery.cancel_scope.cancel()
         log.info("easel stopped")
+
+
+def _bind_url(binds: list[str]) -> str:
+    """The base of media URLs in webhooks when ``public_base_url`` is not set: the
+    first TCP address the API listens on (a client reached it there)."""
+    for bind in binds:
+        if not bind.startswith(("unix:", "fd://")):
+            return f"http://{bind}"
+    return ""
 
 
 async def _stop_on_signal(signals: Any, stop: trio.Event) -> None:
