@@ -35,6 +35,7 @@ from actors.parameters import (
     strict_object,
     type_name,
 )
+from actors.targets import TargetRefused, split_target
 
 MAX_PROMPT = 2000
 MAX_OUTPUTS = 10
@@ -89,8 +90,11 @@ def _structure_image(value: Any, _: Any) -> str:
 def _structure_http_url(value: Any, _: Any) -> str:
     if type(value) is not str:
         raise Invalid(f"expected a string, got {type_name(value)}")
-    if not value.startswith(("http://", "https://")):
-        raise Invalid("must be an http(s) URL")
+    try:
+        # The checks that need no DNS; addresses are checked at each delivery.
+        split_target(value)
+    except TargetRefused as exc:
+        raise Invalid(f"must be an http(s) URL Easel may call: {exc}") from None
     return value
 
 

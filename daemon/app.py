@@ -31,8 +31,8 @@ from werkzeug.exceptions import HTTPException
 from actors import context, metrics
 from actors.errors import EaselError, ErrorCode, ErrorInfo, http_status
 from actors.jobs import Job
+from actors.outbox import absolutise
 from actors.runtime import Runtime
-from actors.storage import MEDIA_PREFIX
 from actors.validation import job_from, parse_submission, request_hash
 
 log = logging.getLogger(__name__)
@@ -123,13 +123,7 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
     health_cache: dict[str, Any] = {"at": -1e9, "body": None}
 
     def absolute(job: Job) -> dict[str, Any]:
-        data = job.to_api()
-        base = (public_base_url or request.host_url).rstrip("/")
-        data["results"] = [
-            {**r, "url": base + r["url"]} if r.get("url", "").startswith(MEDIA_PREFIX) else r
-            for r in data["results"]
-        ]
-        return data
+        return absolutise(job.to_api(), public_base_url or request.host_url)
 
     @app.before_request
     async def tag_request() -> None:

@@ -153,7 +153,7 @@ async def test_every_problem_is_listed_with_its_path(easel: Any) -> None:
         "prompt: must be 1 to 2000 characters",
         "input_images[0]: must be an http(s) URL or a data:image/(png|jpeg|jpg|webp);base64 URI",
         "input_images[1]: must be an http(s) URL or a data:image/(png|jpeg|jpg|webp);base64 URI",
-        "webhook_url: must be an http(s) URL",
+        "webhook_url: must be an http(s) URL Easel may call: scheme 'mailto' is not http or https",
         "parameters.duration: must be 5 or 10",
         "parameters.mode: must be std or pro",
         "parameters.cfg_scale: expected a number, got a string",

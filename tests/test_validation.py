@@ -175,10 +175,15 @@ def test_bad_input_images_are_listed_by_index() -> None:
     ]
 
 
-def test_bad_webhook_url() -> None:
-    assert problems(body(webhook_url="javascript:alert(1)")) == [
-        "webhook_url: must be an http(s) URL"
-    ]
+@pytest.mark.parametrize(("url", "why"), [
+    ("javascript:alert(1)", "scheme 'javascript' is not http or https"),
+    ("https://user:pw@hooks.example/x", "credentials"),
+    ("https:///no-host", "host"),
+])
+def test_bad_webhook_url(url: str, why: str) -> None:
+    [problem] = problems(body(webhook_url=url))
+    assert problem.startswith("webhook_url: must be an http(s) URL Easel may call")
+    assert why in problem
 
 
 def test_unknown_keys_are_named() -> None:
