@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/easel run $(if $(CONFIG),--config $(CONFIG),)
 
-test: $(STAMP)
+# Lint first: no unused code lands (vulture; framework entry points are listed in
+# vulture_whitelist.py) and ruff's pyflakes, import and bugbear checks pass.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/vulture actors daemon bench tests vulture_whitelist.py --min-confidence 60
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -37,7 +37,6 @@ class JobState(str, enum.Enum):
 
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-ACTIVE = frozenset(JobState) - TERMINAL
 #: States in which the job holds one of its provider's in-flight slots.
 AT_PROVIDER = frozenset({JobState.SUBMITTING, JobState.RUNNING, JobState.FINALIZING})
 

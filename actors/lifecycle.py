@@ -17,17 +17,12 @@ import trio
 class Lifecycle:
     def __init__(self) -> None:
         self.draining = False
-        self._drain_started = trio.Event()
         self._busy = 0
         self._idle = trio.Event()
         self._idle.set()
 
     def start_drain(self) -> None:
         self.draining = True
-        self._drain_started.set()
-
-    async def wait_drain_started(self) -> None:
-        await self._drain_started.wait()
 
     @contextmanager
     def busy(self) -> Iterator[None]:

@@ -16,8 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import trio
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.test_api_input import CONFIG
 

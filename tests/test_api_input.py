@@ -7,9 +7,9 @@ then fail to reach a provider, never the real one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest

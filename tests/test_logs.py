@@ -198,7 +198,7 @@ def test_configuring_twice_does_not_stack_handlers(tmp_path: Path) -> None:
     root = logging.getLogger()
     before = list(root.handlers)
     first, path, _ = start(tmp_path)
-    second, path2, _ = start(tmp_path)
+    second, _, _ = start(tmp_path)
     assert first.stopped and not second.stopped
     added = [h for h in root.handlers if h not in before]
     assert len(added) == 1

@@ -770,10 +770,6 @@ class Simulator:
         background task of the app's nursery; needs the simulator to be served."""
         self._nursery().start_soon(self._send_when_due, task, event, at)
 
-    def start_webhook(self, url: str, body: bytes, headers: dict[str, str]) -> None:
-        """``deliver_webhook`` in the background, now (for one-off deliveries)."""
-        self._nursery().start_soon(self._deliver_logged, url, body, headers)
-
     async def deliver_webhook(self, url: str, body: bytes, headers: dict[str, str]) -> bool:
         """POST ``body`` to ``url`` until it answers 2xx, at most ``webhook_attempts``
         times with doubling delays from ``webhook_retry_delay``; report success.
