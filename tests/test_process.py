@@ -104,6 +104,53 @@ def test_sigkill_mid_flight_loses_nothing_and_pays_once(tmp_path: Path) -> None:
             assert job["results"] and job["results"][0]["url"].endswith(".png")
 
 
+def test_sigkill_during_submissions_adopts_or_resubmits_each_once(tmp_path: Path) -> None:
+    """Kill while creates are in flight (the simulator records each prediction,
+    then takes 2 s to answer): after the restart every job caught in SUBMITTING is
+    either adopted (found in Replicate's list) or, when the request never arrived,
+    resubmitted, each exactly once."""
+    with start_simulator_process(
+        "replicate", "--duration", "0.5", "--create-latency", "2", "--token", TOKEN
+    ) as (_, sim_url):
+        config, base_url = replicate_config(tmp_path, sim_url)
+        config.write_text(config.read_text().replace(
+            'provider_model = "black-forest-labs/flux-schnell"',
+            'provider_model = "black-forest-labs/flux-schnell"\nresubmit_on_uncertain = true'))
+        db = tmp_path / "state" / "easel.db"
+        daemon = DaemonProcess(config, base_url, tmp_path / "easel.out")
+        try:
+            daemon.start()
+            ids = submit_many(base_url, 60, "a paper crane, take")
+            deadline = time.monotonic() + 10
+            while collections.Counter(job_states(db).values())["SUBMITTING"] < 20:
+                assert time.monotonic() < deadline, job_states(db)
+                time.sleep(0.05)
+            daemon.kill()
+            at_kill = {job_id: state for job_id, state in job_states(db).items()}
+            submitting = [job_id for job_id, state in at_kill.items() if state == "SUBMITTING"]
+
+            daemon.start()
+            with httpx.Client(base_url=base_url, timeout=60) as client:
+                jobs = wait_all_terminal(client, ids, timeout=120)
+                events = {job_id: client.get(f"/api/external/generation/{job_id}/events").json()
+                          for job_id in submitting}
+        finally:
+            daemon.stop()
+        stats = fetch_stats(sim_url)
+
+    kinds = {job_id: [e["kind"] for e in found["events"] if e["kind"] in ("reconciled", "resubmitted")]
+             for job_id, found in events.items()}
+    adopted = sum(1 for k in kinds.values() if k == ["reconciled"])
+    resubmitted = sum(1 for k in kinds.values() if k == ["resubmitted"])
+    print(f"submitting at kill: {len(submitting)}; adopted {adopted}, resubmitted {resubmitted}")
+    assert adopted + resubmitted == len(submitting), kinds
+    assert adopted > 0  # the creates in flight had reached the provider
+    assert "SUBMITTING" not in job_states(db).values()
+    assert {job["status"] for job in jobs.values()} == {"SUCCESS"}
+    assert stats.max_submissions_per_input == 1
+    assert stats.submissions == 60
+
+
 def test_sigterm_drains_and_restart_finishes_everything(tmp_path: Path) -> None:
     drain_timeout = 5
     with start_simulator_process(
