@@ -2,13 +2,15 @@
 
 Each entry names the provider section that serves it, the provider-side model, what
 kind of media it makes, how long it usually takes and how long it may take, and how
-its running tasks are polled. ``config/models.toml`` ships the entries; an
+its running tasks are polled, and which models may serve its jobs when its
+provider cannot (``fallbacks``). ``config/models.toml`` ships the entries; an
 operator's own config may add or override them under ``[models.NAME]``.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 import attrs
 
@@ -55,3 +57,53 @@ class ModelSpec:
     #: the provider got it. Only for models where paying twice is harmless.
     resubmit_on_uncertain: bool = False
     description: str = ""
+    #: Models (catalog names, same ``kind``) that may serve this model's jobs, in
+    #: order, when its provider's circuit is open or a submission provably never
+    #: reached it (see ``ProviderActor`` and the scheduler).
+    fallbacks: list[str] = attrs.field(factory=list)
+
+
+def fallback_chain(catalog: Mapping[str, ModelSpec], model: str) -> list[str]:
+    """``model`` followed by its usable fallbacks, in order.
+
+    A job only ever moves forward along this list (never back, never to the
+    fallbacks of a fallback), so it can move at most ``len(fallbacks)`` times.
+    Entries missing from ``catalog`` (unknown, or on a disabled provider) or of
+    another kind are skipped here; configuration checking reports them.
+    """
+    spec = catalog.get(model)
+    if spec is None:
+        return [model]
+    chain = [model]
+    for name in spec.fallbacks:
+        other = catalog.get(name)
+        if other is not None and other.kind is spec.kind and name not in chain:
+            chain.append(name)
+    return chain
+
+
+def later_models(catalog: Mapping[str, ModelSpec], model: str, serving: str | None) -> list[str]:
+    """The models after ``serving`` (default: ``model``) in ``model``'s chain."""
+    chain = fallback_chain(catalog, model)
+    current = serving or model
+    if current not in chain:
+        return []
+    return chain[chain.index(current) + 1:]
+
+
+def check_fallbacks(catalog: Mapping[str, ModelSpec]) -> list[str]:
+    """Problems with the catalog's ``fallbacks``, each with its key path."""
+    problems = []
+    for name, spec in catalog.items():
+        for i, other in enumerate(spec.fallbacks):
+            path = f"models.{name}.fallbacks[{i}]"
+            if other == name:
+                problems.append(f"{path}: a model cannot be its own fallback")
+            elif other not in catalog:
+                problems.append(f"{path}: no model {other!r} in the catalog")
+            elif catalog[other].kind is not spec.kind:
+                problems.append(
+                    f"{path}: {other!r} makes {catalog[other].kind.value}, "
+                    f"not {spec.kind.value}"
+                )
+    return problems

@@ -104,6 +104,11 @@ class Job:
     updated_at: float = 0.0
     seq: int | None = None
 
+    @property
+    def serving_model(self) -> str:
+        """The catalog model the job runs on now: a fallback's once it moved."""
+        return self.served_model or self.model
+
     def to_api(self) -> dict[str, Any]:
         """The job as ``GET /api/external/generation/{id}`` returns it."""
         return {
@@ -111,7 +116,7 @@ class Job:
             "status": self.state.status,
             "stage": self.state.value,
             "modelIdentifier": self.model,
-            "servedBy": self.served_model or self.model,
+            "servedBy": self.serving_model,
             "provider": self.provider,
             "prompt": self.prompt,
             "numberOfOutputs": self.number_of_outputs,

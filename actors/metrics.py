@@ -39,3 +39,15 @@ JOBS_BY_STATE = Gauge(
 SLOTS_HELD = Gauge(
     "easel_provider_slots_held", "In-flight slots held", ["provider"], registry=REGISTRY
 )
+CIRCUIT_STATE = Gauge(
+    "easel_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", ["provider"],
+    registry=REGISTRY,
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "easel_circuit_transitions", "Circuit breaker changes of state", ["provider", "state"],
+    registry=REGISTRY,
+)
+FALLBACKS = Counter(
+    "easel_fallbacks", "Jobs moved to a fallback model", ["model", "to", "reason"],
+    registry=REGISTRY,
+)

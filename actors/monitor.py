@@ -3,7 +3,8 @@
 Mailbox messages are ``MonitorEvent``s. Senders use ``emit`` (``send_nowait``): a
 full mailbox drops the event and bumps ``dropped`` instead of blocking the data
 path. Alert rules and alerters will hang off ``_handle``; for now it keeps counters
-by kind and provider, and the Prometheus metrics the daemon exposes.
+by kind and provider, and the Prometheus metrics the daemon exposes (including the
+circuit breakers' ``circuit`` and the scheduler's ``fallback`` events).
 """
 
 from __future__ import annotations
@@ -64,6 +65,19 @@ class Monitor:
                 ).observe(event.data["seconds"])
         elif event.kind == "actor.crash":
             metrics.ACTOR_RESTARTS.labels(actor=event.data.get("actor", "")).inc()
+        elif event.kind == "circuit":
+            # ``state`` is a CircuitState value; ``initial`` marks the state a breaker
+            # starts in, which sets the gauge without counting a transition.
+            metrics.CIRCUIT_STATE.labels(provider=provider).set(event.data.get("value", 0))
+            if not event.data.get("initial"):
+                metrics.CIRCUIT_TRANSITIONS.labels(
+                    provider=provider, state=event.data.get("state", "")
+                ).inc()
+        elif event.kind == "fallback":
+            metrics.FALLBACKS.labels(
+                model=event.data.get("model", ""), to=event.data.get("to", ""),
+                reason=event.data.get("reason", ""),
+            ).inc()
 
     def statistics(self) -> dict[str, Any]:
         by_kind: dict[str, int] = collections.Counter()

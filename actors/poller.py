@@ -106,9 +106,9 @@ class Poller:
         self._changed.set()
 
     def _track(self, job: Job) -> None:
-        spec = self.provider.catalog.get(job.model)
+        spec = self.provider.catalog.get(job.serving_model)
         if spec is None:
-            log.error("running job %s has unknown model %s; not polled", job.id, job.model)
+            log.error("running job %s has unknown model %s; not polled", job.id, job.serving_model)
             return
         polling = polling_for(spec, self.provider.settings.polling)
         started = job.started_at or wall_now()
@@ -124,7 +124,7 @@ class Poller:
         if entry.spec.strategy is PollingStrategy.ADAPTIVE:
             job = entry.job
             elapsed = wall_now() - (job.started_at or wall_now())
-            return self.history.delay(job.model, entry.spec, elapsed, checks_done)
+            return self.history.delay(job.serving_model, entry.spec, elapsed, checks_done)
         return delay_before_check(entry.spec, checks_done)
 
     def _adaptive_models(self) -> list[str]:
@@ -156,8 +156,8 @@ class Poller:
         if not exact:
             seen_running = max(0.0, job.updated_at - job.started_at) if job.poll_count else 0.0
             seen_running = min(seen_running, seconds * 0.999)
-        if self.history.add(job.model, seconds, seen_running):
-            await self.store.add_duration(job.model, seconds, seen_running)
+        if self.history.add(job.serving_model, seconds, seen_running):
+            await self.store.add_duration(job.serving_model, seconds, seen_running)
 
     async def run(self) -> None:
         self._entries.clear()
@@ -291,7 +291,7 @@ class Poller:
             self.monitor.emit("job.cancelled", self.provider.name)
 
     async def _time_out(self, entry: _Entry) -> None:
-        spec = self.provider.catalog[entry.job.model]
+        spec = self.provider.catalog[entry.job.serving_model]
         await self._finish(entry, JobState.FAILED, error=ErrorInfo(
             ErrorCode.TASK_TIMEOUT,
             f"the provider task did not finish within {spec.max_duration:g} s",

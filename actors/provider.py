@@ -1,10 +1,12 @@
 """The provider actor: the shared code around one provider's adapter.
 
-It owns the provider's token bucket and in-flight slots (``actors/limits.py``), and
-makes every call to the provider: submissions handed over by the scheduler,
-status checks for its poller, cancels, and the reconciliation of jobs that a crash
-caught in SUBMITTING. Each call spends a token; calls that are safe to repeat are
-retried with exponential backoff and jitter, honouring ``Retry-After``.
+It owns the provider's token bucket and in-flight slots (``actors/limits.py``), its
+retry policy and its circuit breaker (``actors/breaker.py``), and makes every call
+to the provider: submissions handed over by the scheduler, status checks for its
+poller, cancels, and the reconciliation of jobs that a crash caught in SUBMITTING.
+Each attempt spends a token and each call's final outcome feeds the breaker; calls
+that are safe to repeat, and submissions the provider provably refused, are retried
+per ``RetryPolicy`` (exponential backoff, jitter, cap, honouring ``Retry-After``).
 
 Mailbox: ``Dispatch(job, ticket)`` from the scheduler; ``CancelTask(job)`` from the
 HTTP layer. Each message is handled in a child task, so a slow provider call never
@@ -13,7 +15,9 @@ blocks the mailbox.
 The rule that keeps a job from being paid twice: a job is marked SUBMITTING, durably,
 *before* its request is sent, and a job found in SUBMITTING is never sent again
 unless the provider proves it never got it (``reconcile``) or its model is
-configured as safe to resubmit.
+configured as safe to resubmit. The same rule decides fallbacks: a submission that
+failed is moved to its model's next fallback only when ``not_accepted`` proves the
+provider holds nothing for it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import attrs
 import trio
 
 from actors import context
-from actors.catalog import ModelSpec
+from actors.breaker import BreakerConfig, CircuitBreaker, CircuitState, classify
+from actors.catalog import ModelSpec, later_models
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import AT_PROVIDER, Job, JobState
@@ -42,7 +47,7 @@ from actors.providers.base import (
     Submitted,
     TaskStatus,
 )
-from actors.scheduler import Dispatch, Enqueue, Resync
+from actors.scheduler import Attach, Dispatch, Enqueue, Resync
 from actors.store import Store
 
 log = logging.getLogger(__name__)
@@ -55,10 +60,56 @@ class CancelTask:
     job: Job
 
 
-def backoff(attempt: int, retry_after: float | None, base: float = 0.5, cap: float = 30.0) -> float:
-    """Full-jitter exponential backoff, never shorter than the provider asked."""
-    delay = random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
-    return max(delay, retry_after or 0.0)
+@attrs.frozen
+class RetryPolicy:
+    """How a provider's repeatable calls are retried.
+
+    Attempt ``n`` (from 1) that failed waits ``min(cap, base * 2**(n-1))`` seconds,
+    of which the fraction ``jitter`` is random (1: "full jitter", spreading the
+    retries of many jobs that failed together; 0: a fixed schedule), and never less
+    than the provider's ``Retry-After``. ``max_attempts`` counts the first try.
+    """
+
+    max_attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    base: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    cap: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    jitter: float = attrs.field(
+        default=1.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
+    )
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings) -> RetryPolicy:
+        """``max_attempts`` and the ``retry_*`` fields of a provider section."""
+        return cls(
+            max_attempts=settings.max_attempts,
+            base=settings.retry_base,
+            cap=settings.retry_cap,
+            jitter=settings.retry_jitter,
+        )
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` before the next one."""
+        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        delay = ceiling * (1 - self.jitter * random.random())
+        return max(delay, retry_after or 0.0)
+
+
+#: HTTP answers to a submission that are documented refusals: the provider turned
+#: the request away before creating anything (rate or concurrency limit).
+REFUSAL_STATUSES = frozenset({429})
+
+
+def not_accepted(exc: EaselError) -> bool:
+    """Does ``exc`` prove the provider holds nothing for the request that failed?
+
+    True when the request never reached it (``sent`` is False: connection refused,
+    or refused by the adapter before sending) or it answered with a documented
+    refusal (429). Everything else may have created a task: a timeout, a reset, a
+    malformed answer, and 5xx too: a 500 can come after the task was stored, and a
+    gateway's 502/503/504 says nothing about what the backend did. Resending or
+    falling back after those could pay twice, so they are final.
+    """
+    return not exc.sent or exc.info.details.get("status") in REFUSAL_STATUSES
 
 
 class ProviderActor:
@@ -83,9 +134,14 @@ class ProviderActor:
         self.monitor = monitor
         self.bucket = TokenBucket(settings.rate, settings.burst)
         self.slots = SlotPool(settings.max_in_flight)
+        self.retry = RetryPolicy.from_settings(settings)
+        self.breaker = CircuitBreaker(
+            name, BreakerConfig.from_settings(settings), on_transition=self._circuit_moved
+        )
+        monitor.emit("circuit", name, state="closed", value=int(CircuitState.CLOSED), initial=True)
         self.send, self._receive = trio.open_memory_channel[Dispatch | CancelTask](mailbox_size)
         # Wired by the runtime once every actor exists.
-        self.scheduler_send: Callable[[Enqueue | Resync], Awaitable[None]] | None = None
+        self.scheduler_send: Callable[[Enqueue | Resync | Attach], Awaitable[None]] | None = None
         self.on_running: Callable[[Job], Awaitable[None]] | None = None
         self.on_outputs: Callable[[Job], Awaitable[None]] | None = None
         self.on_cancelled: Callable[[Job], None] | None = None
@@ -97,20 +153,35 @@ class ProviderActor:
     # -- calls -------------------------------------------------------------
 
     async def call(
-        self, what: str, fn: Callable[[], Awaitable[T]], *, safe: bool, token_taken: bool = False
+        self,
+        what: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        safe: bool,
+        token_taken: bool = False,
+        on_retry: Callable[[int], Awaitable[None]] | None = None,
     ) -> T:
-        """Make one provider call, with tokens and retries.
+        """Make one provider call, with tokens, retries and the circuit breaker.
+
+        The breaker is fed the call's *final* outcome, not every attempt: a blip
+        that a retry absorbed did not make the provider unusable, and counting
+        attempts would open the circuit on a provider that serves every call.
 
         ``safe``: the call may be repeated without effect at the provider (a status
         check, a cancel). An unsafe call (a submission) is repeated only when the
-        error proves the request never left (``EaselError.sent`` is False).
+        error proves the provider holds nothing for it (``not_accepted``).
         ``token_taken``: the caller already spent the first attempt's token.
+        ``on_retry(attempt)``: awaited before attempt 2, 3, ... is sent (the
+        submission path counts every attempt on the job).
+        A final error carries ``details["attempts"]``.
         """
         attempt = 0
         while True:
             attempt += 1
             if attempt > 1 or not token_taken:
                 await self.bucket.take()
+            if attempt > 1 and on_retry is not None:
+                await on_retry(attempt)
             started = trio.current_time()
             try:
                 with self.lifecycle.busy():
@@ -122,16 +193,17 @@ class ProviderActor:
                 )
                 if exc.code is ErrorCode.RATE_LIMITED and exc.retry_after:
                     self.bucket.penalize(exc.retry_after)
-                repeatable = safe or not exc.sent
-                if not (exc.info.is_retryable and repeatable) or attempt >= self.settings.max_attempts:
-                    if attempt > 1:
-                        exc.info.details.setdefault("attempts", attempt)
+                repeatable = safe or not_accepted(exc)
+                if not (exc.info.is_retryable and repeatable) or attempt >= self.retry.max_attempts:
+                    exc.info.details["attempts"] = attempt
+                    self.breaker.record(classify(exc.code))
                     raise
-                delay = backoff(attempt, exc.retry_after)
+                delay = self.retry.delay(attempt, exc.retry_after)
                 log.info("%s %s failed (%s); retry %d in %.1fs", self.name, what, exc.code.value,
                          attempt, delay)
                 await trio.sleep(delay)
                 continue
+            self.breaker.record(classify(None))
             self.monitor.emit(
                 "provider.call", self.name, call=what, outcome="ok",
                 seconds=trio.current_time() - started,
@@ -151,14 +223,16 @@ class ProviderActor:
             log.warning("cancel at %s failed: %s", self.name, exc.info.message)
 
     def request_for(self, job: Job) -> JobRequest:
-        spec = self.catalog.get(job.model)
+        """The request for ``job`` as its serving model (a fallback, once moved)."""
+        model = job.serving_model
+        spec = self.catalog.get(model)
         if spec is None:
             raise EaselError(
-                ErrorCode.INVALID_REQUEST, f"model {job.model!r} is no longer in the catalog"
+                ErrorCode.INVALID_REQUEST, f"model {model!r} is no longer in the catalog"
             )
         return JobRequest(
             job_id=job.id,
-            model=job.model,
+            model=model,
             spec=spec,
             prompt=job.prompt,
             number_of_outputs=job.number_of_outputs,
@@ -176,12 +250,33 @@ class ProviderActor:
 
     # -- the actor ---------------------------------------------------------
 
+    def _circuit_moved(self, name: str, old: CircuitState, new: CircuitState) -> None:
+        log.warning("circuit of %s: %s -> %s", name, old.label, new.label)
+        self.monitor.emit("circuit", name, state=new.label, value=int(new), previous=old.label)
+
+    async def _watch_circuit(self) -> None:
+        """Apply the breaker's time-driven change (open -> half-open) when it is due,
+        so metrics and held jobs see it even when no call asks the breaker."""
+        while True:
+            if self.breaker.state is CircuitState.OPEN:
+                with trio.move_on_at(self.breaker.reopens_at):
+                    await self.breaker.wait_changed()
+                self.breaker.statistics()  # reading the state applies the change
+            else:
+                await self.breaker.wait_changed()
+
     async def run(self) -> None:
         self._starts += 1
         async with trio.open_nursery() as nursery:
             for job_id in await self.store.job_ids_in(AT_PROVIDER, provider=self.name):
                 self.slots.adopt(job_id)
-            nursery.start_soon(self._reconcile_all)
+            nursery.start_soon(self._watch_circuit)
+            if self.scheduler_send is not None:
+                await self.scheduler_send(Attach(self.name, self.breaker, self.catalog))
+            # Read what a crash left in SUBMITTING *before* taking new work: a job we
+            # mark SUBMITTING from here on is ours, never one to reconcile.
+            stuck = await self.store.jobs_in([JobState.SUBMITTING], provider=self.name)
+            nursery.start_soon(self._reconcile_all, stuck)
             if self._starts > 1 and self.scheduler_send is not None:
                 # Jobs handed to us before the crash may be lost with it.
                 await self.scheduler_send(Resync(self.name))
@@ -203,6 +298,13 @@ class ProviderActor:
         context.provider.set(self.name)
         newly_held = not self.slots.holds(job.id)
         message.ticket.bind(job.id)
+        if self.breaker.state is CircuitState.OPEN and self.scheduler_send is not None:
+            # Dispatched just before the circuit opened: nothing was sent yet, so
+            # the scheduler may still hold it or move it to a fallback.
+            if newly_held:
+                self.slots.release(job.id)
+            await self.scheduler_send(Enqueue(job))
+            return
         try:
             request = self.request_for(job)
         except EaselError as exc:
@@ -223,11 +325,22 @@ class ProviderActor:
         await self._send_submission(job, attrs.evolve(request, submitting_at=now), token_taken=True)
 
     async def _send_submission(self, job: Job, request: JobRequest, token_taken: bool = False) -> None:
+        """Send ``job`` (in SUBMITTING, its first attempt already counted) and
+        record the answer; retries are counted on the job before they are sent."""
+        first = job.attempts
+
+        async def count(attempt: int) -> None:
+            await self.store.update(job.id, JobState.SUBMITTING, attempts=first + attempt - 1)
+
         try:
             result = await self.call(
-                "submit", lambda: self.adapter.submit(request), safe=False, token_taken=token_taken
+                "submit", lambda: self.adapter.submit(request), safe=False,
+                token_taken=token_taken, on_retry=count,
             )
         except EaselError as exc:
+            exc.info.details["attempts"] = first + exc.info.details.get("attempts", 1) - 1
+            if await self._fall_back(job, exc):
+                return
             await self._fail(job, JobState.SUBMITTING, exc.info)
             return
         except Exception as exc:
@@ -236,6 +349,43 @@ class ProviderActor:
                              ErrorInfo(ErrorCode.INTERNAL_ERROR, f"submission failed: {exc!r}"))
             return
         await self._record(job, result)
+
+    async def _fall_back(self, job: Job, exc: EaselError) -> bool:
+        """Move a job whose submission failed to its model's next fallback.
+
+        Only for a retryable provider-side failure that ``not_accepted`` proves left
+        nothing at the provider: falling back when the provider may hold the task
+        would pay twice. The job goes back to QUEUED on the fallback's provider (so
+        its breaker, slots and poller take it from there) with a ``fallback`` event.
+        Returns whether the job is taken care of.
+        """
+        if not (exc.info.is_retryable and not_accepted(exc)) or self.scheduler_send is None:
+            return False
+        current = job.serving_model
+        later = later_models(self.catalog, job.model, job.served_model)
+        if not later:
+            return False
+        target = later[0]
+        spec = self.catalog[target]
+        attempts = exc.info.details.get("attempts", job.attempts)
+        reason = f"{exc.code.value} after {attempts} attempts (not accepted by {self.name})"
+        moved = await self.store.transition(
+            job.id, JobState.SUBMITTING, JobState.QUEUED,
+            provider=spec.provider, provider_model=spec.provider_model, served_model=target,
+            submitting_at=None, attempts=attempts,
+            event={"reason": "fallback", "to": target},
+        )
+        self.slots.release(job.id)
+        if moved is None:
+            return True  # cancelled meanwhile: nothing left to do
+        await self.store.add_event(job.id, "fallback", {
+            "from": current, "to": target, "reason": reason, "code": exc.code.value,
+        })
+        self.monitor.emit("fallback", self.name, model=job.model, to=target,
+                          reason="not_accepted")
+        log.warning("job moved from %s to fallback %s: %s", current, target, reason)
+        await self.scheduler_send(Enqueue(moved))
+        return True
 
     async def _record(self, job: Job, result: Submitted | Completed) -> None:
         """Store what the provider answered, then hand the job on."""
@@ -268,13 +418,13 @@ class ProviderActor:
 
     # -- reconciliation ------------------------------------------------------
 
-    async def _reconcile_all(self) -> None:
-        """Settle every job of ours found in SUBMITTING, one at a time.
+    async def _reconcile_all(self, stuck: list[Job]) -> None:
+        """Settle every job of ours found in SUBMITTING at start, one at a time.
 
         One at a time, so two jobs with the same input cannot both adopt the same
         provider task.
         """
-        for job in await self.store.jobs_in([JobState.SUBMITTING], provider=self.name):
+        for job in stuck:
             context.job_id.set(job.id)
             await self._reconcile(job)
         context.job_id.set(None)
@@ -302,7 +452,11 @@ class ProviderActor:
         if request.spec.resubmit_on_uncertain:
             log.info("resubmitting uncertain submission (model is safe to resubmit)")
             await self.store.add_event(job.id, "resubmitted", {"reason": "uncertain"})
-            await self._send_submission(job, attrs.evolve(request, submitting_at=wall_now()))
+            counted = await self.store.update(job.id, JobState.SUBMITTING,
+                                              attempts=job.attempts + 1)
+            if counted is None:
+                return  # cancelled meanwhile
+            await self._send_submission(counted, attrs.evolve(request, submitting_at=wall_now()))
             return
         detail = {"provider": self.name, "lookup": "unavailable" if found is None else "no match"}
         if lookup_error:

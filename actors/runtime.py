@@ -206,6 +206,7 @@ class Runtime:
                 "tokens": round(actor.bucket.available, 2),
                 "queued": self.scheduler.queued(name),
                 "polling": self.pollers[name].tracked,
+                "circuit": actor.breaker.statistics(),
             }
         return {
             "draining": self.lifecycle.draining,

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import cattrs
 
-from actors.catalog import ModelSpec
+from actors.catalog import ModelSpec, check_fallbacks
 from actors.outbox import OutboxSettings
 from actors.providers.base import ProviderSettings
 
@@ -236,6 +236,7 @@ def _check(config: Config) -> None:
     for name, model in config.models.items():
         if model.provider not in config.providers:
             problems.append(f"models.{name}.provider: no [providers.{model.provider}] section")
+    problems.extend(check_fallbacks(config.models))
     if not config.daemon.bind:
         problems.append("daemon.bind: at least one address is needed")
     for i, bind in enumerate(config.daemon.bind):

@@ -68,6 +68,9 @@ burst = 50
 max_in_flight = 64
 request_timeout = 1
 max_attempts = {MAX_ATTEMPTS}
+# About half the calls fail here: the breaker opens and closes again and again;
+# a short cool-down keeps the run short.
+breaker_cooldown = 1
 
 [models.replicate-flux-schnell]
 provider = "replicate"

@@ -2,6 +2,7 @@
 
 A real store in tmp_path; the provider actor is faked by the send end of a memory
 channel (any async callable will do), so the test sees each ``Dispatch`` in order.
+The tests at the end route around open circuit breakers, under MockClock.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
+from actors.breaker import BreakerConfig, CircuitBreaker, CircuitState, Outcome
+from actors.catalog import ModelSpec
 from actors.jobs import Job, JobState, new_job_id
 from actors.lifecycle import Lifecycle
 from actors.limits import SlotPool
@@ -241,3 +245,156 @@ async def test_a_restarted_scheduler_reloads_from_the_store(tmp_path: Path) -> N
 async def run_in(scope: trio.CancelScope, scheduler: Scheduler) -> None:
     with scope:
         await scheduler.run()
+
+
+# -- circuit breakers and fallbacks -------------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> MockClock:
+    """Requested only by the tests below; the store's threads are real, so jump only
+    after 10 ms of real idleness."""
+    return MockClock(autojump_threshold=0.01)
+
+
+@attrs.define
+class Routed:
+    """Two providers, ``p`` (model ``m``, falling back to ``f``) and ``q`` (model
+    ``f``), each with its breaker; ``p``'s opens at its first failure."""
+
+    store: Store
+    scheduler: Scheduler
+    breakers: dict[str, CircuitBreaker]
+    out: dict[str, trio.MemoryReceiveChannel[Dispatch]]
+    pools: dict[str, SlotPool]
+
+    async def enqueue(self, **fields: Any) -> Job:
+        job, _ = await self.store.insert_job(make_job(**fields))
+        await self.scheduler.send.send(Enqueue(job))
+        return job
+
+    async def next(self, provider: str) -> Dispatch:
+        with trio.fail_after(60):
+            dispatch = await self.out[provider].receive()
+        dispatch.ticket.bind(dispatch.job.id)
+        return dispatch
+
+    async def nothing_on(self, provider: str) -> None:
+        await trio.testing.wait_all_tasks_blocked(0.02)
+        with pytest.raises(trio.WouldBlock):
+            self.out[provider].receive_nowait()
+
+    async def events(self, job_id: str, kind: str) -> list[dict[str, Any]]:
+        return [e for e in await self.store.events(job_id) if e["kind"] == kind]
+
+
+CATALOG = {
+    "m": ModelSpec(provider="p", provider_model="pm", fallbacks=["f"]),
+    "lonely": ModelSpec(provider="p", provider_model="pm"),
+    "f": ModelSpec(provider="q", provider_model="qm"),
+}
+
+
+@asynccontextmanager
+async def routed(tmp_path: Path) -> AsyncIterator[Routed]:
+    async with open_store(tmp_path / "easel.db") as store:
+        scheduler = Scheduler(store, Lifecycle(), catalog=CATALOG)
+        breakers, out, pools = {}, {}, {}
+        for name in ("p", "q"):
+            breakers[name] = CircuitBreaker(name, BreakerConfig(min_calls=1, cooldown=30))
+            pools[name] = SlotPool(4)
+            send, out[name] = trio.open_memory_channel[Dispatch](100)
+            scheduler.add_provider(name, pools[name], send.send, breaker=breakers[name])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(scheduler.run)
+            yield Routed(store, scheduler, breakers, out, pools)
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_open_circuit_moves_jobs_to_the_fallback(tmp_path: Path, clock) -> None:
+    async with routed(tmp_path) as r:
+        r.breakers["p"].record(Outcome.FAILURE)
+        job = await r.enqueue(model="m")
+        dispatch = await r.next("q")
+        assert dispatch.job.id == job.id
+        assert (dispatch.job.provider, dispatch.job.provider_model) == ("q", "qm")
+        assert dispatch.job.served_model == "f" and dispatch.job.model == "m"
+        stored = await r.store.get_job(job.id)
+        assert stored is not None and (stored.provider, stored.served_model) == ("q", "f")
+        [fallback] = await r.events(job.id, "fallback")
+        assert (fallback["from"], fallback["to"], fallback["reason"]) == ("m", "f", "circuit open")
+        [circuit] = await r.events(job.id, "circuit")
+        assert circuit["action"] == "rerouted" and circuit["state"] == "open"
+        await r.nothing_on("p")
+
+
+async def test_without_a_fallback_the_job_is_held_until_a_probe_may_go(
+    tmp_path: Path, clock
+) -> None:
+    async with routed(tmp_path) as r:
+        r.breakers["p"].record(Outcome.FAILURE)
+        opened = trio.current_time()
+        first = await r.enqueue(model="lonely")
+        second = await r.enqueue(model="lonely")
+        await r.nothing_on("p")
+        await r.nothing_on("q")
+        stored = await r.store.get_job(first.id)
+        assert stored is not None and stored.state is JobState.QUEUED
+        assert [e["action"] for e in await r.events(first.id, "circuit")] == ["held"]
+        # After the cool-down exactly one probe goes (autojump moves the clock).
+        probe = await r.next("p")
+        assert trio.current_time() - opened >= 30
+        assert probe.job.id == first.id
+        await r.nothing_on("p")
+        r.breakers["p"].record(Outcome.SUCCESS)  # the probe worked: closed
+        assert (await r.next("p")).job.id == second.id
+        # Told once that it waits, however often the scheduler looked again.
+        assert len(await r.events(second.id, "circuit")) == 1
+
+
+async def test_no_fallback_whose_circuit_is_open_too(tmp_path: Path, clock) -> None:
+    async with routed(tmp_path) as r:
+        r.breakers["p"].record(Outcome.FAILURE)
+        r.breakers["q"].record(Outcome.FAILURE)
+        job = await r.enqueue(model="m")
+        await r.nothing_on("p")
+        await r.nothing_on("q")
+        assert [e["action"] for e in await r.events(job.id, "circuit")] == ["held"]
+        # q half-opens first? Both have the same cool-down; p's probe wins for the
+        # job still on p (a job moves only to a *closed* fallback).
+        dispatch = await r.next("p")
+        assert dispatch.job.id == job.id and dispatch.job.served_model is None
+
+
+async def test_a_closing_fallback_circuit_frees_held_jobs(tmp_path: Path, clock) -> None:
+    async with routed(tmp_path) as r:
+        r.breakers["q"].config = BreakerConfig(min_calls=1, cooldown=5)
+        r.breakers["p"].record(Outcome.FAILURE)
+        r.breakers["q"].record(Outcome.FAILURE)
+        job = await r.enqueue(model="m")
+        await r.nothing_on("q")
+        with trio.fail_after(10):
+            while r.breakers["q"].state is not CircuitState.HALF_OPEN:
+                await trio.sleep(1)
+        r.breakers["q"].record(Outcome.SUCCESS)  # e.g. a status check went well
+        dispatch = await r.next("q")
+        assert dispatch.job.id == job.id and dispatch.job.served_model == "f"
+        assert trio.current_time() < 30  # well before p's cool-down ended
+
+
+async def test_a_cancelled_held_job_is_not_moved(tmp_path: Path, clock) -> None:
+    async with routed(tmp_path) as r:
+        r.breakers["p"].record(Outcome.FAILURE)
+        r.breakers["q"].record(Outcome.FAILURE)
+        job = await r.enqueue(model="m")
+        await r.nothing_on("q")
+        await r.store.transition(job.id, JobState.QUEUED, JobState.CANCELLED)
+        r.breakers["q"].config = BreakerConfig(min_calls=1, cooldown=1)
+        with trio.fail_after(10):
+            while r.breakers["q"].state is not CircuitState.HALF_OPEN:
+                await trio.sleep(1)
+        r.breakers["q"].record(Outcome.SUCCESS)
+        await r.nothing_on("q")
+        stored = await r.store.get_job(job.id)
+        assert stored is not None and stored.state is JobState.CANCELLED
+        assert stored.served_model is None

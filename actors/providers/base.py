@@ -39,6 +39,21 @@ class ProviderSettings:
     #: Attempts for a call that is safe to repeat (status checks, provably unsent
     #: submissions) before the error is final.
     max_attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    #: Backoff between attempts: up to ``min(retry_cap, retry_base * 2**(n-1))``
+    #: seconds, ``retry_jitter`` of it random, never less than ``Retry-After``.
+    retry_base: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    retry_cap: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    retry_jitter: float = attrs.field(
+        default=1.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+    #: Circuit breaker (actors/breaker.py): open at ``breaker_threshold`` failures
+    #: among at least ``breaker_min_calls`` calls in ``breaker_window`` seconds;
+    #: half-open after ``breaker_cooldown`` with ``breaker_probes`` trial submissions.
+    breaker_threshold: float = attrs.field(
+        default=0.5, validator=[attrs.validators.gt(0), attrs.validators.le(1)])
+    breaker_window: float = attrs.field(default=60.0, validator=attrs.validators.gt(0))
+    breaker_min_calls: int = attrs.field(default=10, validator=attrs.validators.ge(1))
+    breaker_cooldown: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    breaker_probes: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     #: Shared secret for webhooks the provider sends us (Replicate's ``whsec_...``,
     #: Pollo's signing secret, the secret BFL echoes back).
     webhook_secret: str = ""

@@ -1,0 +1,213 @@
+"""Circuit breakers and fallbacks end to end: an embedded daemon (HTTP over
+loopback) in front of an in-process Replicate simulator whose faults are switched
+on and off, with the built-in sandbox model as the fallback.
+
+What must hold: a failing provider's circuit opens (in ``/api/metrics`` and in the
+jobs' events), new jobs are served by the fallback with ``servedBy`` set, a half-open
+probe closes the circuit once the provider is well again, retries are counted on the
+job, and a submission the provider may have received (a timeout) is never moved to
+a fallback: that could pay twice.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+import trio
+
+from actors.breaker import BreakerConfig
+from actors.provider import RetryPolicy
+from tests.conftest import EmbeddedDaemon, free_port
+from tests.simulators.base import Knobs, serve_simulator
+from tests.simulators.replicate import ReplicateSimulator
+
+TOKEN = "test-token"
+
+
+def toml(url: str, *, fallbacks: bool = True, extra: str = "") -> str:
+    listed = '["sandbox-image"]' if fallbacks else "[]"
+    return f"""
+[providers.replicate]
+base_url = "{url}"
+api_token = "{TOKEN}"
+request_timeout = 0.5
+{extra}
+
+[providers.sandbox]
+delay = 0
+
+[models.primary]
+provider = "replicate"
+provider_model = "owner/flux"
+kind = "image"
+expected_duration = 0.2
+max_duration = 60
+polling = {{ strategy = "fixed", interval = 0.05 }}
+fallbacks = {listed}
+"""
+
+
+async def start(easel_daemon: Any, url: str, *, breaker: BreakerConfig | None = None,
+                max_attempts: int = 1, **kwargs: Any) -> EmbeddedDaemon:
+    easel: EmbeddedDaemon = await easel_daemon(toml(url, **kwargs))
+    actor = easel.runtime.providers["replicate"]
+    # Short real-time knobs: the daemon talks real HTTP, so this test runs on the
+    # real clock (the breaker's logic is covered under MockClock in test_breaker.py).
+    actor.retry = RetryPolicy(max_attempts=max_attempts, base=0.01, cap=0.02)
+    if breaker is not None:
+        actor.breaker.config = breaker
+    return easel
+
+
+async def run_job(easel: EmbeddedDaemon, model: str = "primary") -> dict[str, Any]:
+    response = await easel.submit({"modelIdentifier": model, "prompt": "a red fox"})
+    assert response.status_code == 202, response.text
+    return await easel.wait(response.json()["id"], 20)
+
+
+async def events(easel: EmbeddedDaemon, job_id: str, kind: str) -> list[dict[str, Any]]:
+    response = await easel.client.get(f"/api/external/generation/{job_id}/events")
+    return [e for e in response.json()["events"] if e["kind"] == kind]
+
+
+async def metric(easel: EmbeddedDaemon, name: str, **labels: str) -> float | None:
+    text = (await easel.client.get("/api/metrics")).text
+    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+async def wait_metric(easel: EmbeddedDaemon, value: float, name: str, **labels: str) -> None:
+    with trio.fail_after(10):
+        while await metric(easel, name, **labels) != value:
+            await trio.sleep(0.02)
+
+
+async def test_open_circuit_serves_from_the_fallback_then_a_probe_closes_it(
+    easel_daemon: Any, nursery: trio.Nursery
+) -> None:
+    sim = ReplicateSimulator(Knobs(token=TOKEN, duration=0.1, error_5xx_rate=1.0, seed=7))
+    url = await nursery.start(serve_simulator, sim)
+    easel = await start(easel_daemon, url,
+                        breaker=BreakerConfig(min_calls=3, threshold=0.5, cooldown=1.0))
+    state = {"provider": "replicate"}
+    await wait_metric(easel, 0, "easel_circuit_state", **state)
+
+    # Three 5xx answers to submissions: the provider may have stored those tasks
+    # (a 5xx proves nothing), so the jobs fail rather than move; the circuit opens.
+    for _ in range(3):
+        job = await run_job(easel)
+        assert job["status"] == "FAILED" and job["error"]["code"] == "PROVIDER_ERROR"
+        assert job["servedBy"] == "primary" and job["attempts"] == 1
+        assert job["error"]["details"]["attempts"] == 1
+        assert await events(easel, job["id"], "fallback") == []
+    await wait_metric(easel, 2, "easel_circuit_state", **state)
+    assert await metric(easel, "easel_circuit_transitions_total",
+                        provider="replicate", state="open") == 1
+    submissions = sim.stats().submissions
+
+    # Open: the next job never reaches Replicate; the sandbox serves it.
+    job = await run_job(easel)
+    assert job["status"] == "SUCCESS", job
+    assert job["servedBy"] == "sandbox-image" and job["modelIdentifier"] == "primary"
+    assert job["provider"] == "sandbox"
+    [fallback] = await events(easel, job["id"], "fallback")
+    assert (fallback["from"], fallback["to"], fallback["reason"]) == (
+        "primary", "sandbox-image", "circuit open")
+    [circuit] = await events(easel, job["id"], "circuit")
+    assert (circuit["provider"], circuit["state"], circuit["action"]) == (
+        "replicate", "open", "rerouted")
+    assert sim.stats().submissions == submissions
+
+    # Replicate recovers; after the cool-down one probe goes through and closes it.
+    sim.knobs = attrs.evolve(sim.knobs, error_5xx_rate=0.0)
+    await wait_metric(easel, 1, "easel_circuit_state", **state)
+    job = await run_job(easel)
+    assert job["status"] == "SUCCESS", job
+    assert job["servedBy"] == "primary" and job["provider"] == "replicate"
+    await wait_metric(easel, 0, "easel_circuit_state", **state)
+    assert sim.stats().submissions == submissions + 1
+    assert easel.runtime.providers["replicate"].breaker.statistics()["state"] == "closed"
+
+
+async def test_a_timed_out_submission_is_not_moved_to_a_fallback(
+    easel_daemon: Any, nursery: trio.Nursery
+) -> None:
+    # The simulator stores the task, then hangs past the daemon's read timeout.
+    sim = ReplicateSimulator(Knobs(token=TOKEN, timeout_rate=1.0, hang_seconds=2.0))
+    url = await nursery.start(serve_simulator, sim)
+    easel = await start(easel_daemon, url, max_attempts=4)
+    job = await run_job(easel)
+    assert job["status"] == "FAILED" and job["error"]["code"] == "PROVIDER_TIMEOUT"
+    assert job["servedBy"] == "primary" and job["provider"] == "replicate"
+    assert job["attempts"] == 1  # not resent either: Replicate may have the task
+    assert await events(easel, job["id"], "fallback") == []
+    assert sim.stats().submissions == 1
+
+
+async def test_a_refused_connection_is_retried_then_moved_to_the_fallback(
+    easel_daemon: Any,
+) -> None:
+    easel = await start(easel_daemon, f"http://127.0.0.1:{free_port()}", max_attempts=3)
+    job = await run_job(easel)
+    assert job["status"] == "SUCCESS", job
+    assert job["servedBy"] == "sandbox-image"
+    assert job["attempts"] == 4  # three at Replicate, one at the sandbox
+    [fallback] = await events(easel, job["id"], "fallback")
+    assert fallback["from"] == "primary" and fallback["to"] == "sandbox-image"
+    assert fallback["code"] == "PROVIDER_UNAVAILABLE"
+    assert "after 3 attempts" in fallback["reason"]
+
+
+async def test_retries_are_counted_on_a_job_without_fallbacks(easel_daemon: Any) -> None:
+    easel = await start(easel_daemon, f"http://127.0.0.1:{free_port()}", max_attempts=3,
+                        fallbacks=False)
+    job = await run_job(easel)
+    assert job["status"] == "FAILED" and job["error"]["code"] == "PROVIDER_UNAVAILABLE"
+    assert job["attempts"] == 3
+    assert job["error"]["details"]["attempts"] == 3
+    assert job["servedBy"] == "primary"
+
+
+async def test_rate_limited_submissions_are_refusals_and_may_fall_back(
+    easel_daemon: Any, nursery: trio.Nursery
+) -> None:
+    sim = ReplicateSimulator(Knobs(token=TOKEN, rate_limit_rate=1.0, retry_after=0.01))
+    url = await nursery.start(serve_simulator, sim)
+    easel = await start(easel_daemon, url, max_attempts=2)
+    job = await run_job(easel)
+    assert job["status"] == "SUCCESS", job
+    assert job["servedBy"] == "sandbox-image" and job["attempts"] == 3
+    [fallback] = await events(easel, job["id"], "fallback")
+    assert fallback["code"] == "RATE_LIMITED"
+    assert sim.stats().submissions == 0  # a 429 created nothing
+    # Rate limits say nothing about health: the circuit stays closed.
+    assert easel.runtime.providers["replicate"].breaker.statistics()["state"] == "closed"
+
+
+async def test_held_jobs_go_once_the_circuit_closes(
+    easel_daemon: Any, nursery: trio.Nursery
+) -> None:
+    sim = ReplicateSimulator(Knobs(token=TOKEN, duration=0.1, error_5xx_rate=1.0, seed=3))
+    url = await nursery.start(serve_simulator, sim)
+    easel = await start(easel_daemon, url, fallbacks=False,
+                        breaker=BreakerConfig(min_calls=2, cooldown=1.0))
+    for _ in range(2):
+        assert (await run_job(easel))["status"] == "FAILED"
+    await wait_metric(easel, 2, "easel_circuit_state", provider="replicate")
+    ids = []
+    for i in range(5):
+        response = await easel.submit({"modelIdentifier": "primary", "prompt": f"held {i}"})
+        ids.append(response.json()["id"])
+    await trio.sleep(0.2)
+    for job_id in ids:
+        job = (await easel.client.get(f"/api/external/generation/{job_id}")).json()
+        assert job["stage"] == "QUEUED"
+        [circuit] = await events(easel, job_id, "circuit")
+        assert circuit["action"] == "held" and circuit["state"] == "open"
+    sim.knobs = attrs.evolve(sim.knobs, error_5xx_rate=0.0)
+    for job_id in ids:
+        job = await easel.wait(job_id, 10)
+        assert job["status"] == "SUCCESS" and job["servedBy"] == "primary", job
