@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -110,6 +110,11 @@ def not_accepted(exc: EaselError) -> bool:
     falling back after those could pay twice, so they are final.
     """
     return not exc.sent or exc.info.details.get("status") in REFUSAL_STATUSES
+
+
+#: Submission failures after which the provider may hold the task.
+_DOUBTFUL = frozenset({ErrorCode.PROVIDER_TIMEOUT, ErrorCode.PROVIDER_UNAVAILABLE,
+                       ErrorCode.PROVIDER_ERROR})
 
 
 class ProviderActor:
@@ -341,6 +346,8 @@ class ProviderActor:
             exc.info.details["attempts"] = first + exc.info.details.get("attempts", 1) - 1
             if await self._fall_back(job, exc):
                 return
+            if await self._adopt_after_doubt(job, request, exc):
+                return
             await self._fail(job, JobState.SUBMITTING, exc.info)
             return
         except Exception as exc:
@@ -349,6 +356,44 @@ class ProviderActor:
                              ErrorInfo(ErrorCode.INTERNAL_ERROR, f"submission failed: {exc!r}"))
             return
         await self._record(job, result)
+
+    async def _adopt_after_doubt(self, job: Job, request: JobRequest, exc: EaselError) -> bool:
+        """After a submission whose fate is unknown (a timeout, a dropped connection,
+        a 5xx or an unreadable answer after the request went out), look for the task
+        at once, as after a crash: if the provider shows it, the job carries on with
+        it instead of failing while its task runs, paid for and unseen.
+
+        Skipped while another job of ours with the same request is being submitted:
+        a lookup by input could not tell their tasks apart.
+        """
+        if not exc.sent or exc.code not in _DOUBTFUL:
+            return False
+        twins = [other for other in await self.store.jobs_in([JobState.SUBMITTING], self.name)
+                 if other.id != job.id and other.request_hash == job.request_hash]
+        if twins:
+            return False
+        found, _ = await self._look_up(request)
+        return await self._adopt(job, found, {"after": exc.code.value})
+
+    async def _look_up(self, request: JobRequest) -> tuple[list[str] | None, str | None]:
+        """The provider's tasks matching ``request`` (``None``: it cannot tell), and
+        why the lookup failed, if it did."""
+        try:
+            found = await self.call("reconcile", lambda: self.adapter.reconcile(request), safe=True)
+        except EaselError as exc:
+            log.warning("reconciliation lookup failed: %s", exc.info.message)
+            return None, exc.info.message
+        return found, None
+
+    async def _adopt(self, job: Job, found: list[str] | None, why: dict[str, Any]) -> bool:
+        """Carry ``job`` on with the first of ``found`` no other job has claimed."""
+        for task_id in found or []:
+            if await self.store.job_by_task(self.name, task_id) is None:
+                log.info("adopted provider task", extra={"task_id": task_id})
+                await self.store.add_event(job.id, "reconciled", {"task_id": task_id, **why})
+                await self._record(job, Submitted(task_id))
+                return True
+        return False
 
     async def _fall_back(self, job: Job, exc: EaselError) -> bool:
         """Move a job whose submission failed to its model's next fallback.
@@ -435,20 +480,9 @@ class ProviderActor:
         except EaselError as exc:
             await self._fail(job, JobState.SUBMITTING, exc.info)
             return
-        try:
-            found = await self.call("reconcile", lambda: self.adapter.reconcile(request), safe=True)
-        except EaselError as exc:
-            log.warning("reconciliation lookup failed: %s", exc.info.message)
-            found = None
-            lookup_error = exc.info.message
-        else:
-            lookup_error = None
-        for task_id in found or []:
-            if await self.store.job_by_task(self.name, task_id) is None:
-                log.info("adopted provider task after restart", extra={"task_id": task_id})
-                await self.store.add_event(job.id, "reconciled", {"task_id": task_id})
-                await self._record(job, Submitted(task_id))
-                return
+        found, lookup_error = await self._look_up(request)
+        if await self._adopt(job, found, {"after": "restart"}):
+            return
         if request.spec.resubmit_on_uncertain:
             log.info("resubmitting uncertain submission (model is safe to resubmit)")
             await self.store.add_event(job.id, "resubmitted", {"reason": "uncertain"})
