@@ -47,6 +47,10 @@ CIRCUIT_TRANSITIONS = Counter(
     "easel_circuit_transitions", "Circuit breaker changes of state", ["provider", "state"],
     registry=REGISTRY,
 )
+WEBHOOK_DELIVERIES = Counter(
+    "easel_webhook_deliveries", "Client webhook attempts by outcome (delivered, retry, failed)",
+    ["outcome", "reason"], registry=REGISTRY,
+)
 FALLBACKS = Counter(
     "easel_fallbacks", "Jobs moved to a fallback model", ["model", "to", "reason"],
     registry=REGISTRY,

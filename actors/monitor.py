@@ -73,6 +73,10 @@ class Monitor:
                 metrics.CIRCUIT_TRANSITIONS.labels(
                     provider=provider, state=event.data.get("state", "")
                 ).inc()
+        elif event.kind.startswith("webhook."):
+            metrics.WEBHOOK_DELIVERIES.labels(
+                outcome=event.kind.removeprefix("webhook."), reason=event.data.get("reason", ""),
+            ).inc()
         elif event.kind == "fallback":
             metrics.FALLBACKS.labels(
                 model=event.data.get("model", ""), to=event.data.get("to", ""),

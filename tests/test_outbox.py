@@ -428,6 +428,10 @@ allow_private_targets = true
     # The same object the API returns, result URLs absolute on the daemon's address.
     assert payload == job
     assert payload["results"][0]["url"].startswith(easel.base_url + "/media/")
+    with trio.fail_after(5):  # the monitor counts it a moment after the delivery
+        while 'easel_webhook_deliveries_total{outcome="delivered",reason=""}' not in (
+                await easel.client.get("/api/metrics")).text:
+            await trio.sleep(0.02)
 
 
 async def test_daemon_generates_a_secret_when_none_is_set(easel_daemon, nursery) -> None:
