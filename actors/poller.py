@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import attrs
@@ -88,9 +89,12 @@ class Poller:
         self._heap: list[tuple[float, int, str, int]] = []
         self._counter = itertools.count()
         self._changed = trio.Event()
-        # Checks under way at once: enough to keep the provider's tokens busy, few
-        # enough that thousands of due tasks do not become thousands of trio tasks.
-        self._checks = trio.Semaphore(max(8, 2 * provider.settings.burst))
+        # Checks under way at once: enough to spend every token even if each check
+        # took the whole request timeout (so tokens, not this, limit the poll rate),
+        # few enough that thousands of due tasks do not become thousands of tasks.
+        settings = provider.settings
+        self._checks = trio.Semaphore(max(
+            16, 2 * settings.burst, math.ceil(settings.rate * settings.request_timeout)))
         self.on_outputs: Callable[[Job], Awaitable[None]] | None = None
         #: Completion times of this provider's models, for adaptive polling.
         self.history = DurationHistory()
