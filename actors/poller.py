@@ -281,6 +281,9 @@ class Poller:
 
     async def _finish(self, entry: _Entry, state: JobState, **fields: object) -> None:
         self._entries.pop(entry.job.id, None)
+        # The check count as the poller knows it: notes not yet flushed
+        # (Store.note_poll) no longer apply once the job has left RUNNING.
+        fields.setdefault("poll_count", entry.job.poll_count)
         job = await self.store.transition(entry.job.id, JobState.RUNNING, state, **fields)
         if job is None:
             return
