@@ -165,6 +165,7 @@ class ProviderActor:
         safe: bool,
         token_taken: bool = False,
         on_retry: Callable[[int], Awaitable[None]] | None = None,
+        on_refused: Callable[[int], Awaitable[None]] | None = None,
     ) -> T:
         """Make one provider call, with tokens, retries and the circuit breaker.
 
@@ -177,7 +178,9 @@ class ProviderActor:
         error proves the provider holds nothing for it (``not_accepted``).
         ``token_taken``: the caller already spent the first attempt's token.
         ``on_retry(attempt)``: awaited before attempt 2, 3, ... is sent (the
-        submission path counts every attempt on the job).
+        submission path counts every attempt on the job). ``on_refused(attempt)``:
+        awaited when an unsafe call was refused and will be retried, before the
+        backoff (the submission path records that nothing is at the provider).
         A final error carries ``details["attempts"]``.
         """
         attempt = 0
@@ -203,6 +206,8 @@ class ProviderActor:
                     exc.info.details["attempts"] = attempt
                     self.breaker.record(classify(exc.code))
                     raise
+                if not safe and on_refused is not None:
+                    await on_refused(attempt)
                 delay = self.retry.delay(attempt, exc.retry_after)
                 log.info("%s %s failed (%s); retry %d in %.1fs", self.name, what, exc.code.value,
                          attempt, delay)
@@ -337,10 +342,15 @@ class ProviderActor:
         async def count(attempt: int) -> None:
             await self.store.update(job.id, JobState.SUBMITTING, attempts=first + attempt - 1)
 
+        async def refused(attempt: int) -> None:
+            # Durable before the backoff: a crash while waiting to retry then leaves
+            # proof that the provider holds nothing (see _refused_last).
+            await self.store.add_event(job.id, "refused", {"attempt": first + attempt - 1})
+
         try:
             result = await self.call(
                 "submit", lambda: self.adapter.submit(request), safe=False,
-                token_taken=token_taken, on_retry=count,
+                token_taken=token_taken, on_retry=count, on_refused=refused,
             )
         except EaselError as exc:
             exc.info.details["attempts"] = first + exc.info.details.get("attempts", 1) - 1
@@ -374,6 +384,18 @@ class ProviderActor:
             return False
         found, _ = await self._look_up(request)
         return await self._adopt(job, found, {"after": exc.code.value})
+
+    async def _refused_last(self, job: Job) -> bool:
+        """Whether the provider refused ``job``'s last counted attempt."""
+        refusals = [event for event in await self.store.events(job.id) if event["kind"] == "refused"]
+        return bool(refusals) and refusals[-1].get("attempt") == job.attempts
+
+    async def _resubmit(self, job: Job, request: JobRequest, reason: str) -> None:
+        await self.store.add_event(job.id, "resubmitted", {"reason": reason})
+        counted = await self.store.update(job.id, JobState.SUBMITTING, attempts=job.attempts + 1)
+        if counted is None:
+            return  # cancelled meanwhile
+        await self._send_submission(counted, attrs.evolve(request, submitting_at=wall_now()))
 
     async def _look_up(self, request: JobRequest) -> tuple[list[str] | None, str | None]:
         """The provider's tasks matching ``request`` (``None``: it cannot tell), and
@@ -480,17 +502,18 @@ class ProviderActor:
         except EaselError as exc:
             await self._fail(job, JobState.SUBMITTING, exc.info)
             return
+        if await self._refused_last(job):
+            # Its last attempt was refused and the next was never counted, so never
+            # sent: resending cannot pay twice, whatever the model says.
+            log.info("resubmitting: the last attempt before the restart was refused")
+            await self._resubmit(job, request, "refused before the restart")
+            return
         found, lookup_error = await self._look_up(request)
         if await self._adopt(job, found, {"after": "restart"}):
             return
         if request.spec.resubmit_on_uncertain:
             log.info("resubmitting uncertain submission (model is safe to resubmit)")
-            await self.store.add_event(job.id, "resubmitted", {"reason": "uncertain"})
-            counted = await self.store.update(job.id, JobState.SUBMITTING,
-                                              attempts=job.attempts + 1)
-            if counted is None:
-                return  # cancelled meanwhile
-            await self._send_submission(counted, attrs.evolve(request, submitting_at=wall_now()))
+            await self._resubmit(job, request, "uncertain")
             return
         detail = {"provider": self.name, "lookup": "unavailable" if found is None else "no match"}
         if lookup_error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import trio
 
+from tests.conftest import free_port
 from tests.simulators.base import Knobs, serve_simulator
 from tests.simulators.replicate import ReplicateSimulator
 from tests.test_cancel import TOKEN, provider_toml
@@ -27,3 +28,37 @@ async def test_timed_out_create_is_adopted_from_the_list(easel_daemon, nursery: 
     assert sim.stats().submissions == 1  # adopted, never sent again
     [adopted] = [e for e in events["events"] if e["kind"] == "reconciled"]
     assert adopted["after"] == "PROVIDER_TIMEOUT"
+
+
+async def test_crash_while_waiting_to_retry_a_refusal_resubmits(
+    easel_daemon, nursery: trio.Nursery
+) -> None:
+    """Refused (nothing listens), then stopped during the retry's backoff: the job is
+    left SUBMITTING. After the restart the recorded refusal proves nothing reached
+    the provider, so it is sent again, though its model does not allow resubmitting
+    uncertain jobs."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    slow_retry = "\nmax_attempts = 3\nretry_base = 600\nretry_cap = 600\nretry_jitter = 0"
+    first = await easel_daemon(provider_toml("replicate", dead, "flux", "owner/flux").replace(
+        f'api_token = "{TOKEN}"', f'api_token = "{TOKEN}"{slow_retry}'))
+    job_id = (await first.submit({"modelIdentifier": "flux", "prompt": "twice refused"})).json()["id"]
+    with trio.fail_after(20):
+        while not [e for e in await events_of(first, job_id) if e["kind"] == "refused"]:
+            await trio.sleep(0.02)
+    first.stop.set()
+    await first.done.wait()
+
+    sim = ReplicateSimulator(Knobs(token=TOKEN, duration=0.2))
+    url = await nursery.start(serve_simulator, sim)
+    second = await easel_daemon(provider_toml("replicate", url, "flux", "owner/flux"))
+    job = await second.wait(job_id)
+    assert job["status"] == "SUCCESS", job
+    assert job["attempts"] == 2
+    kinds = [(e["kind"], e.get("reason")) for e in await events_of(second, job_id)]
+    assert ("resubmitted", "refused before the restart") in kinds
+    assert sim.stats().submissions == 1
+
+
+async def events_of(easel, job_id: str) -> list[dict]:
+    response = await easel.client.get(f"/api/external/generation/{job_id}/events")
+    return response.json()["events"]
