@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import sqlite3
@@ -70,6 +71,23 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def submit_many(base_url: str, count: int, prefix: str,
+                model: str = "replicate-flux-schnell") -> list[str]:
+    """Submit ``count`` jobs from 16 threads (prompts ``"{prefix} {i}"``); their ids."""
+
+    def one(i: int) -> str:
+        response = httpx.post(
+            f"{base_url}/api/external/generation",
+            json={"modelIdentifier": model, "prompt": f"{prefix} {i}"},
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        return list(pool.map(one, range(count)))
 
 
 def job_states(db: Path) -> dict[str, str]:

@@ -13,13 +13,12 @@ retry policy allows; and the daemon is healthy at the end, with no actor restart
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import free_port, write_config
-from tests.process import DaemonProcess, wait_all_terminal
+from tests.process import DaemonProcess, submit_many, wait_all_terminal
 from tests.simulators.base import fetch_stats, start_simulator_process
 
 TOKEN = "r8_faults_token"
@@ -40,20 +39,6 @@ FAULTS = (
     "--timeout-rate", "0.05", "--hang-seconds", "3",
     "--reset-rate", "0.05", "--malformed-rate", "0.05",
 )
-
-
-def submit_all(base_url: str) -> list[str]:
-    def one(i: int) -> str:
-        response = httpx.post(
-            f"{base_url}/api/external/generation",
-            json={"modelIdentifier": "replicate-flux-schnell", "prompt": f"storm {i}"},
-            timeout=30,
-        )
-        assert response.status_code == 202, response.text
-        return str(response.json()["id"])
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        return list(pool.map(one, range(JOBS)))
 
 
 def test_every_job_ends_classified_and_nothing_is_paid_twice(tmp_path: Path) -> None:
@@ -82,7 +67,7 @@ polling = {{ strategy = "fixed", interval = 0.2 }}
         daemon = DaemonProcess(config, base_url, tmp_path / "easel.out")
         try:
             daemon.start()
-            ids = submit_all(base_url)
+            ids = submit_many(base_url, JOBS, "storm")
             with httpx.Client(base_url=base_url, timeout=40) as client:
                 jobs = wait_all_terminal(client, ids, timeout=180)
                 health = client.get("/api/health")

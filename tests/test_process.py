@@ -8,7 +8,6 @@ drained with SIGTERM, and it is finished after a restart.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import json
 import signal
 import socket
@@ -22,7 +21,13 @@ import pytest
 from PIL import Image
 
 from tests.conftest import free_port, write_config
-from tests.process import PROJECT_ROOT, DaemonProcess, job_states, wait_all_terminal
+from tests.process import (
+    PROJECT_ROOT,
+    DaemonProcess,
+    job_states,
+    submit_many,
+    wait_all_terminal,
+)
 from tests.simulators.base import fetch_stats, start_simulator_process
 
 TOKEN = "r8_test_token"
@@ -51,20 +56,6 @@ polling = {{ strategy = "fixed", interval = 0.5 }}
     text = config.read_text().replace("drain_timeout = 5", f"drain_timeout = {drain_timeout}")
     config.write_text(text)
     return config, f"http://127.0.0.1:{port}"
-
-
-def submit_many(base_url: str, count: int, prefix: str) -> list[str]:
-    def one(i: int) -> str:
-        response = httpx.post(
-            f"{base_url}/api/external/generation",
-            json={"modelIdentifier": "replicate-flux-schnell", "prompt": f"{prefix} {i}"},
-            timeout=30,
-        )
-        assert response.status_code == 202, response.text
-        return str(response.json()["id"])
-
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        return list(pool.map(one, range(count)))
 
 
 def test_sigkill_mid_flight_loses_nothing_and_pays_once(tmp_path: Path) -> None:
