@@ -230,7 +230,8 @@ async def test_adapter_edits_send_the_input_bytes(
     start_sim: Callable[..., Awaitable[Started]], adapter_for: Callable[..., OpenaiAdapter]
 ) -> None:
     sim, url = await start_sim()
-    adapter = adapter_for(url)
+    # The input image is served on loopback: allowed explicitly for this section.
+    adapter = adapter_for(url, allow_private_inputs=True)
     # An http(s) input: a PNG the simulator itself serves.
     served = await adapter.submit(job("dall-e-2", parameters={"response_format": "url"}))
     assert isinstance(served, Completed)
@@ -420,3 +421,17 @@ max_duration = 60
     stored = tmp_path / "state" / "media" / job_id / "0.png"
     assert stored.read_bytes() == media.content
     assert (stats.submissions, stats.max_submissions_per_input, stats.status_checks) == (1, 1, 0)
+
+
+async def test_input_images_on_private_addresses_are_not_fetched(
+    start_sim: Callable[..., Awaitable[Started]], adapter_for: Callable[..., OpenaiAdapter]
+) -> None:
+    sim, url = await start_sim()
+    served = await adapter_for(url).submit(job("dall-e-2", parameters={"response_format": "url"}))
+    assert isinstance(served, Completed) and served.outputs[0].startswith("http://127.0.0.1")
+    before = len(sim.tasks)
+    with pytest.raises(EaselError) as refused:
+        await adapter_for(url).submit(job(input_images=(served.outputs[0],)))
+    assert refused.value.code is ErrorCode.INVALID_PARAMETERS
+    assert "not a public address" in refused.value.info.message
+    assert len(sim.tasks) == before  # nothing was sent to the provider either

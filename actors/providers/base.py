@@ -57,6 +57,10 @@ class ProviderSettings:
     #: Shared secret for webhooks the provider sends us (Replicate's ``whsec_...``,
     #: Pollo's signing secret, the secret BFL echoes back).
     webhook_secret: str = ""
+    #: Let the adapter fetch input images from loopback or private addresses (an
+    #: image server on the same host or network). Off: a submitted URL must not
+    #: make Easel reach inside the network it runs in.
+    allow_private_inputs: bool = False
     #: Polling for this provider's models that name none of their own.
     polling: PollingSpec | None = None
     #: Sandbox only: seconds before an image is drawn / a video task "finishes".
