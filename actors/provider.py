@@ -144,6 +144,9 @@ class ProviderActor:
             name, BreakerConfig.from_settings(settings), on_transition=self._circuit_moved
         )
         monitor.emit("circuit", name, state="closed", value=int(CircuitState.CLOSED), initial=True)
+        #: ``fits(job, model)``: whether a fallback ``model`` can take the job's
+        #: request (wired by the runtime, which knows every section's adapter).
+        self.fits: Callable[[Job, str], bool] = lambda job, model: True
         self.send, self._receive = trio.open_memory_channel[Dispatch | CancelTask](mailbox_size)
         # Wired by the runtime once every actor exists.
         self.scheduler_send: Callable[[Enqueue | Resync | Attach], Awaitable[None]] | None = None
@@ -429,7 +432,8 @@ class ProviderActor:
         if not (exc.info.is_retryable and not_accepted(exc)) or self.scheduler_send is None:
             return False
         current = job.serving_model
-        later = later_models(self.catalog, job.model, job.served_model)
+        later = [model for model in later_models(self.catalog, job.model, job.served_model)
+                 if self.fits(job, model)]
         if not later:
             return False
         target = later[0]

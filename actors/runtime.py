@@ -32,6 +32,7 @@ from actors.scheduler import Enqueue, Scheduler
 from actors.storage import LocalStorage
 from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, Store
 from actors.supervisor import ChildSpec, Supervisor
+from actors.validation import fits
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class Runtime:
         self.monitor = Monitor()
         self.storage = LocalStorage(media_dir)
         self.scheduler = Scheduler(store, self.lifecycle)
+        self.families = {name: settings.adapter or name for name, settings in providers.items()}
+        self.scheduler.fits = self.fits
         self.finalizer = Finalizer(
             store, self.storage, self.lifecycle, self.monitor, max_bytes=max_download_bytes
         )
@@ -85,6 +88,7 @@ class Runtime:
             actor.on_outputs = poller.on_outputs = self._finalize
             actor.on_cancelled = self._forgetter(poller)
             actor.callback_base = public_base_url
+            actor.fits = self.fits
             self.scheduler.add_provider(name, actor.slots, actor.send.send)
             self.providers[name] = actor
             self.pollers[name] = poller
@@ -145,6 +149,13 @@ class Runtime:
                 for actor in self.providers.values():
                     await actor.adapter.aclose()
                 await self.finalizer.aclose()
+
+    def fits(self, job: Job, model: str) -> bool:
+        """Whether catalog ``model`` can take ``job``'s request as it was stored."""
+        spec = self.catalog.get(model)
+        if spec is None:
+            return False
+        return fits(job, spec.provider_model, self.families.get(spec.provider, spec.provider))
 
     # -- what the HTTP layer calls -------------------------------------------
 

@@ -102,6 +102,9 @@ class Scheduler:
         # Kept across restarts of ``run``: they are the providers' objects, not ours.
         self.catalog: Mapping[str, ModelSpec] = catalog or {}
         self._breakers: dict[str, CircuitBreaker] = {}
+        #: ``fits(job, model)``: whether ``model`` can take the job's request (wired
+        #: by the runtime, which knows each provider's adapter family).
+        self.fits: Callable[[Job, str], bool] = lambda job, model: True
 
     def add_provider(
         self,
@@ -206,7 +209,7 @@ class Scheduler:
         """The first later fallback of ``job`` whose provider's circuit is closed."""
         for model in later_models(self.catalog, job.model, job.served_model):
             spec = self.catalog[model]
-            if spec.provider not in self._queues:
+            if spec.provider not in self._queues or not self.fits(job, model):
                 continue
             breaker = self._breakers.get(spec.provider)
             if breaker is None or breaker.closed:

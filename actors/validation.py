@@ -258,3 +258,13 @@ def job_from(
         idempotency_key=idempotency_key,
         request_hash=body_hash,
     )
+
+
+def fits(job: Job, provider_model: str, family: str) -> bool:
+    """Whether ``job``'s stored request is valid for ``provider_model`` of ``family``:
+    a fallback that would refuse (or misread) the job's parameters is no fallback."""
+    checked = check_parameters(
+        family, provider_model, job.parameters, number_of_outputs=job.number_of_outputs,
+        outputs_given=True, input_images=len(job.input_images),
+    )
+    return not checked.problems

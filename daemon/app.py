@@ -119,7 +119,7 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
     app.url_map.merge_slashes = False
     started_at = time.time()
     #: Provider section -> adapter family, which decides how ``parameters`` are checked.
-    families = {name: actor.settings.adapter or name for name, actor in runtime.providers.items()}
+    families = runtime.families
     health_cache: dict[str, Any] = {"at": -1e9, "body": None}
 
     def absolute(job: Job) -> dict[str, Any]:

@@ -213,3 +213,20 @@ async def test_held_jobs_go_once_the_circuit_closes(
     for job_id in ids:
         job = await easel.wait(job_id, 10)
         assert job["status"] == "SUCCESS" and job["servedBy"] == "primary", job
+
+
+async def test_a_fallback_that_cannot_take_the_parameters_is_skipped(
+    easel_daemon: Any, nursery: trio.Nursery
+) -> None:
+    sim = ReplicateSimulator(Knobs(token=TOKEN, duration=0.1))
+    url = await nursery.start(serve_simulator, sim)
+    easel = await start(easel_daemon, url)
+    response = await easel.submit({"modelIdentifier": "primary", "prompt": "a red fox",
+                                   "parameters": {"guidance": 3}})
+    job = await easel.runtime.store.get_job(response.json()["id"])
+    assert job is not None
+    # The sandbox takes any small object; fal's flux/dev has no "guidance" (it
+    # calls it guidance_scale) and would refuse the job as stored.
+    assert easel.runtime.fits(job, "sandbox-image")
+    assert not easel.runtime.fits(job, "fal-flux-dev")
+    assert not easel.runtime.fits(job, "no-such-model")
