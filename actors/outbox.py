@@ -298,6 +298,8 @@ class Outbox:
             except httpx.HTTPError as exc:
                 name = type(exc).__name__
                 raise _Failed(f"{name}: {exc}" if str(exc) else name) from None
+            except (httpx.InvalidURL, ValueError) as exc:  # e.g. a Location httpx refuses
+                raise TargetRefused(f"not a URL Easel can send to: {exc}") from None
             if 200 <= status < 300:
                 return status
             if status in _REDIRECTS and location:
@@ -310,5 +312,9 @@ class Outbox:
         try:
             await check_target(url, allow_private=self.settings.allow_private_targets,
                                resolve=self._resolve)
+        except TargetRefused:
+            raise
         except OSError as exc:  # DNS may come back: a failed attempt, not a refusal
             raise _Failed(f"cannot resolve: {exc}") from None
+        except ValueError as exc:  # a name no resolver takes (UnicodeError): never will
+            raise TargetRefused(f"cannot resolve: {exc}") from None

@@ -95,6 +95,11 @@ def split_target(url: str) -> tuple[str, int]:
     host = parts.hostname
     if not host:
         raise TargetRefused("the URL has no host")
+    if _literal(host.split("%", 1)[0]) is None:
+        try:
+            host.encode("idna")  # what the resolver will do: refuse "é..com" here
+        except UnicodeError as exc:
+            raise TargetRefused(f"the host {host!r} is not a valid name: {exc}") from None
     return host, port or (443 if parts.scheme == "https" else 80)
 
 

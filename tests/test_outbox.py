@@ -299,6 +299,23 @@ async def test_redirect_to_loopback_is_not_followed(tmp_path: Path, nursery, clo
         assert inside.requests == []
 
 
+async def test_a_name_no_resolver_takes_fails_the_delivery_not_the_daemon(
+    tmp_path: Path, nursery, clock
+) -> None:
+    """getaddrinfo raises UnicodeError (not OSError) for some names: the delivery
+    fails for good; the outbox does not crash (and crash-loop the daemon)."""
+
+    async def idna_error(host: str, port: int) -> list[str]:
+        raise UnicodeError("label empty or too long")
+
+    async with open_store(tmp_path / "db.sqlite") as store, running_outbox(
+        store, settings(allow_private_targets=False), resolve=idna_error,
+    ):
+        job = await ended_job(store, "https://hooks.example.com/x")
+        row = await finished(store, job.id)
+        assert row.state == "FAILED" and "cannot resolve" in row.last_error
+
+
 async def test_concurrency_is_limited(tmp_path: Path, nursery) -> None:
     receiver = await start_receiver(nursery)
     receiver.gate = trio.Event()

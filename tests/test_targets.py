@@ -140,3 +140,10 @@ def test_default_ports() -> None:
     assert split_target("http://a.example/x") == ("a.example", 80)
     assert split_target("https://a.example/x") == ("a.example", 443)
     assert split_target("https://[::1]:8443/x") == ("::1", 8443)
+
+
+def test_a_host_no_resolver_takes_is_refused_before_dns() -> None:
+    # "é..com" has an empty label: IDNA encoding fails, which getaddrinfo would
+    # raise as UnicodeError (not OSError) at delivery time.
+    with pytest.raises(TargetRefused, match="not a valid name"):
+        split_target("http://é..com/hook")
