@@ -9,6 +9,8 @@ the provider actor and outliving its restarts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import attrs
 import trio
 
@@ -99,8 +101,12 @@ class SlotPool:
         self._anonymous += 1
         return SlotTicket(self)
 
-    def adopt(self, job_id: str) -> None:
-        self._held.add(job_id)
+    def retain(self, job_ids: Iterable[str]) -> None:
+        """Hold exactly ``job_ids`` (the jobs found at the provider when its actor
+        starts): a slot bound to a job that a crash left QUEUED, or that was moved
+        to another provider meanwhile, is freed instead of lost for good."""
+        self._held = set(job_ids)
+        self._changed.set()
 
     def release(self, job_id: str) -> None:
         if job_id in self._held:

@@ -110,6 +110,8 @@ class Poller:
         self._changed.set()
 
     def _track(self, job: Job) -> None:
+        if job.id in self._entries:
+            return  # already watched (a provider actor restarted and re-announced it)
         spec = self.provider.catalog.get(job.serving_model)
         if spec is None:
             log.error("running job %s has unknown model %s; not polled", job.id, job.serving_model)

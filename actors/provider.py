@@ -281,8 +281,7 @@ class ProviderActor:
     async def run(self) -> None:
         self._starts += 1
         async with trio.open_nursery() as nursery:
-            for job_id in await self.store.job_ids_in(AT_PROVIDER, provider=self.name):
-                self.slots.adopt(job_id)
+            self.slots.retain(await self.store.job_ids_in(AT_PROVIDER, provider=self.name))
             nursery.start_soon(self._watch_circuit)
             if self.scheduler_send is not None:
                 await self.scheduler_send(Attach(self.name, self.breaker, self.catalog))
@@ -291,8 +290,16 @@ class ProviderActor:
             stuck = await self.store.jobs_in([JobState.SUBMITTING], provider=self.name)
             nursery.start_soon(self._reconcile_all, stuck)
             if self._starts > 1 and self.scheduler_send is not None:
-                # Jobs handed to us before the crash may be lost with it.
-                await self.scheduler_send(Resync(self.name))
+                # Jobs handed to us before the crash may be lost with it, and a job
+                # we were moving to a fallback may have reached no queue: reload all
+                # (the scheduler ignores jobs it already holds).
+                await self.scheduler_send(Resync(None))
+            if self._starts > 1 and self.on_running is not None:
+                # A crash between recording a task and handing it to the poller
+                # would leave it RUNNING and unwatched: hand over every one again
+                # (the poller ignores those it already tracks).
+                for running in await self.store.jobs_in([JobState.RUNNING], provider=self.name):
+                    await self.on_running(running)
             async for message in self._receive:
                 if isinstance(message, Dispatch):
                     nursery.start_soon(self._submit, message)
@@ -327,15 +334,24 @@ class ProviderActor:
         # crash while it waits for a token leaves it uncertain for nothing.
         await self.bucket.take()
         now = wall_now()
+        # Still ours: a circuit reroute may have moved it to a fallback's provider
+        # while we waited for the token, and sending it here too would pay twice.
         job = await self.store.transition(
             job.id, JobState.QUEUED, JobState.SUBMITTING,
+            where={"provider": self.name, "served_model": job.served_model},
             submitting_at=now, attempts=job.attempts + 1,
         )
-        if job is None:  # cancelled, or handed to us twice: someone else has it
-            if newly_held:
-                self.slots.release(message.job.id)
+        if job is None:  # cancelled, rerouted, or handed to us twice and taken
+            await self._release_unless_ours(message.job.id)
             return
         await self._send_submission(job, attrs.evolve(request, submitting_at=now), token_taken=True)
+
+    async def _release_unless_ours(self, job_id: str) -> None:
+        """Free ``job_id``'s slot here unless the job is at this provider now (the
+        other hand-over of a job handed twice)."""
+        current = await self.store.get_job(job_id)
+        if current is None or current.provider != self.name or current.state not in AT_PROVIDER:
+            self.slots.release(job_id)
 
     async def _send_submission(self, job: Job, request: JobRequest, token_taken: bool = False) -> None:
         """Send ``job`` (in SUBMITTING, its first attempt already counted) and
@@ -343,7 +359,11 @@ class ProviderActor:
         first = job.attempts
 
         async def count(attempt: int) -> None:
-            await self.store.update(job.id, JobState.SUBMITTING, attempts=first + attempt - 1)
+            counted = await self.store.update(
+                job.id, JobState.SUBMITTING, attempts=first + attempt - 1)
+            if counted is None:  # cancelled while waiting to retry: send nothing more
+                raise EaselError(ErrorCode.TASK_CANCELLED, "cancelled before the retry",
+                                 retryable=False)
 
         async def refused(attempt: int) -> None:
             # Durable before the backoff: a crash while waiting to retry then leaves
@@ -376,12 +396,13 @@ class ProviderActor:
         at once, as after a crash: if the provider shows it, the job carries on with
         it instead of failing while its task runs, paid for and unseen.
 
-        Skipped while another job of ours with the same request is being submitted:
-        a lookup by input could not tell their tasks apart.
+        Skipped while another job of ours with the same request is queued or being
+        submitted: a lookup by input could not tell their tasks apart.
         """
         if not exc.sent or exc.code not in _DOUBTFUL:
             return False
-        twins = [other for other in await self.store.jobs_in([JobState.SUBMITTING], self.name)
+        waiting = [JobState.QUEUED, JobState.SUBMITTING]
+        twins = [other for other in await self.store.jobs_in(waiting, self.name)
                  if other.id != job.id and other.request_hash == job.request_hash]
         if twins:
             return False

@@ -50,7 +50,9 @@ class Enqueue:
 
 @attrs.frozen
 class Resync:
-    provider: str
+    """Reload QUEUED jobs from SQLite: one provider's, or every one's (``None``)."""
+
+    provider: str | None
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -466,12 +466,16 @@ class Store:
         to_state: JobState,
         *,
         event: dict[str, Any] | None = None,
+        where: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> Job | None:
         """Move a job from one of ``from_states`` to ``to_state`` and set ``fields``.
 
+        ``where``: more columns the row must still hold (``IS``, so ``None`` matches
+        NULL), e.g. the provider a job was handed to, which a reroute may change.
         Returns the updated job, or ``None`` when the job was not in one of
-        ``from_states`` (someone else moved it first: the caller's view is stale).
+        ``from_states`` or ``where`` (someone else moved it first: the caller's view
+        is stale).
         """
         froms = [from_states] if isinstance(from_states, JobState) else list(from_states)
         now = wall_now()
@@ -484,11 +488,13 @@ class Store:
         params.update(id=job_id, to_state=to_state.value)
         marks = ", ".join(f":from{i}" for i in range(len(froms)))
         params.update({f"from{i}": s.value for i, s in enumerate(froms)})
+        extra = "".join(f" AND {name} IS :where_{name}" for name in (where or {}))
+        params.update({f"where_{name}": value for name, value in (where or {}).items()})
 
         def op(conn: sqlite3.Connection, write: _Write) -> Job | None:
             cursor = conn.execute(
                 f"UPDATE generation_requests SET state=:to_state, {assignments} "
-                f"WHERE id=:id AND state IN ({marks})",
+                f"WHERE id=:id AND state IN ({marks}){extra}",
                 params,
             )
             if cursor.rowcount != 1:

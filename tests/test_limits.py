@@ -158,11 +158,11 @@ async def test_release_is_idempotent() -> None:
     assert pool.statistics().held == 1
 
 
-async def test_adopt_takes_a_slot_without_waiting_even_beyond_capacity() -> None:
+async def test_retain_holds_exactly_the_jobs_found_even_beyond_capacity() -> None:
     pool = SlotPool(1)
-    pool.adopt("x")
-    pool.adopt("y")
-    assert pool.holds("x") and pool.holds("y")
+    pool.retain(["stale", "x"])
+    pool.retain(["x", "y"])  # the actor restarted: "stale" is no longer at the provider
+    assert pool.holds("x") and pool.holds("y") and not pool.holds("stale")
     assert pool.free == -1
     got: list[SlotTicket] = []
 
@@ -181,7 +181,7 @@ async def test_adopt_takes_a_slot_without_waiting_even_beyond_capacity() -> None
 
 async def test_bind_of_an_already_held_job_gives_the_extra_slot_back() -> None:
     pool = SlotPool(2)
-    pool.adopt("a")
+    pool.retain(["a"])
     ticket = await pool.acquire()
     assert pool.free == 0
     got: list[SlotTicket] = []

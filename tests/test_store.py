@@ -172,6 +172,19 @@ async def test_transition_wrong_from_state_changes_nothing(tmp_path: Path) -> No
     assert events == []
 
 
+async def test_transition_where_guards_other_columns(tmp_path: Path) -> None:
+    # A job rerouted to another provider meanwhile must not be taken by the first.
+    async with open_store(tmp_path / "db") as store:
+        job, _ = await store.insert_job(make_job())
+        await store.update(job.id, JobState.QUEUED, provider="fallback", served_model="other")
+        stale = await store.transition(job.id, JobState.QUEUED, JobState.SUBMITTING,
+                                       where={"provider": job.provider, "served_model": None})
+        fresh = await store.transition(job.id, JobState.QUEUED, JobState.SUBMITTING,
+                                       where={"provider": "fallback", "served_model": "other"})
+    assert stale is None
+    assert fresh is not None and fresh.state is JobState.SUBMITTING
+
+
 async def test_transition_moves_state_sets_fields_and_writes_event(tmp_path: Path) -> None:
     async with open_store(tmp_path / "db") as store:
         job, _ = await store.insert_job(make_job())
