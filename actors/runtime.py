@@ -10,7 +10,7 @@ knows the messages it takes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +122,15 @@ class Runtime:
         return track
 
     @staticmethod
-    def _forgetter(poller: Poller):  # type: ignore[no-untyped-def]
+    def _forgetter(poller: Poller) -> Callable[[Job], None]:
         def forget(job: Job) -> None:
             try:
                 poller.send.send_nowait(Forget(job.id))
             except trio.WouldBlock:
-                pass  # the poller drops it at its next check: the job is not RUNNING
+                # A full mailbox: the poller keeps checking the task until the
+                # provider reports it ended or its deadline passes; then its
+                # RUNNING -> ... transition finds the job CANCELLED and drops it.
+                pass
 
         return forget
 
