@@ -401,10 +401,7 @@ class ProviderActor:
         """
         if not exc.sent or exc.code not in _DOUBTFUL:
             return False
-        waiting = [JobState.QUEUED, JobState.SUBMITTING]
-        twins = [other for other in await self.store.jobs_in(waiting, self.name)
-                 if other.id != job.id and other.request_hash == job.request_hash]
-        if twins:
+        if await self.store.has_twin(job, [JobState.QUEUED, JobState.SUBMITTING]):
             return False
         found, _ = await self._look_up(request)
         return await self._adopt(job, found, {"after": exc.code.value})

@@ -220,6 +220,17 @@ def _from_row(row: sqlite3.Row) -> Job:
     return Job(**data)
 
 
+def _in_states(states: Iterable[JobState], provider: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) for jobs in ``states``, of ``provider``."""
+    names = [s.value for s in states]
+    clause = f"state IN ({', '.join('?' for _ in names)})"
+    args: list[Any] = list(names)
+    if provider is not None:
+        clause += " AND provider=?"
+        args.append(provider)
+    return clause, args
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.row_factory = sqlite3.Row
@@ -535,14 +546,25 @@ class Store:
 
     async def job_ids_in(self, states: Iterable[JobState], provider: str) -> list[str]:
         """Ids of the provider's jobs in any of ``states`` (cheaper than ``jobs_in``)."""
-        names = [s.value for s in states]
-        marks = ", ".join("?" for _ in names)
+        clause, args = _in_states(states, provider)
 
         def op(conn: sqlite3.Connection) -> list[str]:
             return [r[0] for r in conn.execute(
-                f"SELECT id FROM generation_requests WHERE state IN ({marks}) AND provider=?",
-                [*names, provider],
-            )]
+                f"SELECT id FROM generation_requests WHERE {clause}", args)]
+
+        return await self._read(op)
+
+    async def has_twin(self, job: Job, states: Iterable[JobState]) -> bool:
+        """Whether another job of ``job``'s provider with the same request is in
+        any of ``states``."""
+        clause, args = _in_states(states, job.provider)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                f"SELECT 1 FROM generation_requests WHERE {clause}"
+                " AND request_hash IS ? AND id != ? LIMIT 1",
+                [*args, job.request_hash, job.id],
+            ).fetchone() is not None
 
         return await self._read(op)
 
@@ -588,14 +610,8 @@ class Store:
 
     async def jobs_in(self, states: Iterable[JobState], provider: str | None = None) -> list[Job]:
         """Jobs in any of ``states`` (of one provider), by priority then age."""
-        names = [s.value for s in states]
-        marks = ", ".join("?" for _ in names)
-        sql = f"SELECT * FROM generation_requests WHERE state IN ({marks})"
-        args: list[Any] = list(names)
-        if provider is not None:
-            sql += " AND provider=?"
-            args.append(provider)
-        sql += " ORDER BY priority DESC, seq ASC"
+        clause, args = _in_states(states, provider)
+        sql = f"SELECT * FROM generation_requests WHERE {clause} ORDER BY priority DESC, seq ASC"
 
         def op(conn: sqlite3.Connection) -> list[Job]:
             return [_from_row(r) for r in conn.execute(sql, args)]

@@ -185,6 +185,19 @@ async def test_transition_where_guards_other_columns(tmp_path: Path) -> None:
     assert fresh is not None and fresh.state is JobState.SUBMITTING
 
 
+async def test_has_twin_matches_request_provider_and_state(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "db") as store:
+        job, _ = await store.insert_job(make_job(request_hash="h"))
+        alone = await store.has_twin(job, [JobState.QUEUED])
+        other_provider, _ = await store.insert_job(make_job(request_hash="h", provider="q"))
+        other_request, _ = await store.insert_job(make_job(request_hash="g"))
+        unrelated = await store.has_twin(job, [JobState.QUEUED])
+        twin, _ = await store.insert_job(make_job(request_hash="h"))
+        queued = await store.has_twin(job, [JobState.QUEUED])
+        elsewhere = await store.has_twin(job, [JobState.SUBMITTING])
+    assert (alone, unrelated, queued, elsewhere) == (False, False, True, False)
+
+
 async def test_transition_moves_state_sets_fields_and_writes_event(tmp_path: Path) -> None:
     async with open_store(tmp_path / "db") as store:
         job, _ = await store.insert_job(make_job())
