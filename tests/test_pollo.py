@@ -19,11 +19,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import attrs
 import httpx
 import pytest
 import trio
-from quart import request
 from quart_trio import QuartTrio
 
 from actors.catalog import MediaKind, ModelSpec
@@ -31,7 +29,7 @@ from actors.errors import EaselError, ErrorCode
 from actors.providers.base import JobRequest, ProviderSettings, Submitted, TaskState
 from actors.providers.pollo import PolloAdapter, error_for_response, status_of, unwrap
 from tests.conftest import free_port, write_config
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, WebhookSink, start_webhook_sink
 from tests.process import DaemonProcess
 from tests.simulators.base import Knobs, fetch_stats, serve_simulator, start_simulator_process
 from tests.simulators.pollo import (
@@ -391,32 +389,9 @@ async def test_submit_answer_without_task_id_is_not_retried() -> None:
 # -- webhooks ------------------------------------------------------------------------------------
 
 
-@attrs.define
-class Hooks:
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = attrs.field(factory=list)
-    changed: trio.Event = attrs.field(factory=trio.Event)
-
-    async def wait_for(self, count: int) -> None:
-        with trio.fail_after(10):
-            while len(self.received) < count:
-                await self.changed.wait()
-
-
 @pytest.fixture
-async def hooks(nursery: trio.Nursery) -> Hooks:
-    receiver = Hooks()
-    app = QuartTrio("hooks")
-
-    @app.post("/hook")
-    async def hook() -> tuple[str, int]:
-        receiver.received.append((dict(request.headers.items()), await request.get_data()))
-        receiver.changed.set()
-        receiver.changed = trio.Event()
-        return "", 200
-
-    receiver.url = await nursery.start(serve_simulator, app) + "/hook"
-    return receiver
+async def hooks(nursery: trio.Nursery) -> WebhookSink:
+    return await start_webhook_sink(nursery)
 
 
 def signed(
@@ -437,16 +412,16 @@ def signed(
 async def test_simulator_webhooks_verify_in_the_adapter(
     start_sim: Callable[..., Awaitable[Started]],
     adapters: Callable[..., PolloAdapter],
-    hooks: Hooks,
+    hooks: WebhookSink,
     style: PolloStyle,
 ) -> None:
     sim, url = await start_sim(knobs=Knobs(token=KEY, duration=0.05, webhook_secret=SECRET), style=style)
     adapter = adapters(url, webhook_secret=SECRET)
     ok = await adapter.submit(job(callback_url=hooks.url))
-    await hooks.wait_for(1)
+    await hooks.wait_for(1, timeout=10)
     sim.knobs = Knobs(token=KEY, duration=0.05, webhook_secret=SECRET, fail_rate=1.0)
     bad = await adapter.submit(job("fails", callback_url=hooks.url))
-    await hooks.wait_for(2)
+    await hooks.wait_for(2, timeout=10)
     with trio.fail_after(5):  # the simulator counts a delivery once our 200 reaches it
         while sim.stats().webhooks_delivered < 2:
             await trio.sleep(0.01)

@@ -21,13 +21,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import attrs
 import httpx
 import pytest
 import trio
 from PIL import Image
-from quart import request
-from quart_trio import QuartTrio
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 from replicate.pagination import paginate
@@ -35,7 +32,7 @@ from replicate.webhook import Webhooks, WebhookSigningSecret
 from trio.testing import MockClock
 
 from actors.clock import wall_now
-from tests.fakes import FakeClock
+from tests.fakes import FakeClock, WebhookSink, start_webhook_sink
 from tests.simulators.base import (
     Knobs,
     fetch_stats,
@@ -409,34 +406,9 @@ async def test_fault_answers_use_replicate_shapes(
 # -- webhooks -------------------------------------------------------------------------------
 
 
-@attrs.define
-class Hooks:
-    """A webhook receiver in the test's nursery: records (headers, raw body)."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bytes]] = attrs.field(factory=list)
-    changed: trio.Event = attrs.field(factory=trio.Event)
-
-    async def wait_for(self, count: int) -> None:
-        while len(self.received) < count:
-            await self.changed.wait()
-
-
 @pytest.fixture
-async def hooks(nursery: trio.Nursery) -> Hooks:
-    receiver = Hooks()
-    app = QuartTrio("hooks")
-
-    @app.post("/hook")
-    async def hook() -> tuple[str, int]:
-        headers = {key.lower(): value for key, value in request.headers.items()}
-        receiver.received.append((headers, await request.get_data()))
-        receiver.changed.set()
-        receiver.changed = trio.Event()
-        return "", 200
-
-    receiver.url = await nursery.start(serve_simulator, app) + "/hook"
-    return receiver
+async def hooks(nursery: trio.Nursery) -> WebhookSink:
+    return await start_webhook_sink(nursery)
 
 
 def verify_standard_webhook(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -458,7 +430,7 @@ async def test_completed_webhook_is_signed_per_standard_webhooks(
     autojump_clock: MockClock,
     start_sim: Callable[..., Awaitable[Started]],
     http: httpx.AsyncClient,
-    hooks: Hooks,
+    hooks: WebhookSink,
 ) -> None:
     secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
     sim, url = await start_sim(knobs=Knobs(duration=20.0, webhook_secret=secret), clock=wall_now)
@@ -487,7 +459,7 @@ async def test_webhook_events_follow_the_filter_and_cancels(
     autojump_clock: MockClock,
     start_sim: Callable[..., Awaitable[Started]],
     http: httpx.AsyncClient,
-    hooks: Hooks,
+    hooks: WebhookSink,
 ) -> None:
     sim, url = await start_sim(knobs=Knobs(duration=10.0), clock=wall_now)
     create = f"{url}/v1/models/{FLUX}/predictions"
