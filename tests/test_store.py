@@ -189,10 +189,10 @@ async def test_has_twin_matches_request_provider_and_state(tmp_path: Path) -> No
     async with open_store(tmp_path / "db") as store:
         job, _ = await store.insert_job(make_job(request_hash="h"))
         alone = await store.has_twin(job, [JobState.QUEUED])
-        other_provider, _ = await store.insert_job(make_job(request_hash="h", provider="q"))
-        other_request, _ = await store.insert_job(make_job(request_hash="g"))
+        await store.insert_job(make_job(request_hash="h", provider="q"))  # another provider
+        await store.insert_job(make_job(request_hash="g"))  # another request
         unrelated = await store.has_twin(job, [JobState.QUEUED])
-        twin, _ = await store.insert_job(make_job(request_hash="h"))
+        await store.insert_job(make_job(request_hash="h"))  # the twin
         queued = await store.has_twin(job, [JobState.QUEUED])
         elsewhere = await store.has_twin(job, [JobState.SUBMITTING])
     assert (alone, unrelated, queued, elsewhere) == (False, False, True, False)
