@@ -190,6 +190,38 @@ class Runtime:
             await actor.send.send(CancelTask(cancelled))
         return cancelled
 
+    async def get_job(self, job_id: str) -> Job:
+        """The job as stored, or NOT_FOUND."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
+        return job
+
+    async def wait_for_job(self, job_id: str, seconds: float) -> Job:
+        """The job once it is terminal, or as it stands after ``seconds``."""
+        job = await self.get_job(job_id)
+        with trio.move_on_after(seconds):
+            while not job.state.terminal:
+                changed = self.store.watch(job_id)
+                job = await self.get_job(job_id)  # re-read after watching: no change slips by
+                if job.state.terminal:
+                    break
+                await changed.wait()
+                job = await self.get_job(job_id)
+        return job
+
+    async def job_events(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's event history, oldest first (NOT_FOUND for an unknown job)."""
+        await self.get_job(job_id)
+        return await self.store.events(job_id)
+
+    async def count_by_state(self) -> dict[str, int]:
+        return await self.store.count_by_state()
+
+    async def ping_store(self) -> None:
+        """Raise if the database does not answer."""
+        await self.store.ping()
+
     async def provider_webhook(self, provider: str, headers: Mapping[str, str], body: bytes) -> str:
         """Take a provider's webhook: verify it, then hand the status to the poller.
 
