@@ -1,9 +1,10 @@
 """The circuit breaker of one provider: when to stop sending it new work.
 
 Owns the breaker's state machine and nothing else (no I/O): the provider actor
-feeds it the outcome of every call it makes, the scheduler asks it before handing
-the provider a new job, and it reports each change of state through a callback
-(the provider actor turns that into metrics and a log line).
+feeds it the outcome of every call it makes, and asks it before sending a new
+submission, and it reports each change of state through a callback (the provider
+actor turns that into metrics, a log line, and a ``CircuitChanged`` message to the
+scheduler, which routes queued jobs by it).
 
     CLOSED --(failure rate >= threshold over `window` s, at least `min_calls`)--> OPEN
     OPEN --(after `cooldown` s)--> HALF_OPEN
@@ -111,38 +112,53 @@ class BreakerConfig:
 TransitionCallback = Callable[[str, CircuitState, CircuitState], None]
 
 
+@attrs.frozen
+class CircuitView:
+    """What others may know of a breaker: a snapshot, sent as a message.
+
+    ``next_change_at`` is when the state may change by time alone (``None``: only
+    a call's outcome can change it), on trio's clock.
+    """
+
+    state: CircuitState
+    next_change_at: float | None = None
+
+
 class CircuitBreaker:
-    """One provider's breaker. Not thread-safe; used from the trio thread only."""
+    """One provider's breaker, owned by its provider actor.
+
+    Reading (``state``, ``view``, ``statistics``) never changes anything: a breaker
+    whose cool-down ended *reads* half-open, and the owner applies the change with
+    ``advance()`` (its watcher does so when ``next_change_at`` comes), which is
+    when ``on_transition`` hears of it. ``allow`` and ``record`` advance first.
+    Not thread-safe; used from the trio thread only.
+    """
 
     def __init__(
         self,
         name: str,
-        config: BreakerConfig | None = None,
+        config: BreakerConfig,
         *,
-        on_transition: TransitionCallback | None = None,
+        on_transition: TransitionCallback,
     ) -> None:
         self.name = name
-        self.config = config or BreakerConfig()
-        #: Called synchronously on every change of state, in order: nothing that
-        #: listens can miss a transition between two waits.
-        self.listeners: list[TransitionCallback] = []
-        if on_transition is not None:
-            self.listeners.append(on_transition)
+        self.config = config
+        self._on_transition = on_transition
         self._state = CircuitState.CLOSED
         self._calls: collections.deque[tuple[float, bool]] = collections.deque()
-        self._failures = 0
+        self._failures = 0  # failures among ``_calls``
         self._opened_at = 0.0
         self._probes: list[float] = []  # when each outstanding probe was let through
         self._changed = trio.Event()
         self.transitions = 0
 
-    # -- reading -----------------------------------------------------------
+    # -- reading (no side effects) ------------------------------------------
 
     @property
     def state(self) -> CircuitState:
-        """The current state; an open circuit whose cool-down ended turns half-open."""
+        """The current state; an open circuit whose cool-down ended reads half-open."""
         if self._state is CircuitState.OPEN and trio.current_time() >= self.reopens_at:
-            self._move(CircuitState.HALF_OPEN)
+            return CircuitState.HALF_OPEN
         return self._state
 
     @property
@@ -157,37 +173,51 @@ class CircuitBreaker:
         state = self.state
         if state is CircuitState.OPEN:
             return self.reopens_at
-        if state is CircuitState.HALF_OPEN and len(self._probes) >= self.config.probes:
-            return min(self._probes) + self.config.cooldown
+        if state is CircuitState.HALF_OPEN:
+            now = trio.current_time()
+            probes = [t for t in self._probes if now - t < self.config.cooldown]
+            if len(probes) >= self.config.probes:
+                return min(probes) + self.config.cooldown
         return None
+
+    def view(self) -> CircuitView:
+        return CircuitView(self.state, self.next_change_at())
 
     @property
     def closed(self) -> bool:
         return self.state is CircuitState.CLOSED
 
     async def wait_changed(self) -> None:
-        """Return at the next change of state."""
+        """Return at the next change of state applied to the breaker."""
         await self._changed.wait()
 
     def statistics(self) -> dict[str, Any]:
-        self._prune(trio.current_time())
+        now = trio.current_time()
+        horizon = now - self.config.window
+        recent = [failed for at, failed in self._calls if at >= horizon]
         state = self.state
         stats: dict[str, Any] = {
             "state": state.label,
-            "calls": len(self._calls),
-            "failures": self._failures,
+            "calls": len(recent),
+            "failures": sum(recent),
             "transitions": self.transitions,
         }
         if state is CircuitState.OPEN:
-            stats["reopensIn"] = round(max(0.0, self.reopens_at - trio.current_time()), 3)
+            stats["reopensIn"] = round(max(0.0, self.reopens_at - now), 3)
         return stats
 
-    # -- asking and telling -------------------------------------------------
+    # -- asking and telling (the owner only) -----------------------------------
+
+    def advance(self) -> None:
+        """Apply the change time alone makes (open -> half-open once cooled down)."""
+        if self._state is CircuitState.OPEN and trio.current_time() >= self.reopens_at:
+            self._move(CircuitState.HALF_OPEN)
 
     def allow(self) -> bool:
         """May a new submission go to the provider now? While half-open this hands
         out one of the ``probes``: call it only when the job will really be sent."""
-        state = self.state
+        self.advance()
+        state = self._state
         if state is CircuitState.CLOSED:
             return True
         if state is CircuitState.OPEN:
@@ -201,11 +231,12 @@ class CircuitBreaker:
 
     def record(self, outcome: Outcome) -> None:
         """Feed the final outcome of one call to the provider (after its retries)."""
+        self.advance()
         if outcome is Outcome.NEUTRAL:
             if self._probes:
                 self._probes.pop(0)  # that probe proved nothing: let another go
             return
-        state = self.state
+        state = self._state
         failed = outcome is Outcome.FAILURE
         if state is CircuitState.OPEN:
             return  # calls that were under way when it opened; only time reopens it
@@ -215,18 +246,15 @@ class CircuitBreaker:
         now = trio.current_time()
         self._calls.append((now, failed))
         self._failures += failed
-        self._prune(now)
+        horizon = now - self.config.window
+        while self._calls and self._calls[0][0] < horizon:
+            _, old = self._calls.popleft()
+            self._failures -= old
         calls = len(self._calls)
         if calls >= self.config.min_calls and self._failures / calls >= self.config.threshold:
             self._move(CircuitState.OPEN)
 
     # -- internals ------------------------------------------------------------
-
-    def _prune(self, now: float) -> None:
-        horizon = now - self.config.window
-        while self._calls and self._calls[0][0] < horizon:
-            _, failed = self._calls.popleft()
-            self._failures -= failed
 
     def _move(self, new: CircuitState) -> None:
         old = self._state
@@ -242,5 +270,4 @@ class CircuitBreaker:
             self._failures = 0
         self._changed.set()
         self._changed = trio.Event()
-        for listener in list(self.listeners):
-            listener(self.name, old, new)
+        self._on_transition(self.name, old, new)

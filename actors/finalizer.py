@@ -1,7 +1,7 @@
 """The media finalizer actor: fetches a job's outputs and stores them.
 
-Mailbox: ``Finalize(job)`` for a job that has just entered FINALIZING. On start it
-also takes every job left in FINALIZING (after a crash or a restart), since the
+Mailbox (``actors/messages.py``): ``Finalize(job)`` for a job that has just entered
+FINALIZING. On start it also takes every job left in FINALIZING (after a crash or a restart), since the
 provider's output URLs are stored on the job. Downloads are streamed and capped in
 size, their content type is checked, and ``data:`` URIs (synchronous providers) are
 decoded in place. Provider URLs expire (BFL's after 10 minutes), so finalizing is
@@ -14,7 +14,6 @@ import base64
 import binascii
 import logging
 
-import attrs
 import httpx
 import trio
 
@@ -22,6 +21,7 @@ from actors import context
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
+from actors.messages import Finalize
 from actors.monitor import Monitor
 from actors.storage import LocalStorage, extension_for
 from actors.store import Store
@@ -29,11 +29,6 @@ from actors.store import Store
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 4
-
-
-@attrs.frozen
-class Finalize:
-    job: Job
 
 
 def decode_data_uri(uri: str) -> tuple[bytes, str]:
@@ -55,24 +50,25 @@ class Finalizer:
         lifecycle: Lifecycle,
         monitor: Monitor,
         *,
+        mailbox: trio.MemoryReceiveChannel[Finalize],
         max_bytes: int,
         concurrency: int = 8,
-        mailbox_size: int = 1024,
     ) -> None:
         self.store = store
         self.storage = storage
         self.lifecycle = lifecycle
         self.monitor = monitor
         self.max_bytes = max_bytes
-        self.send, self._receive = trio.open_memory_channel[Finalize](mailbox_size)
+        self._mailbox = mailbox
         self._limiter = trio.CapacityLimiter(concurrency)
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             for job in await self.store.jobs_in([JobState.FINALIZING]):
                 nursery.start_soon(self._finalize, job)
-            async for message in self._receive:
+            task_status.started()
+            async for message in self._mailbox:
                 nursery.start_soon(self._finalize, message.job)
 
     async def aclose(self) -> None:

@@ -3,8 +3,9 @@
 Tokens pace *calls* (submissions, status checks, cancels all spend one), the way a
 provider's requests-per-minute limit counts them. Slots bound *tasks*: a job holds
 one from the moment it is handed to the provider until it is terminal, the way a
-provider's "N active tasks" limit counts them. Both are plain trio objects owned by
-the provider actor and outliving its restarts.
+provider's "N active tasks" limit counts them. Both are plain objects owned by the
+provider actor and made afresh each time it starts (slots from the jobs the store
+shows at the provider).
 """
 
 from __future__ import annotations
@@ -57,88 +58,59 @@ class TokenBucket:
 
     @property
     def available(self) -> float:
-        self._refill()
-        return self._tokens
+        """Tokens now (a reading: it changes nothing)."""
+        if self._updated is None:
+            return self._tokens
+        elapsed = trio.current_time() - self._updated
+        return min(self.burst, self._tokens + elapsed * self.rate)
 
 
-@attrs.define
+@attrs.frozen
 class SlotStatistics:
     capacity: int
     held: int
-    waiting: int
 
 
 class SlotPool:
     """In-flight task slots, held per job id.
 
-    ``acquire`` waits for a free slot; ``release(job_id)`` is idempotent, so every
-    path that ends a job may release without knowing whether another already did.
-    ``adopt`` takes a slot without waiting, for tasks found running after a restart:
-    they are at the provider whether or not we have room for them.
+    Owned by the provider actor: the scheduler never touches it, it is told how
+    many jobs it may hand over (``ProviderReady.free``, then one ``Demand`` per slot
+    freed). ``hold`` never waits: a job handed over when every slot is taken is
+    given back to the scheduler instead. ``release`` is idempotent, so every path
+    that ends a job may release without knowing whether another already did.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._held: set[str] = set()
-        self._anonymous = 0
-        self._changed = trio.Event()
-        self._waiting = 0
 
     @property
     def free(self) -> int:
-        return self.capacity - len(self._held) - self._anonymous
+        return max(0, self.capacity - len(self._held))
 
-    async def acquire(self) -> SlotTicket:
-        """Wait for a free slot; the ticket is then bound to a job with ``bind``."""
-        self._waiting += 1
-        try:
-            while self.free <= 0:
-                if self._changed.is_set():
-                    self._changed = trio.Event()
-                await self._changed.wait()
-        finally:
-            self._waiting -= 1
-        self._anonymous += 1
-        return SlotTicket(self)
+    def hold(self, job_id: str) -> bool:
+        """Take a slot for ``job_id`` if one is free (False: none is)."""
+        if len(self._held) >= self.capacity:
+            return False
+        self._held.add(job_id)
+        return True
 
     def retain(self, job_ids: Iterable[str]) -> None:
         """Hold exactly ``job_ids`` (the jobs found at the provider when its actor
-        starts): a slot bound to a job that a crash left QUEUED, or that was moved
-        to another provider meanwhile, is freed instead of lost for good."""
+        starts), even beyond capacity: they are at the provider whether or not we
+        have room for them."""
         self._held = set(job_ids)
-        self._changed.set()
 
-    def release(self, job_id: str) -> None:
+    def release(self, job_id: str) -> bool:
+        """Free ``job_id``'s slot; whether it held one."""
         if job_id in self._held:
             self._held.discard(job_id)
-            self._changed.set()
+            return True
+        return False
 
     def holds(self, job_id: str) -> bool:
         return job_id in self._held
 
     def statistics(self) -> SlotStatistics:
-        return SlotStatistics(self.capacity, len(self._held) + self._anonymous, self._waiting)
-
-
-@attrs.define(eq=False)
-class SlotTicket:
-    """A slot granted but not yet tied to a job."""
-
-    pool: SlotPool
-    used: bool = False
-
-    def bind(self, job_id: str) -> None:
-        """Tie the slot to ``job_id``; a job that already holds one gives this back."""
-        if self.used:
-            return
-        self.used = True
-        self.pool._anonymous -= 1
-        if job_id in self.pool._held:
-            self.pool._changed.set()
-        self.pool._held.add(job_id)
-
-    def give_back(self) -> None:
-        if not self.used:
-            self.used = True
-            self.pool._anonymous -= 1
-            self.pool._changed.set()
+        return SlotStatistics(self.capacity, len(self._held))

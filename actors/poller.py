@@ -7,8 +7,14 @@ check (so checks never exceed the provider's rate), and runs the check in a chil
 task. The next due time is stored on the job (``next_poll_at``), so after a restart
 polling resumes on schedule rather than all at once.
 
-Mailbox: ``Track(job)`` for a job that has just become RUNNING; ``Forget(job_id)``
-for a job cancelled by a client.
+It runs beside its provider actor and restarts with it (a provider that crashed
+mid-call may have lost the replies a check waits for). Every call to the provider
+is a message: ``CheckTask`` (answered on a reply channel) and ``CancelTask`` for a
+task past its deadline, so the provider's tokens and breaker stay its own.
+
+Mailbox (``actors/messages.py``): ``Track(job)`` for a job that has just become
+RUNNING; ``Forget(job_id)`` for a job cancelled by a client; ``Observed`` for a
+provider webhook. It sends ``Finalize`` to the finalizer.
 """
 
 from __future__ import annotations
@@ -17,47 +23,37 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 
 import attrs
 import trio
 
 from actors import context
 from actors.adaptive import DurationHistory
-from actors.catalog import PollingSpec, PollingStrategy
+from actors.catalog import ModelSpec, PollingSpec, PollingStrategy
 from actors.clock import trio_time_of, wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
+from actors.messages import (
+    CancelTask,
+    CheckResult,
+    CheckTask,
+    Finalize,
+    Observed,
+    PollerMessage,
+    ProviderMessage,
+    Track,
+)
 from actors.monitor import Monitor
 from actors.polling import delay_before_check, polling_for
-from actors.provider import ProviderActor
-from actors.providers.base import TaskState, TaskStatus
+from actors.providers.base import ProviderSettings, TaskState, TaskStatus
 from actors.store import Store
 
 log = logging.getLogger(__name__)
 
 #: How late a check may run so that checks due close together share a wake-up.
 COALESCE_SECONDS = 0.1
-
-
-@attrs.frozen
-class Track:
-    job: Job
-
-
-@attrs.frozen
-class Forget:
-    job_id: str
-
-
-@attrs.frozen
-class Observed:
-    """A provider webhook about a running job: a verified status, or (``None``) a
-    hint that the job's task should be checked now."""
-
-    job_id: str
-    status: TaskStatus | None
 
 
 @attrs.define
@@ -72,19 +68,26 @@ class _Entry:
 class Poller:
     def __init__(
         self,
-        provider: ProviderActor,
+        name: str,
+        settings: ProviderSettings,
+        *,
+        catalog: Mapping[str, ModelSpec],
         store: Store,
         lifecycle: Lifecycle,
         monitor: Monitor,
-        mailbox_size: int = 1024,
+        mailbox: trio.MemoryReceiveChannel[PollerMessage],
+        provider: trio.MemorySendChannel[ProviderMessage],
+        finalizer: trio.MemorySendChannel[Finalize],
     ) -> None:
-        self.provider = provider
-        self.store = store
-        self.lifecycle = lifecycle
-        self.monitor = monitor
-        self.send, self._receive = trio.open_memory_channel[Track | Forget | Observed](
-            mailbox_size
-        )
+        self.name = name
+        self._settings = settings
+        self._catalog = catalog
+        self._store = store
+        self._lifecycle = lifecycle
+        self._monitor = monitor
+        self._mailbox = mailbox
+        self._provider = provider
+        self._finalizer = finalizer
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str, int]] = []
         self._counter = itertools.count()
@@ -92,16 +95,13 @@ class Poller:
         # Checks under way at once: enough to spend every token even if each check
         # took the whole request timeout (so tokens, not this, limit the poll rate),
         # few enough that thousands of due tasks do not become thousands of tasks.
-        settings = provider.settings
         self._checks = trio.Semaphore(max(
             16, 2 * settings.burst, math.ceil(settings.rate * settings.request_timeout)))
-        self.on_outputs: Callable[[Job], Awaitable[None]] | None = None
         #: Completion times of this provider's models, for adaptive polling.
         self.history = DurationHistory()
 
-    @property
-    def tracked(self) -> int:
-        return len(self._entries)
+    def statistics(self) -> dict[str, int]:
+        return {"tracked": len(self._entries)}
 
     def _schedule(self, entry: _Entry, due: float) -> None:
         entry.generation += 1
@@ -112,11 +112,11 @@ class Poller:
     def _track(self, job: Job) -> None:
         if job.id in self._entries:
             return  # already watched (a provider actor restarted and re-announced it)
-        spec = self.provider.catalog.get(job.serving_model)
+        spec = self._catalog.get(job.serving_model)
         if spec is None:
             log.error("running job %s has unknown model %s; not polled", job.id, job.serving_model)
             return
-        polling = polling_for(spec, self.provider.settings.polling)
+        polling = polling_for(spec, self._settings.polling)
         started = job.started_at or wall_now()
         entry = _Entry(job=job, spec=polling, deadline=started + spec.max_duration)
         self._entries[job.id] = entry
@@ -134,15 +134,15 @@ class Poller:
         return delay_before_check(entry.spec, checks_done)
 
     def _adaptive_models(self) -> list[str]:
-        default = self.provider.settings.polling
+        default = self._settings.polling
         return [
-            name for name, spec in self.provider.catalog.items()
-            if spec.provider == self.provider.name
+            name for name, spec in self._catalog.items()
+            if spec.provider == self.name
             and polling_for(spec, default).strategy is PollingStrategy.ADAPTIVE
         ]
 
     async def _load_history(self) -> None:
-        found = await self.store.recent_durations(self._adaptive_models(), self.history.window)
+        found = await self._store.recent_durations(self._adaptive_models(), self.history.window)
         for model, durations in found.items():
             for seconds, seen_running in durations:
                 self.history.add(model, seconds, seen_running)
@@ -163,22 +163,23 @@ class Poller:
             seen_running = max(0.0, job.updated_at - job.started_at) if job.poll_count else 0.0
             seen_running = min(seen_running, seconds * 0.999)
         if self.history.add(job.serving_model, seconds, seen_running):
-            await self.store.add_duration(job.serving_model, seconds, seen_running)
+            await self._store.add_duration(job.serving_model, seconds, seen_running)
 
-    async def run(self) -> None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._entries.clear()
         self._heap.clear()
         self.history = DurationHistory()
         await self._load_history()
-        for job in await self.store.jobs_in([JobState.RUNNING], provider=self.provider.name):
+        for job in await self._store.jobs_in([JobState.RUNNING], provider=self.name):
             self._track(job)
-        log.info("%s poller resumed %d running tasks", self.provider.name, len(self._entries))
+        log.info("%s poller resumed %d running tasks", self.name, len(self._entries))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._mailbox, nursery)
+            nursery.start_soon(self._serve_mailbox, nursery)
+            task_status.started()
             await self._timer_loop(nursery)
 
-    async def _mailbox(self, nursery: trio.Nursery) -> None:
-        async for message in self._receive:
+    async def _serve_mailbox(self, nursery: trio.Nursery) -> None:
+        async for message in self._mailbox:
             if isinstance(message, Track):
                 self._track(message.job)
             elif isinstance(message, Observed):
@@ -195,7 +196,7 @@ class Poller:
 
     async def _timer_loop(self, nursery: trio.Nursery) -> None:
         while True:
-            if self.lifecycle.draining:
+            if self._lifecycle.draining:
                 await trio.sleep_forever()
             if not self._heap:
                 self._changed = trio.Event()
@@ -232,12 +233,12 @@ class Poller:
     async def _check(self, entry: _Entry) -> None:
         job = entry.job
         context.job_id.set(job.id)
-        context.provider.set(self.provider.name)
+        context.provider.set(self.name)
         if wall_now() >= entry.deadline:
             await self._time_out(entry)
             return
         try:
-            status = await self.provider.check(job.provider_task_id or "")
+            status = await self._ask_status(job.provider_task_id or "")
         except EaselError as exc:
             if exc.info.is_retryable:
                 log.info("status check failed (%s); will check again", exc.code.value)
@@ -251,6 +252,21 @@ class Poller:
             await self._finish(entry, JobState.FAILED, error=error)
             return
         await self._apply(entry, status)
+
+    async def _ask_status(self, task_id: str) -> TaskStatus:
+        """The task's status, read by the provider actor (its tokens, its breaker)."""
+        send, receive = trio.open_memory_channel[CheckResult](1)
+        with receive:
+            await self._provider.send(CheckTask(task_id, send))
+            try:
+                result = await receive.receive()
+            except trio.EndOfChannel:  # the provider restarted before it answered
+                raise EaselError(ErrorCode.PROVIDER_UNAVAILABLE,
+                                 "the provider actor restarted during the check") from None
+        if result.error is not None:
+            raise result.error
+        assert result.status is not None
+        return result.status
 
     async def _apply(self, entry: _Entry, status: TaskStatus, pushed: bool = False) -> None:
         """Act on what the provider says of a task, polled or pushed."""
@@ -276,7 +292,7 @@ class Poller:
         now = wall_now()
         due = min(now + self._delay(entry, checks), entry.deadline)
         # Bookkeeping only: written within a second, not waited for (Store.note_poll).
-        self.store.note_poll(job.id, due, checks, progress)
+        self._store.note_poll(job.id, due, checks, progress)
         entry.job = attrs.evolve(job, next_poll_at=due, poll_count=checks, progress=progress,
                                  updated_at=now)
         self._schedule(entry, due)
@@ -286,24 +302,23 @@ class Poller:
         # The check count as the poller knows it: notes not yet flushed
         # (Store.note_poll) no longer apply once the job has left RUNNING.
         fields.setdefault("poll_count", entry.job.poll_count)
-        job = await self.store.transition(entry.job.id, JobState.RUNNING, state, **fields)
+        job = await self._store.transition(entry.job.id, JobState.RUNNING, state, **fields)
         if job is None:
             return
         if state is JobState.FINALIZING:
-            if self.on_outputs is not None:
-                await self.on_outputs(job)
+            await self._finalizer.send(Finalize(job))
         elif state is JobState.FAILED:
             log.warning("job failed: %s", job.error.message if job.error else "")
-            self.monitor.emit("job.failed", self.provider.name,
+            self.monitor.emit("job.failed", self.name,
                               code=job.error.code.value if job.error else "")
         else:
-            self.monitor.emit("job.cancelled", self.provider.name)
+            self.monitor.emit("job.cancelled", self.name)
 
     async def _time_out(self, entry: _Entry) -> None:
-        spec = self.provider.catalog[entry.job.serving_model]
+        spec = self._catalog[entry.job.serving_model]
         await self._finish(entry, JobState.FAILED, error=ErrorInfo(
             ErrorCode.TASK_TIMEOUT,
             f"the provider task did not finish within {spec.max_duration:g} s",
             {"maxDuration": spec.max_duration},
         ))
-        await self.provider.cancel_remote(entry.job)
+        await self._provider.send(CancelTask(entry.job))

@@ -1,16 +1,22 @@
 """The actors of one daemon, wired together and put under a supervisor.
 
-``Runtime`` builds one provider actor and one poller per enabled provider, the
-scheduler, the finalizer, the monitor and the client webhook outbox, connects their
-mailboxes, and exposes what the HTTP layer needs (``submit``, ``cancel``,
-``statistics``). Wiring lives here, not in the actors, so each actor module only
-knows the messages it takes.
+``Runtime`` opens every mailbox (trio memory channels), builds one provider actor
+and one poller per enabled provider, the scheduler, the finalizer, the monitor and
+the client webhook outbox, handing each the channel ends it may use, and puts them
+under the supervisor. Wiring is done here, in constructors, and nowhere else: no
+actor is given another actor, only the send ends of its mailboxes, so each actor
+module knows just the messages it takes (``actors/messages.py``).
+
+It also holds the application services the HTTP layer calls (``submit``,
+``cancel``, job queries, ``provider_webhook``, ``statistics``): routes never reach
+the store or an actor directly.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +25,47 @@ import trio
 
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
-from actors.finalizer import Finalize, Finalizer
-from actors.jobs import TERMINAL, Job, JobState
+from actors.finalizer import Finalizer
+from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
+from actors.messages import (
+    CancelTask,
+    Enqueue,
+    Finalize,
+    Observed,
+    PollerMessage,
+    ProviderMessage,
+    SchedulerMessage,
+)
 from actors.monitor import Monitor
 from actors.outbox import Outbox, OutboxSettings
-from actors.poller import Forget, Observed, Poller, Track
-from actors.provider import CancelTask, ProviderActor
+from actors.poller import Poller
+from actors.provider import ProviderActor
 from actors.providers import make_adapter
-from actors.providers.base import ProviderSettings
-from actors.scheduler import Enqueue, Scheduler
+from actors.providers.base import Adapter, ProviderSettings
+from actors.routing import Router
+from actors.scheduler import Scheduler
 from actors.storage import LocalStorage
 from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, Store
 from actors.supervisor import ChildSpec, Supervisor
 from actors.validation import fits
 
 log = logging.getLogger(__name__)
+
+#: Mailbox sizes. Bounded: a sender that outruns an actor waits (backpressure).
+SCHEDULER_MAILBOX = 1024
+PROVIDER_MAILBOX = 256
+POLLER_MAILBOX = 1024
+FINALIZER_MAILBOX = 1024
+
+
+@attrs.frozen
+class _ProviderChannels:
+    """The send ends the runtime keeps for one provider's actors."""
+
+    provider: trio.MemorySendChannel[ProviderMessage]
+    poller: trio.MemorySendChannel[PollerMessage]
+    changes: trio.MemorySendChannel[Job]
 
 
 class Runtime:
@@ -58,44 +89,58 @@ class Runtime:
         ``webhook_base_url`` makes ``/media/`` result URLs in them absolute."""
         self.store = store
         self.idempotency_window = idempotency_window
+        enabled = {name: settings for name, settings in providers.items() if settings.enabled}
         self.catalog = {
-            name: spec
-            for name, spec in catalog.items()
-            if spec.provider in providers and providers[spec.provider].enabled
+            name: spec for name, spec in catalog.items() if spec.provider in enabled
         }
+        self.families = {name: settings.adapter or name for name, settings in providers.items()}
         self.lifecycle = Lifecycle()
         self.monitor = Monitor()
         self.storage = LocalStorage(media_dir)
-        self.scheduler = Scheduler(store, self.lifecycle)
-        self.families = {name: settings.adapter or name for name, settings in providers.items()}
-        self.scheduler.fits = self.fits
+
+        to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
+            SCHEDULER_MAILBOX)
+        to_finalizer, finalizer_mailbox = trio.open_memory_channel[Finalize](FINALIZER_MAILBOX)
+        self._to_scheduler = to_scheduler
         self.finalizer = Finalizer(
-            store, self.storage, self.lifecycle, self.monitor, max_bytes=max_download_bytes
+            store, self.storage, self.lifecycle, self.monitor,
+            mailbox=finalizer_mailbox, max_bytes=max_download_bytes,
         )
+        self.adapters: dict[str, Adapter] = {}
         self.providers: dict[str, ProviderActor] = {}
         self.pollers: dict[str, Poller] = {}
-        for name, settings in providers.items():
-            if not settings.enabled:
-                continue
+        self._channels: dict[str, _ProviderChannels] = {}
+        for name, settings in enabled.items():
             adapter = make_adapter(settings.adapter or name, settings, name)
-            actor = ProviderActor(
+            to_provider, provider_mailbox = trio.open_memory_channel[ProviderMessage](
+                PROVIDER_MAILBOX)
+            to_poller, poller_mailbox = trio.open_memory_channel[PollerMessage](POLLER_MAILBOX)
+            # Unbounded: the store's writer must never wait on an actor, and the
+            # rate of committed changes bounds what can pile up.
+            to_changes, changes = trio.open_memory_channel[Job](math.inf)
+            self.adapters[name] = adapter
+            self.providers[name] = ProviderActor(
                 name, adapter, settings, store=store, catalog=self.catalog,
-                lifecycle=self.lifecycle, monitor=self.monitor,
+                lifecycle=self.lifecycle, monitor=self.monitor, mailbox=provider_mailbox,
+                changes=changes, scheduler=to_scheduler, poller=to_poller,
+                finalizer=to_finalizer, callback_base=public_base_url,
             )
-            poller = Poller(actor, store, self.lifecycle, self.monitor)
-            actor.scheduler_send = self.scheduler.send.send
-            actor.on_running = self._tracker(poller)
-            actor.on_outputs = poller.on_outputs = self._finalize
-            actor.on_cancelled = self._forgetter(poller)
-            actor.callback_base = public_base_url
-            actor.fits = self.fits
-            self.scheduler.add_provider(name, actor.slots, actor.send.send)
-            self.providers[name] = actor
-            self.pollers[name] = poller
+            self.pollers[name] = Poller(
+                name, settings, catalog=self.catalog, store=store, lifecycle=self.lifecycle,
+                monitor=self.monitor, mailbox=poller_mailbox, provider=to_provider,
+                finalizer=to_finalizer,
+            )
+            self._channels[name] = _ProviderChannels(to_provider, to_poller, to_changes)
+        self.scheduler = Scheduler(
+            store=store, lifecycle=self.lifecycle, monitor=self.monitor,
+            router=Router(self.catalog, self.fits), catalog=self.catalog,
+            providers={name: channels.provider for name, channels in self._channels.items()},
+            mailbox=scheduler_mailbox,
+        )
         self.outbox = Outbox(
             store, webhooks or OutboxSettings(), base_url=webhook_base_url, monitor=self.monitor
         )
-        store.add_listener(self._on_change)
+        store.add_listener(self._broadcast)
         store.add_listener(self.outbox.notify)
         self.supervisor = Supervisor(
             self._children(), max_restarts=max_restarts, max_seconds=max_restart_seconds,
@@ -114,43 +159,19 @@ class Runtime:
             children.append(ChildSpec(f"poller:{name}", self.pollers[name].run))
         return children
 
-    @staticmethod
-    def _tracker(poller: Poller):  # type: ignore[no-untyped-def]
-        async def track(job: Job) -> None:
-            await poller.send.send(Track(job))
-
-        return track
-
-    @staticmethod
-    def _forgetter(poller: Poller) -> Callable[[Job], None]:
-        def forget(job: Job) -> None:
-            try:
-                poller.send.send_nowait(Forget(job.id))
-            except trio.WouldBlock:
-                # A full mailbox: the poller keeps checking the task until the
-                # provider reports it ended or its deadline passes; then its
-                # RUNNING -> ... transition finds the job CANCELLED and drops it.
-                pass
-
-        return forget
-
-    async def _finalize(self, job: Job) -> None:
-        await self.finalizer.send.send(Finalize(job))
-
-    def _on_change(self, job: Job) -> None:
-        """Every committed state change: a terminal job gives back its slot."""
-        if job.state in TERMINAL:
-            actor = self.providers.get(job.provider)
-            if actor is not None:
-                actor.slots.release(job.id)
+    def _broadcast(self, job: Job) -> None:
+        """Every committed state change, to every provider actor (a job moved to a
+        fallback leaves a slot behind at a provider its row no longer names)."""
+        for channels in self._channels.values():
+            channels.changes.send_nowait(job)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await self.supervisor.run(task_status=task_status)
         finally:
             with trio.CancelScope(shield=True):
-                for actor in self.providers.values():
-                    await actor.adapter.aclose()
+                for adapter in self.adapters.values():
+                    await adapter.aclose()
                 await self.finalizer.aclose()
 
     def fits(self, job: Job, model: str) -> bool:
@@ -166,7 +187,7 @@ class Runtime:
         """Store ``job`` durably, then queue it. Returns ``(job, created)``."""
         stored, created = await self.store.insert_job(job, self.idempotency_window)
         if created:
-            await self.scheduler.send.send(Enqueue(stored))
+            await self._to_scheduler.send(Enqueue(stored))
         return stored, created
 
     async def cancel(self, job_id: str) -> Job:
@@ -185,9 +206,10 @@ class Runtime:
         if cancelled is None:  # it moved meanwhile; try once more from where it is
             return await self.cancel(job_id)
         self.monitor.emit("job.cancelled", job.provider)
-        actor = self.providers.get(job.provider)
-        if actor is not None and job.state is not JobState.QUEUED:
-            await actor.send.send(CancelTask(cancelled))
+        log.info("job cancelled", extra={"was": job.state.value})
+        channels = self._channels.get(job.provider)
+        if channels is not None and job.state is not JobState.QUEUED:
+            await channels.provider.send(CancelTask(cancelled))
         return cancelled
 
     async def get_job(self, job_id: str) -> Job:
@@ -229,9 +251,9 @@ class Runtime:
         tasks are ignored, not refused: the webhook can outrun the recording of the
         task id, and polling covers that job anyway.
         """
-        actor = self.providers.get(provider)
-        parse = getattr(actor.adapter, "parse_webhook", None) if actor else None
-        if actor is None or parse is None:
+        adapter = self.adapters.get(provider)
+        parse = getattr(adapter, "parse_webhook", None)
+        if parse is None:
             raise EaselError(ErrorCode.NOT_FOUND, f"provider {provider!r} takes no webhooks")
         event = parse(headers, body)
         job = await self.store.job_by_task(provider, event.task_id)
@@ -239,20 +261,20 @@ class Runtime:
             return "unknown task"
         if job.state is not JobState.RUNNING:
             return f"job is {job.state.value}"
-        await self.pollers[provider].send.send(Observed(job.id, event.status))
+        await self._channels[provider].poller.send(Observed(job.id, event.status))
         return "applied"
 
     def statistics(self) -> dict[str, Any]:
+        """Every actor's snapshot; reading changes nothing."""
+        queued = self.scheduler.statistics()
         providers = {}
         for name, actor in self.providers.items():
-            slots = actor.slots.statistics()
+            stats = actor.statistics()
             providers[name] = {
-                "slotsHeld": slots.held,
-                "slotsCapacity": slots.capacity,
-                "tokens": round(actor.bucket.available, 2),
-                "queued": self.scheduler.queued(name),
-                "polling": self.pollers[name].tracked,
-                "circuit": actor.breaker.statistics(),
+                **{key: stats[key] for key in ("slotsHeld", "slotsCapacity", "tokens")},
+                "queued": queued.get(name, 0),
+                "polling": self.pollers[name].statistics()["tracked"],
+                "circuit": stats["circuit"],
             }
         return {
             "draining": self.lifecycle.draining,

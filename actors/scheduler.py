@@ -1,83 +1,68 @@
-"""The scheduler actor: the persistent priority queue of QUEUED jobs.
+"""The scheduler actor: the persistent priority queue of QUEUED jobs, and routing.
 
-The queue is persistent because its contents are the QUEUED rows in SQLite: the
+The queue is persistent because its contents are the QUEUED rows in the store: the
 scheduler reloads them whenever it starts, and keeps a heap per provider in memory
-(priority descending, then age). A job is handed to its provider actor only once
-that provider grants an in-flight slot, so a busy provider's jobs wait here, in
-order, instead of piling up in its mailbox.
+(priority descending, then age). It owns, per provider, the heap, a *credit* (how
+many more jobs the provider has said it can take) and the last ``CircuitView`` the
+provider reported. It never touches a provider's slots or breaker: providers tell
+it what it needs as messages, and it hands a job over only while the provider's
+credit lasts, so a busy provider's jobs wait here, in order, not in its mailbox.
 
-Mailbox: ``Enqueue(job)`` for a newly accepted job, ``Resync(provider)`` when a
-provider actor restarted and may have dropped jobs it had been handed,
-``Attach(provider, breaker, catalog)`` from a starting provider actor (its circuit
-breaker and the catalog, for routing). Handing a job twice is harmless: the
-provider actor's QUEUED -> SUBMITTING transition is conditional, and only one can
-win.
+Mailbox (``actors/messages.py``): ``Enqueue`` (a new job), ``ProviderReady`` (a
+provider started: credit and circuit reset, its QUEUED jobs reloaded), ``Demand``
+(credit back), ``CircuitChanged``, ``Returned`` (a job handed over but not sent),
+``Unaccepted`` (a submission the provider provably refused). It sends ``Submit`` to
+the providers. Handing a job twice is harmless: the provider actor's
+QUEUED -> SUBMITTING transition is conditional, and only one can win.
 
-Routing around an open circuit (``actors/breaker.py``): a provider's dispatcher asks
-its breaker before handing over a job. When the breaker refuses, every job in that
-queue whose model names a later fallback on a provider whose circuit is *closed* is
-moved there (its row's ``provider``, ``provider_model`` and ``served_model`` are
-updated, with a ``fallback`` and a ``circuit`` event); the others stay QUEUED, held
-(one ``circuit`` event each), until the circuit lets a probe through or another
-circuit closes. Held jobs are never failed for it: a client that cannot wait cancels.
-Nothing has been sent for a QUEUED job, so moving it can never pay twice.
+Routing is decided here and only here, by ``actors/routing.py``: while a provider's
+circuit is open, each of its queued jobs that has a fallback on a closed circuit is
+moved there and the others are held (one ``circuit`` event each, never failed for
+it); an ``Unaccepted`` job moves to its fallback or fails with its error.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import attrs
 import trio
 
-from actors import metrics
-from actors.breaker import CircuitBreaker
-from actors.catalog import ModelSpec, later_models
+from actors.breaker import CircuitState, CircuitView
+from actors.catalog import ModelSpec
 from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
-from actors.limits import SlotPool, SlotTicket
+from actors.messages import (
+    CircuitChanged,
+    Demand,
+    Enqueue,
+    ProviderMessage,
+    ProviderReady,
+    Returned,
+    SchedulerMessage,
+    Submit,
+    Unaccepted,
+)
+from actors.monitor import Monitor
+from actors.routing import Router, reroute
 from actors.store import Store
 
 log = logging.getLogger(__name__)
 
 
-@attrs.frozen
-class Enqueue:
-    job: Job
-
-
-@attrs.frozen
-class Resync:
-    """Reload QUEUED jobs from SQLite: one provider's, or every one's (``None``)."""
-
-    provider: str | None
-
-
-@attrs.frozen
-class Attach:
-    """From a provider actor as it starts: route around ``breaker`` using ``catalog``."""
-
-    provider: str
-    breaker: CircuitBreaker
-    catalog: Mapping[str, ModelSpec]
-
-
-@attrs.frozen
-class Dispatch:
-    """Sent to a provider actor: submit ``job`` with the slot in ``ticket``."""
-
-    job: Job
-    ticket: SlotTicket
-
-
 @attrs.define
 class _ProviderQueue:
-    slots: SlotPool
-    send: Callable[[Dispatch], object]  # async send to the provider's mailbox
+    send: trio.MemorySendChannel[ProviderMessage]
     heap: list[tuple[int, int, str]] = attrs.field(factory=list)
     jobs: dict[str, Job] = attrs.field(factory=dict)
+    #: Jobs the provider has said it can take; 0 until it reports ready.
+    credit: int = 0
+    circuit: CircuitView = CircuitView(CircuitState.CLOSED)
+    #: Set when the provider returned a job its half-open breaker would not let
+    #: through: hand nothing over until the circuit changes or this time comes.
+    paused_until: float | None = None
     changed: trio.Event = attrs.field(factory=trio.Event)
     #: Jobs already told (by an event) that they wait for this provider's circuit.
     held: set[str] = attrs.field(factory=set)
@@ -85,61 +70,94 @@ class _ProviderQueue:
     #: storm of submissions to an open provider costs one look per job, not n².
     examined: set[str] = attrs.field(factory=set)
 
+    def clear(self) -> None:
+        self.heap.clear()
+        self.jobs.clear()
+        self.held.clear()
+        self.examined.clear()
+        self.credit = 0
+        self.circuit = CircuitView(CircuitState.CLOSED)
+        self.paused_until = None
+
+    def wake(self) -> None:
+        self.changed.set()
+
 
 class Scheduler:
     def __init__(
         self,
+        *,
         store: Store,
         lifecycle: Lifecycle,
-        mailbox_size: int = 1024,
-        *,
-        catalog: Mapping[str, ModelSpec] | None = None,
+        monitor: Monitor,
+        router: Router,
+        catalog: Mapping[str, ModelSpec],
+        providers: Mapping[str, trio.MemorySendChannel[ProviderMessage]],
+        mailbox: trio.MemoryReceiveChannel[SchedulerMessage],
     ) -> None:
-        self.store = store
-        self.lifecycle = lifecycle
-        self.send, self._receive = trio.open_memory_channel[Enqueue | Resync | Attach](
-            mailbox_size
-        )
-        self._queues: dict[str, _ProviderQueue] = {}
-        # Kept across restarts of ``run``: they are the providers' objects, not ours.
-        self.catalog: Mapping[str, ModelSpec] = catalog or {}
-        self._breakers: dict[str, CircuitBreaker] = {}
-        #: ``fits(job, model)``: whether ``model`` can take the job's request (wired
-        #: by the runtime, which knows each provider's adapter family).
-        self.fits: Callable[[Job, str], bool] = lambda job, model: True
+        self._store = store
+        self._lifecycle = lifecycle
+        self._monitor = monitor
+        self._router = router
+        self._catalog = catalog
+        self._mailbox = mailbox
+        self._queues = {name: _ProviderQueue(send) for name, send in providers.items()}
 
-    def add_provider(
-        self,
-        name: str,
-        slots: SlotPool,
-        send: Callable[[Dispatch], object],
-        *,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        self._queues[name] = _ProviderQueue(slots=slots, send=send)
-        if breaker is not None:
-            self.attach_breaker(name, breaker)
+    def statistics(self) -> dict[str, int]:
+        """Jobs queued here, per provider."""
+        return {name: len(queue.jobs) for name, queue in self._queues.items()}
 
-    def attach_breaker(self, name: str, breaker: CircuitBreaker) -> None:
-        """Gate ``name``'s dispatches on ``breaker`` (idempotent)."""
-        old = self._breakers.get(name)
-        if old is breaker:
+    # -- the actor -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for queue in self._queues.values():
+            queue.clear()
+        await self._load()
+        async with trio.open_nursery() as nursery:
+            for name, queue in self._queues.items():
+                nursery.start_soon(self._dispatch, name, queue, name=f"dispatch:{name}")
+            task_status.started()
+            async for message in self._mailbox:
+                await self._handle(message)
+
+    async def _handle(self, message: SchedulerMessage) -> None:
+        if isinstance(message, Enqueue):
+            self._push(message.job)
             return
-        if old is not None and self._circuit_moved in old.listeners:
-            old.listeners.remove(self._circuit_moved)
-        self._breakers[name] = breaker
-        breaker.listeners.append(self._circuit_moved)
-        self._wake_all()  # held jobs may have somewhere to go now
+        if isinstance(message, Unaccepted):
+            await self._unaccepted(message)
+            return
+        queue = self._queues.get(message.job.provider if isinstance(message, Returned)
+                                 else message.provider)
+        if queue is None:
+            return
+        if isinstance(message, Demand):
+            queue.credit += message.slots
+        elif isinstance(message, CircuitChanged):
+            self._circuit_moved(queue, message.circuit)
+        elif isinstance(message, ProviderReady):
+            queue.credit = message.free
+            self._circuit_moved(queue, message.circuit)
+            await self._load(message.provider)
+        else:  # Returned
+            if message.circuit is None:
+                queue.credit = 0  # it is full: it says Demand when a slot frees
+            else:
+                queue.credit += 1  # the slot it had taken for the job is free again
+                self._circuit_moved(queue, message.circuit)
+                if message.circuit.state is CircuitState.HALF_OPEN:
+                    queue.paused_until = message.circuit.next_change_at or float("inf")
+            self._push(message.job)
+        queue.wake()
 
-    def _circuit_moved(self, *_: object) -> None:
-        # Synchronous, from the breaker itself: a change can never slip between
-        # a dispatcher's look and its wait.
-        self._wake_all()
-
-    def queued(self, provider: str | None = None) -> int:
-        if provider is not None:
-            return len(self._queues[provider].jobs)
-        return sum(len(q.jobs) for q in self._queues.values())
+    def _circuit_moved(self, queue: _ProviderQueue, circuit: CircuitView) -> None:
+        changed = circuit.state is not queue.circuit.state
+        queue.circuit = circuit
+        queue.paused_until = None
+        if changed:  # held jobs everywhere may have somewhere to go now
+            for other in self._queues.values():
+                other.examined.clear()
+                other.wake()
 
     def _push(self, job: Job) -> None:
         queue = self._queues.get(job.provider)
@@ -150,83 +168,57 @@ class Scheduler:
             return
         queue.jobs[job.id] = job
         heapq.heappush(queue.heap, (-job.priority, job.seq or 0, job.id))
-        queue.changed.set()
+        queue.wake()
 
     async def _load(self, provider: str | None = None) -> None:
-        for job in await self.store.jobs_in([JobState.QUEUED], provider=provider):
+        for job in await self._store.jobs_in([JobState.QUEUED], provider=provider):
             self._push(job)
 
-    async def run(self) -> None:
-        for queue in self._queues.values():
-            queue.heap.clear()
-            queue.jobs.clear()
-            queue.held.clear()
-            queue.examined.clear()
-        await self._load()
-        async with trio.open_nursery() as nursery:
-            for name, queue in self._queues.items():
-                nursery.start_soon(self._dispatch, queue, name, name=f"dispatch:{name}")
-            async for message in self._receive:
-                if isinstance(message, Enqueue):
-                    self._push(message.job)
-                elif isinstance(message, Attach):
-                    if message.catalog:
-                        self.catalog = message.catalog
-                    self.attach_breaker(message.provider, message.breaker)
-                else:
-                    await self._load(message.provider)
+    # -- handing jobs over -----------------------------------------------------------
 
-    def _wake_all(self) -> None:
-        for queue in self._queues.values():
-            queue.examined.clear()  # circuits moved: look at every held job again
-            queue.changed.set()
+    async def _dispatch(self, name: str, queue: _ProviderQueue) -> None:
+        while True:
+            if self._lifecycle.draining:
+                await trio.sleep_forever()
+            job = await self._next_job(name, queue)
+            queue.credit -= 1
+            await queue.send.send(Submit(job))
 
     async def _next_job(self, name: str, queue: _ProviderQueue) -> Job:
-        """The best queued job, once ``name``'s circuit lets one through.
-
-        While the breaker refuses, jobs that can move to a fallback are moved and
-        the rest are held; we wait for a new job, any circuit's change, or the
-        moment this circuit may change by time alone.
-        """
+        """The best queued job, once the provider has credit and its circuit lets
+        one through. While the circuit is open, jobs that can move are moved and
+        the rest are held."""
         while True:
+            # A fresh event *before* any await: a message arriving meanwhile must
+            # wake the wait below.
+            queue.changed = trio.Event()
+            wait_until = float("inf")
             if queue.heap:
-                breaker = self._breakers.get(name)
-                if breaker is None or breaker.allow():
+                if queue.circuit.state is CircuitState.OPEN:
+                    await self._divert(name, queue)
+                elif queue.paused_until is not None and trio.current_time() < queue.paused_until:
+                    wait_until = queue.paused_until
+                elif queue.credit > 0 and not self._lifecycle.draining:
                     _, _, job_id = heapq.heappop(queue.heap)
                     queue.held.discard(job_id)
                     queue.examined.discard(job_id)
                     return queue.jobs.pop(job_id)
-                # A fresh event *before* the awaits in _divert: a job or a circuit
-                # change arriving meanwhile must wake the wait below.
-                queue.changed = trio.Event()
-                await self._divert(name, queue, breaker)
-                if queue.heap:
-                    with trio.move_on_at(breaker.next_change_at() or float("inf")):
-                        await queue.changed.wait()
-                    continue
-            queue.changed = trio.Event()
-            await queue.changed.wait()
+            with trio.move_on_at(wait_until):
+                await queue.changed.wait()
 
-    def _route(self, job: Job) -> str | None:
-        """The first later fallback of ``job`` whose provider's circuit is closed."""
-        for model in later_models(self.catalog, job.model, job.served_model):
-            spec = self.catalog[model]
-            if spec.provider not in self._queues or not self.fits(job, model):
-                continue
-            breaker = self._breakers.get(spec.provider)
-            if breaker is None or breaker.closed:
-                return model
-        return None
+    def _circuits(self) -> dict[str, CircuitState]:
+        return {name: queue.circuit.state for name, queue in self._queues.items()}
 
-    async def _divert(self, name: str, queue: _ProviderQueue, breaker: CircuitBreaker) -> None:
+    async def _divert(self, name: str, queue: _ProviderQueue) -> None:
         """Move what can move off ``name``'s open circuit; note what must wait."""
         moving: list[tuple[Job, str]] = []
         holding: list[Job] = []
+        circuits = self._circuits()
         for job_id, job in list(queue.jobs.items()):
             if job_id in queue.examined:
                 continue
             queue.examined.add(job_id)
-            target = self._route(job)
+            target = self._router.fallback(job, circuits)
             if target is None:
                 if job_id not in queue.held:
                     queue.held.add(job_id)
@@ -239,48 +231,38 @@ class Scheduler:
         if moving:
             queue.heap = [entry for entry in queue.heap if entry[2] in queue.jobs]
             heapq.heapify(queue.heap)
-        state = breaker.state.label
+        state = queue.circuit.state.label
         for job in holding:
-            await self.store.add_event(job.id, "circuit", {
+            await self._store.add_event(job.id, "circuit", {
                 "provider": name, "state": state, "action": "held",
             })
         for job, target in moving:
-            await self._move(job, target, name, state)
+            moved = await reroute(
+                self._store, self._monitor, job, target, catalog=self._catalog,
+                from_state=JobState.QUEUED, reason="circuit_open", provider=name, state=state,
+            )
+            if moved is not None:
+                self._push(moved)
 
-    async def _move(self, job: Job, target: str, provider: str, state: str) -> None:
-        spec = self.catalog[target]
-        current = job.serving_model
-        moved = await self.store.update(
-            job.id, JobState.QUEUED,
-            provider=spec.provider, provider_model=spec.provider_model, served_model=target,
-            event={"kind": "fallback", "from": current, "to": target, "reason": "circuit open",
-                   "provider": provider},
-        )
-        if moved is None:
-            return  # cancelled meanwhile
-        await self.store.add_event(job.id, "circuit", {
-            "provider": provider, "state": state, "action": "rerouted", "to": target,
-        })
-        metrics.FALLBACKS.labels(model=job.model, to=target, reason="circuit_open").inc()
-        log.info("job %s rerouted from %s to %s: circuit of %s is %s",
-                 job.id, current, target, provider, state)
-        self._push(moved)
-
-    async def _dispatch(self, queue: _ProviderQueue, name: str) -> None:
-        while True:
-            if self.lifecycle.draining:
-                await trio.sleep_forever()
-            # Slot first, then the job: the job taken is the best one queued at the
-            # moment the provider has room, not the best one when we began waiting.
-            ticket = await queue.slots.acquire()
-            try:
-                job = await self._next_job(name, queue)
-            except BaseException:
-                ticket.give_back()
-                raise
-            if self.lifecycle.draining:
-                ticket.give_back()
-                self._push(job)
-                continue
-            await queue.send(Dispatch(job, ticket))
-
+    async def _unaccepted(self, message: Unaccepted) -> None:
+        """A submission the provider provably refused: to a fallback, or failed."""
+        job, error = message.job, message.error
+        queue = self._queues.get(job.provider)
+        if queue is not None:
+            queue.credit += 1  # the provider freed the job's slot
+            queue.wake()
+        target = self._router.fallback(job, self._circuits())
+        if target is not None:
+            moved = await reroute(
+                self._store, self._monitor, job, target, catalog=self._catalog,
+                from_state=JobState.SUBMITTING, reason="not_accepted", provider=job.provider,
+                code=error.code.value, attempts=error.details.get("attempts", job.attempts),
+            )
+            if moved is not None:
+                self._push(moved)
+            return
+        failed = await self._store.transition(job.id, JobState.SUBMITTING, JobState.FAILED,
+                                              error=error)
+        if failed is not None:
+            log.warning("job %s failed: %s %s", job.id, error.code.value, error.message)
+            self._monitor.emit("job.failed", job.provider, code=error.code.value)

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
@@ -191,30 +190,14 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
             log.info("job accepted", extra={"model": job.model})
         return json_response(absolute(job), 202 if created else 200)
 
-    async def load(job_id: str) -> Job:
-        job = await runtime.store.get_job(job_id)
-        if job is None:
-            raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
-        return job
-
     @app.get("/api/external/generation/<job_id>")
     async def status(job_id: str) -> Response:
         wait = _wait_seconds(request.args.get("wait"))
-        job = await load(job_id)
-        with trio.move_on_after(wait):
-            while not job.state.terminal:
-                changed = runtime.store.watch(job_id)
-                job = await load(job_id)  # re-read after watching: no change slips by
-                if job.state.terminal:
-                    break
-                await changed.wait()
-                job = await load(job_id)
-        return json_response(absolute(job))
+        return json_response(absolute(await runtime.wait_for_job(job_id, wait)))
 
     @app.get("/api/external/generation/<job_id>/events")
     async def events(job_id: str) -> Response:
-        await load(job_id)
-        return json_response({"id": job_id, "events": await runtime.store.events(job_id)})
+        return json_response({"id": job_id, "events": await runtime.job_events(job_id)})
 
     @app.post("/api/external/generation/<job_id>/cancel")
     async def cancel(job_id: str) -> Response:
@@ -239,7 +222,7 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
         now = time.monotonic()
         if health_cache["body"] is None or now - health_cache["at"] > HEALTH_CACHE_SECONDS:
             try:
-                await runtime.store.ping()
+                await runtime.ping_store()
                 database = "ok"
             except Exception as exc:  # a failing database is what health is for
                 database = f"error: {exc}"
@@ -259,15 +242,15 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
 
     @app.get("/api/health/detailed")
     async def health_detailed() -> Response:
-        counts = await runtime.store.count_by_state()
+        counts = await runtime.count_by_state()
         return json_response({**runtime.statistics(), "jobs": counts})
 
     @app.get("/api/metrics")
     async def prometheus() -> Response:
-        for state, count in (await runtime.store.count_by_state()).items():
+        for state, count in (await runtime.count_by_state()).items():
             metrics.JOBS_BY_STATE.labels(state=state).set(count)
-        for name, actor in runtime.providers.items():
-            metrics.SLOTS_HELD.labels(provider=name).set(actor.slots.statistics().held)
+        for name, stats in runtime.statistics()["providers"].items():
+            metrics.SLOTS_HELD.labels(provider=name).set(stats["slotsHeld"])
         return Response(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/media/<path:name>")

@@ -6,6 +6,7 @@ import io
 
 import pytest
 import trio
+import trio.testing
 from PIL import Image
 
 FAST_SANDBOX = """
@@ -129,7 +130,8 @@ async def test_cancel(easel_daemon) -> None:
     missing = await easel.client.post("/api/external/generation/gen_nope/cancel")
     assert missing.status_code == 404
     # The slot it held is free again.
-    assert not easel.runtime.providers["sandbox"].slots.holds(job_id)
+    await trio.testing.wait_all_tasks_blocked()
+    assert easel.runtime.statistics()["providers"]["sandbox"]["slotsHeld"] == 0
 
 
 @pytest.mark.parametrize(
@@ -198,19 +200,26 @@ async def test_health_and_metrics(easel_daemon) -> None:
 
 
 async def test_priority_order_when_the_provider_is_busy(easel_daemon) -> None:
-    easel = await easel_daemon(FAST_SANDBOX)
-    # One slot, held by the test while the jobs queue up: once it is free, the
-    # queue is served by priority, then age, whatever the order of arrival.
-    slots = easel.runtime.providers["sandbox"].slots
-    slots.capacity = 1
-    busy = await slots.acquire()
+    easel = await easel_daemon(
+        FAST_SANDBOX.replace("video_duration = 0.5", "video_duration = 60")
+        .replace("[providers.sandbox]", "[providers.sandbox]\nmax_in_flight = 1")
+    )
+    # One slot, held while the jobs queue up: once it is free, the queue is
+    # served by priority, then age, whatever the order of arrival.
+    # One slot, taken by a job that waits at the provider until cancelled.
+    settings = easel.runtime.providers["sandbox"].settings
+    assert settings.max_in_flight == 1
+    busy = (await easel.submit({"modelIdentifier": "sandbox-video", "prompt": "busy"})).json()
+    with trio.fail_after(10):
+        while (await easel.client.get(f"/api/external/generation/{busy['id']}")).json()["stage"] != "RUNNING":
+            await trio.sleep(0.02)
     ids = {}
     for name, priority in [("first", 0), ("low", 1), ("high", 9), ("mid", 5), ("low2", 1)]:
         response = await easel.submit(
             {"modelIdentifier": "sandbox-image", "prompt": name, "priority": priority}
         )
         ids[name] = response.json()["id"]
-    busy.give_back()
+    await easel.client.post(f"/api/external/generation/{busy['id']}/cancel")
     finished = {name: (await easel.wait(job_id))["completedAt"] for name, job_id in ids.items()}
     order = sorted(finished, key=lambda name: finished[name])
     assert order == ["high", "mid", "low", "low2", "first"]

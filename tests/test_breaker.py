@@ -12,8 +12,9 @@ from trio.testing import MockClock
 from actors.breaker import BreakerConfig, CircuitBreaker, CircuitState, Outcome, classify
 from actors.catalog import MediaKind, ModelSpec, check_fallbacks, fallback_chain, later_models
 from actors.errors import EaselError, ErrorCode
-from actors.provider import RetryPolicy, not_accepted
+from actors.provider import not_accepted
 from actors.providers.base import ProviderSettings
+from actors.retry import RetryPolicy
 
 S, F, N = Outcome.SUCCESS, Outcome.FAILURE, Outcome.NEUTRAL
 
@@ -101,7 +102,23 @@ async def test_half_open_probe_failure_reopens_for_another_cooldown(clock: MockC
     assert b.state is CircuitState.OPEN  # the cool-down restarted at the failed probe
     clock.jump(1)
     assert b.state is CircuitState.HALF_OPEN
+    b.advance()
     assert [new for _, new in moves] == ["open", "half-open", "open", "half-open"]
+
+
+async def test_reading_changes_nothing(clock: MockClock) -> None:
+    """State, view and statistics are snapshots: only ``advance``, ``allow`` and
+    ``record`` (the owner's calls) apply the change time makes, and report it."""
+    b, moves = breaker(min_calls=1, cooldown=5, window=10)
+    feed(b, F)
+    clock.jump(6)
+    for _ in range(3):
+        assert b.state is CircuitState.HALF_OPEN
+        assert b.view().state is CircuitState.HALF_OPEN
+        assert b.statistics()["state"] == "half-open"
+    assert moves == [("closed", "open")] and b.transitions == 1
+    b.advance()
+    assert moves == [("closed", "open"), ("open", "half-open")]
 
 
 async def test_a_lost_probe_does_not_block_forever(clock: MockClock) -> None:

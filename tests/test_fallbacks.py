@@ -18,7 +18,6 @@ import attrs
 import trio
 
 from actors.breaker import BreakerConfig
-from actors.provider import RetryPolicy
 from tests.conftest import EmbeddedDaemon, free_port
 from tests.simulators.base import Knobs, serve_simulator
 from tests.simulators.replicate import ReplicateSimulator
@@ -51,14 +50,20 @@ fallbacks = {listed}
 
 async def start(easel_daemon: Any, url: str, *, breaker: BreakerConfig | None = None,
                 max_attempts: int = 1, **kwargs: Any) -> EmbeddedDaemon:
-    easel: EmbeddedDaemon = await easel_daemon(toml(url, **kwargs))
-    actor = easel.runtime.providers["replicate"]
-    # Short real-time knobs: the daemon talks real HTTP, so this test runs on the
-    # real clock (the breaker's logic is covered under MockClock in test_breaker.py).
-    actor.retry = RetryPolicy(max_attempts=max_attempts, base=0.01, cap=0.02)
+    # Short real-time knobs, set in the provider section as an operator would: the
+    # daemon talks real HTTP, so this test runs on the real clock (the breaker's
+    # logic is covered under MockClock in test_breaker.py).
+    knobs = [f"max_attempts = {max_attempts}", "retry_base = 0.01", "retry_cap = 0.02"]
     if breaker is not None:
-        actor.breaker.config = breaker
-    return easel
+        knobs += [f"breaker_min_calls = {breaker.min_calls}",
+                  f"breaker_threshold = {breaker.threshold}",
+                  f"breaker_cooldown = {breaker.cooldown}"]
+    kwargs["extra"] = "\n".join([*knobs, kwargs.get("extra", "")])
+    return await easel_daemon(toml(url, **kwargs))
+
+
+def circuit_state(easel: EmbeddedDaemon, provider: str = "replicate") -> str:
+    return easel.runtime.statistics()["providers"][provider]["circuit"]["state"]
 
 
 async def run_job(easel: EmbeddedDaemon, model: str = "primary") -> dict[str, Any]:
@@ -117,10 +122,9 @@ async def test_open_circuit_serves_from_the_fallback_then_a_probe_closes_it(
     assert job["provider"] == "sandbox"
     [fallback] = await events(easel, job["id"], "fallback")
     assert (fallback["from"], fallback["to"], fallback["reason"]) == (
-        "primary", "sandbox-image", "circuit open")
-    [circuit] = await events(easel, job["id"], "circuit")
-    assert (circuit["provider"], circuit["state"], circuit["action"]) == (
-        "replicate", "open", "rerouted")
+        "primary", "sandbox-image", "circuit_open")
+    assert (fallback["provider"], fallback["state"]) == ("replicate", "open")
+    assert await events(easel, job["id"], "circuit") == []  # moved at once, never held
     assert sim.stats().submissions == submissions
 
     # Replicate recovers; after the cool-down one probe goes through and closes it.
@@ -131,7 +135,7 @@ async def test_open_circuit_serves_from_the_fallback_then_a_probe_closes_it(
     assert job["servedBy"] == "primary" and job["provider"] == "replicate"
     await wait_metric(easel, 0, "easel_circuit_state", **state)
     assert sim.stats().submissions == submissions + 1
-    assert easel.runtime.providers["replicate"].breaker.statistics()["state"] == "closed"
+    assert circuit_state(easel) == "closed"
 
 
 async def test_a_timed_out_submission_is_not_moved_to_a_fallback(
@@ -160,7 +164,7 @@ async def test_a_refused_connection_is_retried_then_moved_to_the_fallback(
     [fallback] = await events(easel, job["id"], "fallback")
     assert fallback["from"] == "primary" and fallback["to"] == "sandbox-image"
     assert fallback["code"] == "PROVIDER_UNAVAILABLE"
-    assert "after 3 attempts" in fallback["reason"]
+    assert fallback["reason"] == "not_accepted" and fallback["attempts"] == 3
 
 
 async def test_retries_are_counted_on_a_job_without_fallbacks(easel_daemon: Any) -> None:
@@ -186,7 +190,7 @@ async def test_rate_limited_submissions_are_refusals_and_may_fall_back(
     assert fallback["code"] == "RATE_LIMITED"
     assert sim.stats().submissions == 0  # a 429 created nothing
     # Rate limits say nothing about health: the circuit stays closed.
-    assert easel.runtime.providers["replicate"].breaker.statistics()["state"] == "closed"
+    assert circuit_state(easel) == "closed"
 
 
 async def test_held_jobs_go_once_the_circuit_closes(

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.limits import SlotPool, SlotTicket, TokenBucket
+from actors.limits import SlotPool, SlotStatistics, TokenBucket
 
 # -- TokenBucket ------------------------------------------------------------
 
@@ -98,149 +98,32 @@ async def test_penalize_never_adds_tokens(autojump_clock: trio.testing.MockClock
 # -- SlotPool ---------------------------------------------------------------
 
 
-async def test_acquire_blocks_when_full_and_release_wakes_a_waiter() -> None:
+def test_hold_takes_a_free_slot_and_refuses_when_full() -> None:
     pool = SlotPool(2)
-    for job in ("a", "b"):
-        ticket = await pool.acquire()
-        ticket.bind(job)
-    assert pool.free == 0
-    got: list[SlotTicket] = []
-
-    async def waiter() -> None:
-        got.append(await pool.acquire())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        await trio.testing.wait_all_tasks_blocked()
-        assert got == []
-        assert pool.statistics().waiting == 1
-        pool.release("a")
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(got) == 1
-    assert pool.statistics().waiting == 0
-    assert pool.statistics().held == 2
-    assert pool.free == 0
+    assert pool.hold("a") and pool.hold("b")
+    assert not pool.hold("c")
+    assert pool.free == 0 and pool.statistics() == SlotStatistics(2, 2)
+    assert pool.release("a")
+    assert pool.hold("c")
+    assert pool.holds("c") and not pool.holds("a")
 
 
-async def test_one_release_wakes_only_one_of_two_waiters() -> None:
-    pool = SlotPool(1)
-    (await pool.acquire()).bind("a")
-    got: list[str] = []
-
-    async def waiter(name: str) -> None:
-        ticket = await pool.acquire()
-        ticket.bind(name)
-        got.append(name)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter, "w1")
-        nursery.start_soon(waiter, "w2")
-        await trio.testing.wait_all_tasks_blocked()
-        pool.release("a")
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(got) == 1
-        assert pool.statistics().waiting == 1
-        pool.release(got[0])
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(got) == 2
-    assert sorted(got) == ["w1", "w2"]
-
-
-async def test_release_is_idempotent() -> None:
+def test_release_is_idempotent() -> None:
     pool = SlotPool(2)
-    (await pool.acquire()).bind("a")
-    (await pool.acquire()).bind("b")
-    pool.release("a")
-    pool.release("a")
-    pool.release("never-held")
-    assert pool.free == 1
-    assert pool.holds("b") and not pool.holds("a")
-    assert pool.statistics().held == 1
+    pool.hold("a")
+    assert pool.release("a")
+    assert not pool.release("a")
+    assert pool.free == 2
 
 
-async def test_retain_holds_exactly_the_jobs_found_even_beyond_capacity() -> None:
+def test_retain_holds_exactly_the_jobs_found_even_beyond_capacity() -> None:
     pool = SlotPool(1)
-    pool.retain(["stale", "x"])
-    pool.retain(["x", "y"])  # the actor restarted: "stale" is no longer at the provider
-    assert pool.holds("x") and pool.holds("y") and not pool.holds("stale")
-    assert pool.free == -1
-    got: list[SlotTicket] = []
-
-    async def waiter() -> None:
-        got.append(await pool.acquire())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        pool.release("x")
-        await trio.testing.wait_all_tasks_blocked()
-        assert got == []  # still full: y holds the only slot
-        pool.release("y")
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(got) == 1
-
-
-async def test_bind_of_an_already_held_job_gives_the_extra_slot_back() -> None:
-    pool = SlotPool(2)
-    pool.retain(["a"])
-    ticket = await pool.acquire()
-    assert pool.free == 0
-    got: list[SlotTicket] = []
-
-    async def waiter() -> None:
-        got.append(await pool.acquire())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        await trio.testing.wait_all_tasks_blocked()
-        assert got == []
-        ticket.bind("a")  # "a" already holds a slot: this one is freed
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(got) == 1
-    assert pool.holds("a")
+    pool.hold("gone")
+    pool.retain(["a", "b"])  # found at the provider after a restart
+    assert not pool.holds("gone")
+    assert pool.free == 0 and pool.statistics().held == 2
+    assert not pool.hold("c")
     pool.release("a")
-    assert pool.free == 1  # the waiter's anonymous ticket holds the other
-
-
-async def test_bind_twice_is_a_no_op() -> None:
-    pool = SlotPool(2)
-    ticket = await pool.acquire()
-    ticket.bind("a")
-    ticket.bind("b")
-    assert pool.holds("a") and not pool.holds("b")
-    assert pool.free == 1
-
-
-async def test_give_back_frees_an_unbound_ticket_once() -> None:
-    pool = SlotPool(1)
-    ticket = await pool.acquire()
-    assert pool.free == 0
-    got: list[SlotTicket] = []
-
-    async def waiter() -> None:
-        got.append(await pool.acquire())
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(waiter)
-        await trio.testing.wait_all_tasks_blocked()
-        ticket.give_back()
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(got) == 1
-    ticket.give_back()  # idempotent
-    assert pool.free == 0  # the waiter's ticket holds the slot
-    got[0].give_back()
-    assert pool.free == 1
-    ticket2 = await pool.acquire()
-    ticket2.bind("z")
-    ticket2.give_back()  # bound: giving back does nothing
-    assert pool.holds("z") and pool.free == 0
-
-
-async def test_cancelled_waiter_is_not_counted(autojump_clock: trio.testing.MockClock) -> None:
-    pool = SlotPool(1)
-    (await pool.acquire()).bind("a")
-    with trio.move_on_after(5):
-        await pool.acquire()
-    assert pool.statistics().waiting == 0
-    assert pool.statistics().held == 1
-    pool.release("a")
-    assert pool.free == 1
+    assert not pool.hold("c")  # still one over capacity
+    pool.release("b")
+    assert pool.hold("c")
