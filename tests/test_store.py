@@ -1,4 +1,4 @@
-"""actors/store.py: migrations, the job row, conditional transitions, idempotency,
+"""actors/store/: migrations, the job row, conditional transitions, idempotency,
 watchers and listeners, and group commit."""
 
 from __future__ import annotations
@@ -484,7 +484,7 @@ async def test_failing_write_in_a_batch_does_not_undo_the_others(tmp_path: Path)
         async with trio.open_nursery() as nursery:
             # Hold the writer's thread so that everything sent below queues up
             # behind a first write and lands in one second batch.
-            async with store._write_limiter:
+            async with store.engine._write_limiter:
                 nursery.start_soon(record, "plug", lambda: store.add_event(original.id, "plug", {}))
                 await trio.testing.wait_all_tasks_blocked()
                 for i, job in enumerate(others[:5]):
@@ -494,7 +494,7 @@ async def test_failing_write_in_a_batch_does_not_undo_the_others(tmp_path: Path)
                     "conflict",
                     lambda: store.insert_job(make_job(idempotency_key="k", request_hash="h2")),
                 )
-                nursery.start_soon(record, "partial", lambda: store._write(partial_then_fail))
+                nursery.start_soon(record, "partial", lambda: store.engine.write(partial_then_fail))
                 nursery.start_soon(
                     record,
                     "move",
