@@ -13,6 +13,7 @@ Timers use ``MockClock`` throughout: stored timestamps follow trio's clock
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -103,6 +104,23 @@ async def inserted(store: Store, **fields: Any) -> Job:
 
 class StoreContract:
     """The contract suite; subclass it with an ``open_backend`` fixture."""
+
+    async def test_backend_has_every_method_of_the_protocol(
+        self, open_backend: OpenBackend
+    ) -> None:
+        # Parameters as the Protocol names them (kinds and defaults too), so callers
+        # may pass any by name.
+        def shape(fn: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+            return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()
+                    if p.name != "self"]
+
+        names = [n for n in vars(Store) if not n.startswith("_") and callable(vars(Store)[n])]
+        async with open_backend() as store:
+            for name in names:
+                assert shape(getattr(store, name)) == shape(getattr(Store, name)), name
+                assert inspect.iscoroutinefunction(getattr(store, name)) == (
+                    inspect.iscoroutinefunction(getattr(Store, name))), name
+        assert {"insert_job", "transition", "subscribe", "watch", "statistics"} <= set(names)
 
     # -- the job row --------------------------------------------------------
 

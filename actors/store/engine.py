@@ -67,7 +67,6 @@ class Engine:
         on_commit: Callable[[Iterable[Job]], None],
         write_polls: Callable[[sqlite3.Connection, Mapping[str, PollNote]], None],
     ) -> None:
-        self.path = path
         self._on_commit = on_commit
         self._write_polls = write_polls
         self._write_conn = connect(path)
