@@ -81,8 +81,10 @@ class Store(Protocol):
 
         Nothing is ever dropped: the buffer is unbounded, which the write rate
         bounds (each change was one committed write), so a subscriber must keep
-        reading. Closing the channel unsubscribes; it ends (``EndOfChannel``) when
-        the store closes.
+        reading, and close the channel when it stops (that unsubscribes). Changes
+        committed before the call are not sent: subscribe before the work whose
+        changes matter starts, and keep one channel across restarts of the task
+        that reads it. The channel ends (``EndOfChannel``) when the store closes.
         """
         ...
 
