@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from actors.jobs import Job, JobState, new_job_id  # noqa: E402
-from actors.store import _connect, _to_row, migrate  # noqa: E402
+from actors.store.jobs import to_row  # noqa: E402
+from actors.store.migrations import connect, migrate  # noqa: E402
 
 MODEL = "long-video"
 DAY = 86_400.0
@@ -90,7 +91,7 @@ def seed(db: Path, tasks: int, interval: float) -> None:
     """N RUNNING jobs with day-long sandbox tasks, next checks spread over one interval."""
     now = time.time()
     rng = random.Random(1)
-    conn = _connect(db)
+    conn = connect(db)
     migrate(conn)
     rows = []
     for i in range(tasks):
@@ -102,7 +103,7 @@ def seed(db: Path, tasks: int, interval: float) -> None:
             created_at=now, submitting_at=now, started_at=now, updated_at=now,
             next_poll_at=now + rng.uniform(0, interval),
         )
-        row = _to_row(job)
+        row = to_row(job)
         row.pop("seq")
         rows.append(row)
     names = ", ".join(rows[0])

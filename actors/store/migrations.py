@@ -1,0 +1,143 @@
+"""The SQLite schema, as numbered migrations, and how a connection is opened.
+
+``schema_version`` holds the number of migrations applied; ``migrate`` applies the
+rest, each in a transaction of its own, so a crash mid-upgrade leaves the database
+at the last whole version. Never edit a released migration: append one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, their events, and the schema version itself.
+    """
+    CREATE TABLE generation_requests (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        provider_model TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        number_of_outputs INTEGER NOT NULL DEFAULT 1,
+        input_images TEXT NOT NULL DEFAULT '[]',
+        parameters TEXT NOT NULL DEFAULT '{}',
+        priority INTEGER NOT NULL DEFAULT 0,
+        webhook_url TEXT,
+        user_id TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        idempotency_key TEXT,
+        request_hash TEXT,
+        batch_id TEXT,
+        experiment_id TEXT,
+        variant_id TEXT,
+        served_model TEXT,
+        provider_task_id TEXT,
+        provider_outputs TEXT NOT NULL DEFAULT '[]',
+        results TEXT NOT NULL DEFAULT '[]',
+        error TEXT,
+        progress REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        cost REAL,
+        rating INTEGER,
+        feedback TEXT,
+        next_poll_at REAL,
+        poll_count INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        submitting_at REAL,
+        started_at REAL,
+        completed_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX generation_requests_idempotency
+        ON generation_requests(idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX generation_requests_active
+        ON generation_requests(provider, state)
+        WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
+    CREATE INDEX generation_requests_task ON generation_requests(provider, provider_task_id)
+        WHERE provider_task_id IS NOT NULL;
+    CREATE INDEX generation_requests_batch ON generation_requests(batch_id)
+        WHERE batch_id IS NOT NULL;
+    CREATE INDEX generation_requests_experiment ON generation_requests(experiment_id)
+        WHERE experiment_id IS NOT NULL;
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX job_events_job ON job_events(job_id);
+    """,
+    # 2: how long each model's tasks took, for adaptive polling (actors/adaptive.py).
+    # seconds: from the job's start to when its end was seen; seen_running: to the
+    # last check that still saw it running (NULL when the end time is exact).
+    """
+    CREATE TABLE task_durations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        seen_running REAL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX task_durations_model ON task_durations(model, id);
+    """,
+    # 3: the client webhook outbox (actors/outbox.py). One row per delivery, written
+    # in the same transaction as the job's terminal state so a crash cannot lose
+    # it. id is the stable webhook-id; payload the job JSON (relative media URLs);
+    # state PENDING -> DELIVERED | FAILED.
+    """
+    CREATE TABLE webhook_outbox (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'PENDING',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_status INTEGER,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX webhook_outbox_due ON webhook_outbox(next_attempt_at)
+        WHERE state = 'PENDING';
+    CREATE INDEX webhook_outbox_job ON webhook_outbox(job_id);
+    """,
+]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection for worker threads (one call at a time, through a limiter): WAL
+    lets the read connection work beside the writer, and ``synchronous=FULL`` makes
+    a committed write survive a power cut."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to the newest version; returns it."""
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    version = row[0] if row else 0
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (?)", (number,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version

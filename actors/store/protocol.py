@@ -1,0 +1,244 @@
+"""The store seam: what the actors and the HTTP layer may ask of durable job state.
+
+``Store`` is a ``typing.Protocol``, so a backend is any class with these methods;
+nothing imports a backend but the code that opens one (``open_store`` for SQLite).
+``tests/store_contract.py`` is the behaviour every backend must show, written
+against this Protocol only.
+
+The rules a backend keeps, whatever it runs on:
+
+- Every write is durable when its ``await`` returns; writes from concurrent tasks
+  may share a transaction (group commit), but one that fails undoes only itself.
+- A state change is conditional (``transition``): it happens only while the job is
+  still in one of the states the caller saw, so a stale actor can never overwrite a
+  newer state; it then returns ``None``.
+- Domain decisions are not the backend's: whether a request replays an earlier one
+  and what a terminal job owes its client come from ``actors.store.policy``, and are
+  applied in the same transaction as the write they follow.
+- Committed state changes are published in commit order (``subscribe``, ``watch``),
+  after the commit, never before.
+- Timestamps come from ``actors.clock.wall_now`` on the trio side, so tests under
+  ``MockClock`` move them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from actors.jobs import Job, JobState
+from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW
+
+#: Seconds within which a ``Store.note_poll`` is written.
+POLL_FLUSH_SECONDS = 1.0
+
+#: States of a client webhook delivery (``OutboxRow.state``).
+OUTBOX_PENDING, OUTBOX_DELIVERED, OUTBOX_FAILED = "PENDING", "DELIVERED", "FAILED"
+
+
+@attrs.define
+class OutboxRow:
+    """One client webhook delivery, as the outbox actor (``actors/outbox.py``) sees it."""
+
+    id: str
+    job_id: str
+    url: str
+    payload: str
+    state: str
+    attempts: int
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@attrs.define
+class StoreStatistics:
+    """Counters of the write path (a snapshot: reading it changes nothing)."""
+
+    writes: int = 0
+    transactions: int = 0
+    largest_batch: int = 0
+
+
+class Store(Protocol):
+    """Durable job state: jobs and their events, idempotency keys, the client webhook
+    outbox, and task durations."""
+
+    # -- committed changes ------------------------------------------------
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Job]:
+        """A channel of every committed state change of every job, in commit order:
+        the job as it was committed, once per ``transition`` that moved it. Inserts
+        and writes that keep the state (``update``, ``note_poll``, events) are not
+        sent: no consumer needs them, and a submission should not wake every
+        subscriber.
+
+        Nothing is ever dropped: the buffer is unbounded, which the write rate
+        bounds (each change was one committed write), so a subscriber must keep
+        reading, and close the channel when it stops (that unsubscribes). Changes
+        committed before the call are not sent: subscribe before the work whose
+        changes matter starts, and keep one channel across restarts of the task
+        that reads it. The channel ends (``EndOfChannel``) when the store closes.
+        """
+        ...
+
+    def watch(self, job_id: str) -> trio.Event:
+        """An event set at the next committed state change of ``job_id``."""
+        ...
+
+    def add_listener(self, listener: Callable[[Job], None]) -> None:
+        """Deprecated: use ``subscribe``. Calls ``listener(job)`` for each change
+        ``subscribe`` would send, synchronously in the writer task (it must not
+        block, and an exception it raises is logged and dropped)."""
+        ...
+
+    def statistics(self) -> StoreStatistics: ...
+
+    async def ping(self) -> None:
+        """Raise unless the store answers reads."""
+        ...
+
+    # -- jobs ---------------------------------------------------------------
+
+    async def insert_job(
+        self, job: Job, idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
+    ) -> tuple[Job, bool]:
+        """Insert ``job`` (stamping ``seq``, ``created_at`` unless set, and
+        ``updated_at``); returns ``(job, True)``.
+
+        With an ``idempotency_key`` already held, ``policy.replay`` decides within
+        the same transaction: ``(original, False)`` for the same request, CONFLICT for
+        another; a key held longer than ``idempotency_window`` seconds is released
+        from its old job and the insert goes ahead.
+        """
+        ...
+
+    async def transition(
+        self,
+        job_id: str,
+        from_states: JobState | Iterable[JobState],
+        to_state: JobState,
+        *,
+        event: dict[str, Any] | None = None,
+        where: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job | None:
+        """Move a job from one of ``from_states`` to ``to_state`` and set ``fields``
+        (``Job`` attribute names); returns the job as committed.
+
+        Returns ``None`` and changes nothing when the job is not in one of
+        ``from_states`` or does not hold ``where`` (more columns compared with
+        ``IS``, so ``None`` matches a null: e.g. the provider a job was handed to,
+        which a reroute may change): someone else moved it first.
+
+        A real move records a ``state`` event (``event`` merged in), stamps
+        ``completed_at`` (unless given) and clears ``next_poll_at`` on a terminal
+        state, and writes the outbox rows the store's policy asks for, all in one
+        transaction. With ``to_state`` among ``from_states`` nothing moves: that is
+        ``update``, and ``event`` (if any) is recorded with its own ``kind``.
+        """
+        ...
+
+    async def update(self, job_id: str, state: JobState, **fields: Any) -> Job | None:
+        """Set ``fields`` of a job that is still in ``state`` (no state change)."""
+        ...
+
+    async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None: ...
+
+    def note_poll(
+        self, job_id: str, next_poll_at: float, poll_count: int, progress: float | None
+    ) -> None:
+        """Record a status check of a RUNNING job, written within
+        ``POLL_FLUSH_SECONDS`` (and when the store closes).
+
+        Not durable at once, on purpose: with 100,000 running tasks the checks are a
+        steady stream of writes, and losing the last second of them to a crash only
+        means those tasks are checked again a little early after the restart. Only
+        the last note of a job counts; a job that has left RUNNING meanwhile is not
+        touched.
+        """
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def jobs_in(
+        self, states: Iterable[JobState], provider: str | None = None
+    ) -> list[Job]:
+        """Jobs in any of ``states`` (of one provider), by priority (highest first)
+        then age."""
+        ...
+
+    async def job_ids_in(self, states: Iterable[JobState], provider: str) -> list[str]:
+        """Ids of the provider's jobs in any of ``states`` (cheaper than ``jobs_in``)."""
+        ...
+
+    async def has_twin(self, job: Job, states: Iterable[JobState]) -> bool:
+        """Whether another job of ``job``'s provider with the same ``request_hash`` is
+        in any of ``states``."""
+        ...
+
+    async def job_by_task(self, provider: str, task_id: str) -> Job | None:
+        """The provider's job whose ``provider_task_id`` is ``task_id``, or starts
+        with ``task_id`` and a space (an adapter may keep private detail after the
+        id: ``"<id> <extra>"``)."""
+        ...
+
+    async def events(self, job_id: str) -> list[dict[str, Any]]:
+        """A job's events, oldest first: ``{"at", "kind", **data}``."""
+        ...
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (states with none are left out)."""
+        ...
+
+    # -- the client webhook outbox (actors/outbox.py) ----------------------
+
+    async def due_webhooks(
+        self, now: float, limit: int, exclude: Iterable[str] = ()
+    ) -> list[OutboxRow]:
+        """Up to ``limit`` pending deliveries due at ``now``, oldest due first,
+        leaving out ``exclude`` (those already being attempted)."""
+        ...
+
+    async def next_webhook_at(self, exclude: Iterable[str] = ()) -> float | None:
+        """When the next pending delivery (not in ``exclude``) is due, if any."""
+        ...
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: str,
+        state: str,
+        *,
+        status: int | None,
+        error: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Count one attempt of a pending delivery and set its outcome: ``state``
+        PENDING again (at ``next_attempt_at``), DELIVERED or FAILED (which set
+        ``finished_at``). A delivery no longer pending is left alone."""
+        ...
+
+    async def webhooks_of(self, job_id: str) -> list[OutboxRow]:
+        """A job's webhook deliveries, oldest first."""
+        ...
+
+    # -- task durations (actors/adaptive.py) -------------------------------
+
+    async def add_duration(self, model: str, seconds: float, seen_running: float | None) -> None:
+        """Record how long one task of ``model`` took: ``seconds`` from its start to
+        when its end was seen; ``seen_running`` to the last check that still saw it
+        running (``None`` when the end time is exact)."""
+        ...
+
+    async def recent_durations(
+        self, models: Iterable[str], limit: int
+    ) -> dict[str, list[tuple[float, float | None]]]:
+        """The last ``limit`` durations of each model, oldest first:
+        ``(seconds, seen_running)`` pairs."""
+        ...

@@ -1,0 +1,199 @@
+"""``SQLiteStore``: the ``Store`` Protocol on one SQLite file.
+
+Each method prepares what it can on the trio side (timestamps from trio's clock,
+SQL text, encoded values), then sends one function of a connection to the engine
+(``actors/store/engine.py``): writes to the group-committing writer, reads to the
+read connection. So a request costs one hop to a worker thread, shared with the
+other writes of its batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.clock import wall_now
+from actors.jobs import Job, JobState
+from actors.store import durations, idempotency, jobs, outbox
+from actors.store.changes import Changes
+from actors.store.engine import Engine, Write, open_engine
+from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_POLICY, StorePolicy
+from actors.store.protocol import OutboxRow, StoreStatistics
+
+
+class SQLiteStore:
+    """Durable job state in SQLite. Make one with ``open_store``; the methods are
+    documented on ``actors.store.protocol.Store``."""
+
+    def __init__(self, engine: Engine, changes: Changes, policy: StorePolicy) -> None:
+        self.engine = engine
+        self.policy = policy
+        self._changes = changes
+
+    # -- committed changes ------------------------------------------------
+
+    def subscribe(self) -> trio.MemoryReceiveChannel[Job]:
+        return self._changes.subscribe()
+
+    def watch(self, job_id: str) -> trio.Event:
+        return self._changes.watch(job_id)
+
+    def add_listener(self, listener: Callable[[Job], None]) -> None:
+        """Deprecated: use ``subscribe``; see ``Store.add_listener``."""
+        self._changes.add_listener(listener)
+
+    def statistics(self) -> StoreStatistics:
+        return self.engine.statistics()
+
+    async def ping(self) -> None:
+        await self.engine.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    # -- jobs ---------------------------------------------------------------
+
+    async def insert_job(
+        self, job: Job, idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW
+    ) -> tuple[Job, bool]:
+        now = wall_now()  # here, on trio's clock: the writer thread has none
+
+        def op(conn: sqlite3.Connection, write: Write) -> tuple[Job, bool]:
+            holder = idempotency.claim(conn, job, now, idempotency_window)
+            if holder is not None:
+                return holder, False
+            job.created_at = job.created_at or now
+            job.updated_at = now
+            return jobs.insert(conn, job), True
+
+        return await self.engine.write(op)
+
+    async def transition(
+        self,
+        job_id: str,
+        from_states: JobState | Iterable[JobState],
+        to_state: JobState,
+        *,
+        event: dict[str, Any] | None = None,
+        where: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> Job | None:
+        froms = [from_states] if isinstance(from_states, JobState) else list(from_states)
+        moves = froms != [to_state]
+        now = wall_now()
+        fields["updated_at"] = now
+        if to_state.terminal:
+            fields.setdefault("completed_at", now)
+            fields.setdefault("next_poll_at", None)
+        move = jobs.Move.prepare(job_id, froms, to_state, fields, where or {})
+        deliveries = self.policy.deliveries
+
+        def op(conn: sqlite3.Connection, write: Write) -> Job | None:
+            job = move.apply(conn)
+            if job is None:
+                return None
+            if moves:
+                jobs.add_event(conn, job_id, now, "state", {"state": to_state.value, **(event or {})})
+                owed = deliveries(job)
+                if owed:
+                    outbox.enqueue(conn, job_id, owed, now)
+                write.changed.append(job)
+            elif event:
+                jobs.add_event(conn, job_id, now, event.get("kind", "update"), event)
+            return job
+
+        return await self.engine.write(op)
+
+    async def update(self, job_id: str, state: JobState, **fields: Any) -> Job | None:
+        return await self.transition(job_id, state, state, **fields)
+
+    async def add_event(self, job_id: str, kind: str, data: dict[str, Any]) -> None:
+        at = wall_now()
+        await self.engine.write(lambda conn, write: jobs.add_event(conn, job_id, at, kind, data))
+
+    def note_poll(
+        self, job_id: str, next_poll_at: float, poll_count: int, progress: float | None
+    ) -> None:
+        self.engine.note_poll(job_id, (next_poll_at, poll_count, progress, wall_now()))
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return await self.engine.read(jobs.get, job_id)
+
+    async def jobs_in(
+        self, states: Iterable[JobState], provider: str | None = None
+    ) -> list[Job]:
+        return await self.engine.read(jobs.select_in, list(states), provider)
+
+    async def job_ids_in(self, states: Iterable[JobState], provider: str) -> list[str]:
+        return await self.engine.read(jobs.ids_in, list(states), provider)
+
+    async def has_twin(self, job: Job, states: Iterable[JobState]) -> bool:
+        return await self.engine.read(jobs.has_twin, job, list(states))
+
+    async def job_by_task(self, provider: str, task_id: str) -> Job | None:
+        return await self.engine.read(jobs.by_task, provider, task_id)
+
+    async def events(self, job_id: str) -> list[dict[str, Any]]:
+        return await self.engine.read(jobs.events, job_id)
+
+    async def count_by_state(self) -> dict[str, int]:
+        return await self.engine.read(jobs.count_by_state)
+
+    # -- the client webhook outbox ------------------------------------------
+
+    async def due_webhooks(
+        self, now: float, limit: int, exclude: Iterable[str] = ()
+    ) -> list[OutboxRow]:
+        return await self.engine.read(outbox.due, now, limit, list(exclude))
+
+    async def next_webhook_at(self, exclude: Iterable[str] = ()) -> float | None:
+        return await self.engine.read(outbox.next_due, list(exclude))
+
+    async def record_webhook_attempt(
+        self,
+        delivery_id: str,
+        state: str,
+        *,
+        status: int | None,
+        error: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        now = wall_now()
+        await self.engine.write(lambda conn, write: outbox.record_attempt(
+            conn, delivery_id, state, status, error, next_attempt_at, now))
+
+    async def webhooks_of(self, job_id: str) -> list[OutboxRow]:
+        return await self.engine.read(outbox.of_job, job_id)
+
+    # -- task durations -----------------------------------------------------
+
+    async def add_duration(self, model: str, seconds: float, seen_running: float | None) -> None:
+        at = wall_now()
+        await self.engine.write(
+            lambda conn, write: durations.add(conn, model, seconds, seen_running, at))
+
+    async def recent_durations(
+        self, models: Iterable[str], limit: int
+    ) -> dict[str, list[tuple[float, float | None]]]:
+        return await self.engine.read(durations.recent, list(models), limit)
+
+
+@asynccontextmanager
+async def open_store(
+    path: str | Path, *, policy: StorePolicy = DEFAULT_POLICY
+) -> AsyncIterator[SQLiteStore]:
+    """Open (and migrate) the SQLite store at ``path`` for the duration of the block,
+    applying ``policy``'s decisions in its transactions.
+
+    On exit, writes already sent are committed before the connections close, so a
+    draining daemon loses nothing it acknowledged; then every subscriber's channel
+    ends.
+    """
+    changes = Changes()
+    try:
+        async with open_engine(Path(path), changes.publish, jobs.write_polls) as engine:
+            yield SQLiteStore(engine, changes, policy)
+    finally:
+        changes.close()
