@@ -42,8 +42,8 @@ BAD = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No variable the configurations below refer to, and no LOG_* override."""
     for name in ("EASEL_TEST_UNSET_STATE_DIR", "LOG_LEVEL", "LOG_FORMAT", "LOG_FILE_PATH",
                  "LOG_FILE_MAX_SIZE", "LOG_FILE_MAX_FILES"):
         monkeypatch.delenv(name, raising=False)
@@ -60,8 +60,10 @@ def stderr_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_check_config_and_run_refuse_the_same(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    case: str,
 ) -> None:
+    clean_environment(monkeypatch)
     text, problem = BAD[case]
     path = tmp_path / "easel.toml"
     path.write_text(text)
@@ -87,6 +89,7 @@ def test_log_environment_overrides_are_checked_by_check_config_too(
 ) -> None:
     path = tmp_path / "easel.toml"
     path.write_text("")
+    clean_environment(monkeypatch)
     monkeypatch.setenv("LOG_LEVEL", "LOUD")
     checked = stderr_of(capsys, ["check-config", "--config", str(path)])
     assert checked == stderr_of(capsys, ["run", "--config", str(path)])
