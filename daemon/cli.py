@@ -75,6 +75,11 @@ def _settings(path: str | None) -> tuple[Config, LoggingOptions]:
         )
     except ValueError as exc:
         raise SystemExit(_fail([str(exc)], "logging")) from None
+    if options.max_bytes and options.backup_count < 1:
+        # configure_logging refuses it: a rotating file that keeps no old file
+        # would never be truncated. The config cannot say it; the variable can.
+        raise SystemExit(_fail(["LOG_FILE_MAX_FILES: must be 1 or more when the log file "
+                                "is rotated (LOG_FILE_MAX_SIZE above 0)"], "logging"))
     return config, options
 
 
@@ -104,6 +109,8 @@ def _run(args: argparse.Namespace) -> int:
         handle = configure_logging(**attrs.asdict(options))
     except OSError as exc:
         return _fail([f"cannot open the log file {options.file}: {describe(exc)}"], "logging")
+    except ValueError as exc:  # anything _settings did not foresee is still one line
+        return _fail([str(exc)], "logging")
     # Every provider call would otherwise log a line at INFO.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -84,16 +84,21 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    ("LOG_LEVEL", "LOUD", "LOG_LEVEL: unknown log level 'LOUD'"),
+    ("LOG_FILE_MAX_FILES", "0", "LOG_FILE_MAX_FILES: must be 1 or more"),
+])
 def test_log_environment_overrides_are_checked_by_check_config_too(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    name: str, value: str, problem: str,
 ) -> None:
     path = tmp_path / "easel.toml"
     path.write_text("")
     clean_environment(monkeypatch)
-    monkeypatch.setenv("LOG_LEVEL", "LOUD")
+    monkeypatch.setenv(name, value)
     checked = stderr_of(capsys, ["check-config", "--config", str(path)])
     assert checked == stderr_of(capsys, ["run", "--config", str(path)])
-    assert checked.startswith("easel: logging: LOG_LEVEL: unknown log level 'LOUD'")
+    assert checked.startswith(f"easel: logging: {problem}")
 
 
 def test_check_config_as_a_process_refuses_a_bad_port(tmp_path: Path) -> None:
