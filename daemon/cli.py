@@ -2,9 +2,13 @@
 
     easel run [--config FILE]
     easel check-config [--config FILE]
-    easel submit --model MODEL [--wait] [--config FILE] PROMPT
+    easel submit --model MODEL [--wait [--timeout SECONDS]] [--config FILE] PROMPT
     easel status [--config FILE] ID
 
+``run`` and ``check-config`` load and check the configuration the same way
+(``_settings``), so a file ``check-config`` passes is one ``run`` starts with.
+Exit status 2 is a configuration or start-up problem, printed as one line per
+problem on stderr; 1 is a failure after start (a crash, a failed job).
 ``submit`` and ``status`` reach the daemon at the first address of the configured
 ``[daemon] bind`` (a TCP address or a unix socket), or at ``--url``.
 """
@@ -14,37 +18,51 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import httpx
 import trio
 
 from daemon import config as config_module
-from daemon.config import Config, ConfigError
+from daemon.config import Config, ConfigError, parse_bind
+from daemon.logs import LoggingOptions, logging_settings_from_env
 
 EXIT_CONFIG = 2
 
+#: Seconds ``submit --wait`` waits for a job when ``--timeout`` is not given.
+DEFAULT_WAIT_TIMEOUT = 1800.0
 
-def _load(path: str | None) -> Config:
+#: The longest single long-poll request ``submit --wait`` makes, in seconds (the
+#: API holds a ``?wait=`` request for at most 120).
+_LONG_POLL = 60
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _fail(problems: Sequence[str], prefix: str = "config") -> int:
+    for problem in problems:
+        print(f"easel: {prefix}: {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _config(path: str | None) -> Config:
     try:
         return config_module.load(path)
     except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"easel: config: {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise SystemExit(_fail(exc.problems)) from None
 
 
-def _run(args: argparse.Namespace) -> int:
-    from actors.supervisor import EscalationError
-    from daemon.logs import configure_logging, logging_settings_from_env
-    from daemon.service import serve
-
-    config = _load(args.config)
+def _settings(path: str | None) -> tuple[Config, LoggingOptions]:
+    """The configuration and the logging options after the ``LOG_*`` environment
+    overrides, or SystemExit(2) after printing every problem: the one check both
+    ``run`` and ``check-config`` make."""
+    config = _config(path)
     log_file = config.log_file
     try:
         options = logging_settings_from_env(
@@ -55,10 +73,44 @@ def _run(args: argparse.Namespace) -> int:
             config.logging.max_files,
             os.environ,
         )
-        handle = configure_logging(**attrs.asdict(options))
     except ValueError as exc:
-        print(f"easel: logging: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise SystemExit(_fail([str(exc)], "logging")) from None
+    if options.max_bytes and options.backup_count < 1:
+        # configure_logging refuses it: a rotating file that keeps no old file
+        # would never be truncated. The config cannot say it; the variable can.
+        raise SystemExit(_fail(["LOG_FILE_MAX_FILES: must be 1 or more when the log file "
+                                "is rotated (LOG_FILE_MAX_SIZE above 0)"], "logging"))
+    return config, options
+
+
+def only(exc: BaseException, type_: type[_E]) -> _E | None:
+    """``exc`` if it is a ``type_``, or the first ``type_`` of an ExceptionGroup made
+    of nothing else (trio wraps what a task raises inside a nursery); None when
+    anything else is in it, so a real crash is never mistaken for one of these."""
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(type_)
+        if match is None or rest is not None:
+            return None
+        leaf: BaseException = match
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        exc = leaf
+    return exc if isinstance(exc, type_) else None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from actors.supervisor import EscalationError
+    from daemon.logs import configure_logging
+    from daemon.service import serve
+    from daemon.startup import StartupError, describe
+
+    config, options = _settings(args.config)
+    try:
+        handle = configure_logging(**attrs.asdict(options))
+    except OSError as exc:
+        return _fail([f"cannot open the log file {options.file}: {describe(exc)}"], "logging")
+    except ValueError as exc:  # anything _settings did not foresee is still one line
+        return _fail([str(exc)], "logging")
     # Every provider call would otherwise log a line at INFO.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -66,21 +118,20 @@ def _run(args: argparse.Namespace) -> int:
     with handle:
         try:
             trio.run(serve, config)
-        except BaseExceptionGroup as group:
-            escalation, rest = group.split(EscalationError)
-            if escalation is None or rest is not None:
-                log.critical("easel crashed", exc_info=group)
-                raise
-            log.critical("supervisor escalated: %s; exiting", escalation.exceptions[0])
-            return 1
-        except Exception:
-            log.critical("easel crashed", exc_info=True)
+        except BaseException as exc:
+            if (startup := only(exc, StartupError)) is not None:
+                return _fail([str(startup)], "cannot start")
+            if (escalation := only(exc, EscalationError)) is not None:
+                log.critical("supervisor escalated: %s; exiting", escalation)
+                return 1
+            if isinstance(exc, Exception):
+                log.critical("easel crashed", exc_info=exc)
             raise
     return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config, _ = _settings(args.config)
     print(
         f"ok: {len(config.providers)} providers, {len(config.models)} models, "
         f"bind {', '.join(config.daemon.bind)}"
@@ -89,16 +140,13 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
+    # Long enough for the longest long-poll plus the answer's way back.
+    timeout = httpx.Timeout(_LONG_POLL + 30, connect=10)
     if args.url:
-        return httpx.Client(base_url=args.url, timeout=150)
-    bind = _load(args.config).daemon.bind[0]
-    if bind.startswith("unix:"):
-        transport = httpx.HTTPTransport(uds=bind.removeprefix("unix:"))
-        return httpx.Client(transport=transport, base_url="http://easel", timeout=150)
-    host, _, port = bind.rpartition(":")
-    if host in ("0.0.0.0", "", "[::]"):
-        host = "127.0.0.1"
-    return httpx.Client(base_url=f"http://{host}:{port}", timeout=150)
+        return httpx.Client(base_url=args.url, timeout=timeout)
+    address = parse_bind(_config(args.config).daemon.bind[0])
+    transport = httpx.HTTPTransport(uds=address.path) if address.path else None
+    return httpx.Client(transport=transport, base_url=address.client_url, timeout=timeout)
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
@@ -115,6 +163,11 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        return _fail(["--timeout bounds --wait; give both or neither"], "submit")
+    timeout = DEFAULT_WAIT_TIMEOUT if args.timeout is None else args.timeout
+    if not timeout > 0:
+        return _fail([f"--timeout must be more than 0 seconds, got {timeout:g}"], "submit")
     with _client(args) as client:
         try:
             job = _answer(client.post(
@@ -122,16 +175,23 @@ def _submit(args: argparse.Namespace) -> int:
                 json={"modelIdentifier": args.model, "prompt": args.prompt,
                       "number_of_outputs": args.outputs},
             ))
-            print(job["id"])
+            print(job["id"], flush=True)
             if not args.wait:
                 return 0
-            deadline = time.monotonic() + args.timeout
+            deadline = time.monotonic() + timeout
             while job["status"] not in ("SUCCESS", "FAILED", "CANCELLED"):
-                if time.monotonic() > deadline:
-                    print(f"easel: still {job['status']} after {args.timeout:g} s", file=sys.stderr)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    print(f"easel: job {job['id']} still {job['status']} after {timeout:g} s; "
+                          f"it was not cancelled (see: easel status {job['id']})",
+                          file=sys.stderr)
                     return 1
+                # The daemon answers at the latest when the wait ends, so no
+                # request outlives the deadline by more than a second and its
+                # round trip.
+                wait = math.ceil(min(remaining, _LONG_POLL))
                 job = _answer(client.get(f"/api/external/generation/{job['id']}",
-                                         params={"wait": 60}))
+                                         params={"wait": wait}))
         except httpx.HTTPError as exc:
             print(f"easel: cannot reach the daemon: {exc}", file=sys.stderr)
             return 1
@@ -157,27 +217,51 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="easel", description="AI image and video generation daemon")
+    p = argparse.ArgumentParser(
+        prog="easel", description="AI image and video generation daemon",
+        epilog="Exit status: 0 done; 1 failed (a job, the daemon after start, no "
+               "answer); 2 a bad configuration, bad arguments or a failed start.",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=help_)
-        cmd.add_argument("--config", help="TOML file merged over the shipped defaults")
+        cmd = sub.add_parser(name, help=help_, description=help_)
+        cmd.add_argument(
+            "--config", metavar="FILE",
+            help="TOML file merged over the shipped defaults (default: "
+                 f"{config_module.SYSTEM_CONFIG} when it exists)",
+        )
         return cmd
 
-    add("run", "run the daemon").set_defaults(func=_run)
-    add("check-config", "validate the configuration and exit").set_defaults(func=_check_config)
-    s = add("submit", "submit a generation to a running daemon")
-    s.add_argument("--model", default="sandbox-image")
-    s.add_argument("--wait", action="store_true", help="wait for the result and print its URL")
-    s.add_argument("--outputs", type=int, default=1)
-    s.add_argument("--timeout", type=float, default=1800)
-    s.add_argument("--url", help="daemon base URL (default: the configured bind)")
-    s.add_argument("prompt")
+    def url(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument(
+            "--url", help="daemon base URL, e.g. http://127.0.0.1:8700 "
+                          "(default: the first [daemon] bind of the config)",
+        )
+
+    add("run", "run the daemon in the foreground until SIGTERM or SIGINT").set_defaults(
+        func=_run)
+    add("check-config", "check the configuration as `run` would, print a summary and "
+                        "exit (2 with every problem when it is wrong)").set_defaults(
+        func=_check_config)
+    s = add("submit", "submit a generation to a running daemon and print its job id")
+    s.add_argument("--model", required=True,
+                   help="a model of the catalog ([models.NAME] in the config), "
+                        "e.g. sandbox-image (local, no key needed)")
+    s.add_argument("--wait", action="store_true",
+                   help="wait until the job ends and print its output URLs (exit 1 "
+                        "if it fails)")
+    s.add_argument("--outputs", type=int, default=1, metavar="N",
+                   help="number of outputs to generate (default: 1)")
+    s.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="with --wait: stop waiting after SECONDS and exit 1, leaving "
+                        f"the job running (default: {DEFAULT_WAIT_TIMEOUT:g})")
+    url(s)
+    s.add_argument("prompt", help="the prompt, one argument (quote it)")
     s.set_defaults(func=_submit)
     st = add("status", "print a job as JSON")
-    st.add_argument("--url", help="daemon base URL (default: the configured bind)")
-    st.add_argument("id")
+    url(st)
+    st.add_argument("id", help="the job id `submit` printed (gen_...)")
     st.set_defaults(func=_status)
     return p
 

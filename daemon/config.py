@@ -12,10 +12,11 @@ classes; every mistake is reported with its key path
 from __future__ import annotations
 
 import importlib.resources
+import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ import cattrs
 
 from actors.catalog import ModelSpec, check_fallbacks
 from actors.outbox import OutboxSettings
+from actors.providers import known_adapters
 from actors.providers.base import ProviderSettings
+from daemon.logs import FORMATS, parse_level
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
 
@@ -58,8 +61,10 @@ class LoggingSettings:
     #: Log file; relative paths are under ``state_dir``. Empty: stderr only.
     file: str = "logs/easel.log"
     format: str = "json"
-    max_size: int = 10 * 1024 * 1024
-    max_files: int = 5
+    #: Rotate the file when it would pass this many bytes (0: never).
+    max_size: int = attrs.field(default=10 * 1024 * 1024, validator=attrs.validators.ge(0))
+    #: Rotated files kept beside the current one.
+    max_files: int = attrs.field(default=5, validator=attrs.validators.ge(1))
 
 
 @attrs.frozen
@@ -231,19 +236,92 @@ def structure(tree: Mapping[str, Any]) -> Config:
         raise ConfigError(problems) from None
 
 
-def _check(config: Config) -> None:
-    problems: list[str] = []
+#: What the kernel takes as an AF_UNIX socket path (``sun_path`` less its NUL).
+_MAX_UNIX_PATH = 107
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+
+
+@attrs.frozen
+class Address:
+    """One ``[daemon] bind`` entry: a TCP ``host``/``port`` or a unix socket ``path``."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def client_url(self) -> str:
+        """The base URL a client on this host uses to reach the address (a wildcard
+        address is reached on loopback); for a unix socket, a placeholder host."""
+        if self.path:
+            return "http://easel"
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+
+def parse_bind(text: str) -> Address:
+    """``"HOST:PORT"`` (an IPv6 host in brackets) or ``"unix:PATH"``; a ValueError
+    says what is wrong. Checked here, when the config is loaded, so that
+    ``check-config`` refuses what the socket layer would refuse at start."""
+    if text.startswith("unix:"):
+        path = text.removeprefix("unix:")
+        if not path:
+            raise ValueError("unix: needs a socket path")
+        if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+            raise ValueError(f"unix socket path is longer than {_MAX_UNIX_PATH} bytes")
+        return Address(path=path)
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or "/" in text:
+        raise ValueError(f"expected HOST:PORT or unix:PATH, got {text!r}")
+    if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, got {port!r}")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return Address(host=str(ipaddress.IPv6Address(host[1:-1])), port=int(port))
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address") from None
+    if ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets: [{host}]:{port}")
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv4 address") from None
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{host!r} is not a host name or address")
+    return Address(host=host, port=int(port))
+
+
+def _problems(config: Config) -> Iterator[str]:
+    """What ``easel run`` would refuse in a well-typed config, as ``path: message``."""
     for name, model in config.models.items():
         if model.provider not in config.providers:
-            problems.append(f"models.{name}.provider: no [providers.{model.provider}] section")
-    problems.extend(check_fallbacks(config.models))
+            yield f"models.{name}.provider: no [providers.{model.provider}] section"
+    yield from check_fallbacks(config.models)
+    adapters = known_adapters()
+    for name, provider in config.providers.items():
+        adapter = provider.adapter or name
+        if provider.enabled and adapter not in adapters:
+            where = f"providers.{name}.adapter" if provider.adapter else f"providers.{name}"
+            yield f"{where}: unknown adapter {adapter!r} (known: {', '.join(adapters)})"
     if not config.daemon.bind:
-        problems.append("daemon.bind: at least one address is needed")
+        yield "daemon.bind: at least one address is needed"
     for i, bind in enumerate(config.daemon.bind):
-        if not bind.startswith("unix:") and ":" not in bind:
-            problems.append(f"daemon.bind[{i}]: expected HOST:PORT or unix:PATH, got {bind!r}")
-    if problems:
-        raise ConfigError(problems)
+        try:
+            parse_bind(bind)
+        except ValueError as exc:
+            yield f"daemon.bind[{i}]: {exc}"
+    if not config.daemon.state_dir.strip():
+        yield "daemon.state_dir: must not be empty (check the ${...} variables it names)"
+    try:
+        parse_level(config.logging.level)
+    except ValueError as exc:
+        yield f"logging.level: {exc}"
+    if config.logging.format not in FORMATS:
+        yield f"logging.format: must be one of {', '.join(map(repr, FORMATS))}"
 
 
 def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -255,5 +333,7 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     elif SYSTEM_CONFIG.exists():
         tree = merge(tree, _read_toml(SYSTEM_CONFIG))
     config = structure(interpolate(tree, environ))
-    _check(config)
+    problems = list(_problems(config))
+    if problems:
+        raise ConfigError(problems)
     return config

@@ -1,8 +1,10 @@
 """The daemon's life: start everything, serve, drain on a signal, stop.
 
-``serve(config)`` opens the store, builds the runtime (actors under their
+``serve(config)`` first makes sure it may start (``daemon/startup.py``: the state
+directory locked for this process alone, every address bound; otherwise a one-line
+``StartupError``), then opens the store, builds the runtime (actors under their
 supervisor) and the HTTP app, tells systemd READY, then waits for SIGTERM/SIGINT.
-Draining (DESIGN section 3): submissions get 503 SHUTTING_DOWN, the scheduler and
+Draining: submissions get 503 SHUTTING_DOWN, the scheduler and
 pollers start nothing new, and the provider calls and finalizations already under
 way get up to ``drain_timeout`` seconds to finish and record what they learned.
 Then the actors are cancelled, the store commits what it was sent, and the process
@@ -11,14 +13,18 @@ exits 0. Whatever was still in flight is in SQLite and is picked up after restar
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 import attrs
 import hypercorn.config
-import hypercorn.trio
+import hypercorn.trio.run
+import hypercorn.utils
 import trio
 
 from actors.outbox import load_or_create_secret
@@ -27,6 +33,7 @@ from actors.store import open_store
 from daemon.app import create_app
 from daemon.config import Config
 from daemon.sdnotify import SystemdNotifier, run_watchdog, watchdog_interval
+from daemon.startup import StateDirLock, listen
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +48,7 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("easel.http")
     # Idle keep-alive clients would otherwise hold serve() open for the whole
-    # graceful time (DESIGN trap); the drain itself is ours, not hypercorn's.
+    # graceful time; the drain itself is ours, not hypercorn's.
     hc.graceful_timeout = 1.0
     hc.keep_alive_timeout = 5.0
     return hc
@@ -58,7 +65,32 @@ async def serve(
 
     ``task_status.started`` receives ``{"binds": [...], "runtime": Runtime}`` once
     the API is listening, for tests that embed the daemon in their own nursery.
+    Raises ``StartupError``, outside any nursery (so never inside an
+    ExceptionGroup), when the state directory is locked by another process or
+    cannot be made, or an address cannot be bound; nothing has been read or
+    started then.
     """
+    hc = hypercorn_config(config)
+    lock = await trio.to_thread.run_sync(StateDirLock.acquire, config.state_dir)
+    with contextlib.closing(lock):
+        sockets = await trio.to_thread.run_sync(listen, hc.bind, hc.backlog)
+        try:
+            await _serve(config, hc, sockets, notifier=notifier, stop=stop,
+                         task_status=task_status)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+async def _serve(
+    config: Config,
+    hc: hypercorn.config.Config,
+    sockets: list[socket.socket],
+    *,
+    notifier: SystemdNotifier | None,
+    stop: trio.Event | None,
+    task_status: trio.TaskStatus[dict[str, Any]],
+) -> None:
     stop = trio.Event() if stop is None else stop
     notifier = notifier or SystemdNotifier()
     state_dir = config.state_dir
@@ -95,7 +127,12 @@ async def serve(
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)
                 binds = await nursery.start(
-                    hypercorn.trio.serve, app, hypercorn_config(config)
+                    functools.partial(
+                        hypercorn.trio.run.worker_serve,
+                        hypercorn.utils.wrap_app(app, hc.wsgi_max_body_size, None),
+                        hc,
+                        sockets=hypercorn.config.Sockets([], sockets, []),
+                    )
                 )
                 interval = watchdog_interval(os.environ)
                 if interval is not None:
