@@ -15,7 +15,6 @@ the store or an actor directly.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,6 @@ class _ProviderChannels:
 
     provider: trio.MemorySendChannel[ProviderMessage]
     poller: trio.MemorySendChannel[PollerMessage]
-    changes: trio.MemorySendChannel[Job]
 
 
 class Runtime:
@@ -115,14 +113,14 @@ class Runtime:
             to_provider, provider_mailbox = trio.open_memory_channel[ProviderMessage](
                 PROVIDER_MAILBOX)
             to_poller, poller_mailbox = trio.open_memory_channel[PollerMessage](POLLER_MAILBOX)
-            # Unbounded: the store's writer must never wait on an actor, and the
-            # rate of committed changes bounds what can pile up.
-            to_changes, changes = trio.open_memory_channel[Job](math.inf)
             self.adapters[name] = adapter
             self.providers[name] = ProviderActor(
                 name, adapter, settings, store=store, catalog=self.catalog,
                 lifecycle=self.lifecycle, monitor=self.monitor, mailbox=provider_mailbox,
-                changes=changes, scheduler=to_scheduler, poller=to_poller,
+                # Every committed change, to every provider actor: a job moved to a
+                # fallback leaves its slot at a provider its row no longer names.
+                # Subscribed once, here: the feed outlives the actor's restarts.
+                changes=store.subscribe(), scheduler=to_scheduler, poller=to_poller,
                 finalizer=to_finalizer, callback_base=public_base_url,
             )
             self.pollers[name] = Poller(
@@ -130,7 +128,7 @@ class Runtime:
                 monitor=self.monitor, mailbox=poller_mailbox, provider=to_provider,
                 finalizer=to_finalizer,
             )
-            self._channels[name] = _ProviderChannels(to_provider, to_poller, to_changes)
+            self._channels[name] = _ProviderChannels(to_provider, to_poller)
         self.scheduler = Scheduler(
             store=store, lifecycle=self.lifecycle, monitor=self.monitor,
             router=Router(self.catalog, self.fits), catalog=self.catalog,
@@ -140,7 +138,6 @@ class Runtime:
         self.outbox = Outbox(
             store, webhooks or OutboxSettings(), base_url=webhook_base_url, monitor=self.monitor
         )
-        store.add_listener(self._broadcast)
         store.add_listener(self.outbox.notify)
         self.supervisor = Supervisor(
             self._children(), max_restarts=max_restarts, max_seconds=max_restart_seconds,
@@ -158,12 +155,6 @@ class Runtime:
             children.append(ChildSpec(f"provider:{name}", self.providers[name].run))
             children.append(ChildSpec(f"poller:{name}", self.pollers[name].run))
         return children
-
-    def _broadcast(self, job: Job) -> None:
-        """Every committed state change, to every provider actor (a job moved to a
-        fallback leaves a slot behind at a provider its row no longer names)."""
-        for channels in self._channels.values():
-            channels.changes.send_nowait(job)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -206,7 +197,6 @@ class Runtime:
         if cancelled is None:  # it moved meanwhile; try once more from where it is
             return await self.cancel(job_id)
         self.monitor.emit("job.cancelled", job.provider)
-        log.info("job cancelled", extra={"was": job.state.value})
         channels = self._channels.get(job.provider)
         if channels is not None and job.state is not JobState.QUEUED:
             await channels.provider.send(CancelTask(cancelled))
