@@ -100,6 +100,12 @@ async def test_json_with_charset_is_taken(easel: Any) -> None:
         (b'{"modelIdentifier": "sandbox-image", "prompt": "x", "priority": NaN}', "NaN is not JSON"),
         (b'{"modelIdentifier": "sandbox-image", "prompt": "x", "priority": -Infinity}', "not JSON"),
         (b'{"n": ' + b"9" * 5000 + b"}", "not valid JSON"),
+        # Past what a double holds: Python would read infinity and write it back as
+        # ``Infinity``, which is not JSON.
+        (b'{"modelIdentifier": "sandbox-image", "prompt": "x", "parameters": {"a": 1e400}}',
+         "1e400 is too large"),
+        (b'{"modelIdentifier": "sandbox-image", "prompt": "x", "metadata": [-1.5e309]}',
+         "-1.5e309 is too large"),
         (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
         (b'{"modelIdentifier": "sandbox-image", "prompt": "\\ud800"}', "not valid UTF-8"),
     ],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from quart import Quart, Response, request
@@ -61,15 +62,23 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text[:40]} is too large for a number")
+    return number
+
+
 def parse_json(raw: bytes) -> Any:
     """Strict JSON from a request body, or INVALID_REQUEST saying what is wrong.
 
-    Python's parser takes ``NaN`` and ``Infinity`` (not JSON; they could not be sent
-    back), raises ValueError past 4300 digits and RecursionError on deep nesting;
-    a ``\\ud800`` escape yields a string SQLite cannot store. All are refused here.
+    Python's parser takes ``NaN`` and ``Infinity`` (not JSON), reads ``1e400`` as
+    infinity (which it would write back as ``Infinity``, not JSON either), raises
+    ValueError past 4300 digits and RecursionError on deep nesting; a ``\\ud800``
+    escape yields a string SQLite cannot store. All are refused here.
     """
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
         json.dumps(body, ensure_ascii=False).encode()  # lone surrogates raise here
     except RecursionError:
         raise EaselError(ErrorCode.INVALID_REQUEST, "body is nested too deeply") from None
