@@ -7,8 +7,8 @@ INTERNAL_ERROR rather than leaking a stack trace.
 
 A body is refused before validation when it is not what a JSON API takes: another
 Content-Type (415), more than ``max_body_bytes`` (413), text that is not strict JSON
-(NaN, numbers too long to read, nesting beyond the parser, lone UTF-16 surrogates
-that could not be stored) (400). Each is the client's mistake, so none may surface
+(NaN, numbers too large or too long to read, nesting beyond the parser, lone UTF-16
+surrogates that could not be stored) (400). Each is the client's mistake, so none may surface
 as a 500.
 """
 
