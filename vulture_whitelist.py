@@ -6,8 +6,7 @@ vulture reports is dead code and goes.
 """
 # ruff: noqa
 
-# Quart calls these through its decorators (routes, request hooks, error handlers).
-tag_request, echo_request_id, easel_error, http_error, unexpected
+# Quart calls these through their route decorators (daemon/api/*.py).
 health_detailed, prometheus
 _.merge_slashes  # werkzeug's url_map setting, read by the router
 

@@ -30,7 +30,7 @@ import trio
 from actors.outbox import load_or_create_secret
 from actors.runtime import Runtime
 from actors.store import open_store
-from daemon.app import create_app
+from daemon.api import create_app
 from daemon.config import Config
 from daemon.sdnotify import SystemdNotifier, run_watchdog, watchdog_interval
 from daemon.startup import StateDirLock, listen

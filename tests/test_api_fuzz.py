@@ -80,12 +80,19 @@ content_types = st.sampled_from(["application/json", "application/json; charset=
                                  "multipart/form-data; boundary=x", "application/x-www-form-urlencoded",
                                  "application/*", "APPLICATION/JSON"]) | header_text
 #: What Python's json writes but strict JSON is not, or what cannot be stored: NaN and
-#: infinities, lone surrogates (``"\\ud800"``), numbers past Python's 4300 digits.
+#: infinities (written out, or numbers too large to read as anything else), lone
+#: surrogates (``"\\ud800"``), numbers past Python's 4300 digits.
 nasty_scalars = st.floats() | st.text(st.characters(categories=["Cs", "Lu", "Nd"]), max_size=4)
 long_numbers = st.builds(
     lambda digits, where: b'{"modelIdentifier": "sandbox-image", "prompt": "x", "%s": %s}'
     % (where.encode(), b"9" * digits),
     st.integers(4200, 5000), st.sampled_from(["priority", "number_of_outputs", "junk"]),
+)
+#: Numbers past what a double holds, which Python reads as infinities.
+huge_numbers = st.builds(
+    lambda sign, exponent, where: b'{"modelIdentifier": "sandbox-image", "prompt": "x", '
+    b'"parameters": {"%s": %s1e%d}}' % (where.encode(), sign, exponent),
+    st.sampled_from([b"", b"-"]), st.integers(309, 100_000), st.sampled_from(["seed", "junk"]),
 )
 
 
@@ -106,7 +113,7 @@ def nasty_bodies(draw: st.DrawFn) -> bytes:
     return json.dumps(body).encode()  # ensure_ascii: a surrogate goes as its \\u escape
 
 
-raw_bodies = (st.binary(max_size=300) | nasty_bodies() | long_numbers
+raw_bodies = (st.binary(max_size=300) | nasty_bodies() | long_numbers | huge_numbers
               | st.builds(lambda v: json.dumps(v).encode(), json_values)
               | st.builds(lambda b: json.dumps(b).encode("utf-16"), mutated_bodies())
               | st.builds(lambda v, cut: json.dumps(v).encode()[:cut], mutated_bodies(),
@@ -205,7 +212,7 @@ async def test_arbitrary_ids_and_queries_never_get_a_5xx(easel_daemon: Any) -> N
 async def test_values_only_pythons_json_writes_are_refused_not_stored(easel_daemon: Any) -> None:
     def prop(client: httpx.Client) -> None:
         @SETTINGS
-        @given(nasty_bodies() | long_numbers)
+        @given(nasty_bodies() | long_numbers | huge_numbers)
         def check(content: bytes) -> None:
             response = client.post(PATH, content=content, headers={"content-type": "application/json"})
             assert_well_formed(response)

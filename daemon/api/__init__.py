@@ -1,0 +1,58 @@
+"""The HTTP API: a quart-trio app whose routes are grouped by family, one Blueprint each.
+
+Families (each its own module, each a ``blueprint``):
+
+- ``generation``: submit, status (``?wait=``), events, cancel;
+- ``provider_webhooks``: providers reporting finished tasks;
+- ``health``: health, detailed health, Prometheus metrics;
+- ``media``: stored outputs.
+
+Around them, once for the whole app: ``errors`` (the error envelope and handlers,
+strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
+``access`` (request ids and the access log) and ``services`` (how a route reaches
+the runtime and the settings). Routes call the runtime's services, never the store.
+
+Adding a family (batches, experiments, admin, an OpenAI-compatible API) is one
+module holding a ``blueprint`` and one line in ``FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from quart import Blueprint
+from quart_trio import QuartTrio
+
+from actors.runtime import Runtime
+from daemon.api import auth, errors, generation, health, media, provider_webhooks
+from daemon.api.access import AccessLog
+from daemon.api.services import Services
+
+__all__ = ["FAMILIES", "create_app"]
+
+#: The route families, registered in this order.
+FAMILIES: tuple[Blueprint, ...] = (
+    generation.blueprint,
+    provider_webhooks.blueprint,
+    health.blueprint,
+    media.blueprint,
+)
+
+
+def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048_576,
+               public_base_url: str = "", drain_retry_after: int = 30) -> QuartTrio:
+    """The API app over ``runtime``, ready for hypercorn (or Quart's test client)."""
+    app = QuartTrio("easel")
+    app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
+    # A job id is one path segment: ``generation//x`` (an id of "/x") is no such job
+    # (404), not a redirect to another path with an empty, non-JSON body.
+    app.url_map.merge_slashes = False
+    Services(runtime, media_dir, max_body_bytes, public_base_url, drain_retry_after,
+             started_at=time.time()).install(app)
+    auth.install(app)
+    errors.install(app)
+    for family in FAMILIES:
+        app.register_blueprint(family)
+    app.asgi_app = AccessLog(app.asgi_app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,143 @@
+"""The API's one error shape, the strict reading of JSON bodies, and the error handlers.
+
+Every error leaves as ``{error: {code, message, details, isRetryable}}`` with the
+status of its code (``actors.errors``), including the ones Quart raises itself
+(404, 405, 413, 415) and anything unexpected, which is logged and answered
+INTERNAL_ERROR rather than leaking a stack trace.
+
+A body is refused before validation when it is not what a JSON API takes: another
+Content-Type (415), more than ``max_body_bytes`` (413), text that is not strict JSON
+(NaN, numbers too large or too long to read, nesting beyond the parser, lone UTF-16
+surrogates that could not be stored) (400). Each is the client's mistake, so none may surface
+as a 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException
+
+from actors.errors import EaselError, ErrorCode, ErrorInfo, http_status
+from daemon.api.services import services
+
+log = logging.getLogger(__name__)
+
+#: The code of each status Quart raises on its own.
+_HTTP_CODES = {
+    400: ErrorCode.INVALID_REQUEST,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.INVALID_REQUEST,
+    413: ErrorCode.INVALID_REQUEST,
+    415: ErrorCode.INVALID_REQUEST,
+}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``data`` as a JSON response: the one writer of every answer, errors included."""
+    return Response(json.dumps(data), status=status, content_type="application/json",
+                    headers=headers)
+
+
+def error_response(info: ErrorInfo, status: int | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    """``info`` in the error envelope, with its code's status unless told another."""
+    return json_response({"error": info.to_json()}, status or http_status(info.code), headers)
+
+
+class Refused(Exception):
+    """A request refused with a status other than its code's own (415 for a body type)."""
+
+    def __init__(self, info: ErrorInfo, status: int) -> None:
+        super().__init__(info.message)
+        self.info = info
+        self.status = status
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text[:40]} is too large for a number")
+    return number
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON from a request body, or INVALID_REQUEST saying what is wrong.
+
+    Python's parser takes ``NaN`` and ``Infinity`` (not JSON), reads ``1e400`` as
+    infinity (which it would write back as ``Infinity``, not JSON either), raises
+    ValueError past 4300 digits and RecursionError on deep nesting; a ``\\ud800``
+    escape yields a string SQLite cannot store. All are refused here.
+    """
+    try:
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        json.dumps(body, ensure_ascii=False).encode()  # lone surrogates raise here
+    except RecursionError:
+        raise EaselError(ErrorCode.INVALID_REQUEST, "body is nested too deeply") from None
+    except UnicodeError as exc:
+        raise EaselError(ErrorCode.INVALID_REQUEST,
+                         f"body is not valid UTF-8 JSON text: {exc.reason}") from None
+    except ValueError as exc:  # JSONDecodeError is one
+        raise EaselError(ErrorCode.INVALID_REQUEST, f"body is not valid JSON: {exc}") from None
+    return body
+
+
+async def json_body() -> Any:
+    """The request's body as strict JSON (415 for another Content-Type, 413 if too long).
+
+    The body is read first, so a refused one never stays unread on a connection the
+    client goes on using.
+    """
+    raw = await request.get_data(cache=False)
+    if request.mimetype != "application/json":
+        info = ErrorInfo(ErrorCode.INVALID_REQUEST, "Content-Type must be application/json",
+                         {"contentType": (request.content_type or "")[:200], "httpStatus": 415})
+        raise Refused(info, 415)
+    return parse_json(raw)
+
+
+async def _easel_error(exc: EaselError) -> Response:
+    return error_response(exc.info)
+
+
+async def _refused(exc: Refused) -> Response:
+    return error_response(exc.info, exc.status)
+
+
+async def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    fallback = ErrorCode.INVALID_REQUEST if status < 500 else ErrorCode.INTERNAL_ERROR
+    code = _HTTP_CODES.get(status, fallback)
+    if status == 413:
+        message = f"request body is larger than {services().max_body_bytes} bytes"
+    elif status == 404:
+        message = "no such path"
+    elif status == 405:
+        message = f"method {request.method} is not allowed here"
+    else:
+        message = exc.description or exc.name
+    # A 413 leaves the body unread on the connection: close it, or the client's next
+    # request on it would wait for an answer that never comes.
+    headers = {"Connection": "close"} if status == 413 else None
+    return error_response(ErrorInfo(code, message, {"httpStatus": status}), status, headers)
+
+
+async def _unexpected(exc: Exception) -> Response:
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return error_response(ErrorInfo(ErrorCode.INTERNAL_ERROR, "internal error"))
+
+
+def install(app: Quart) -> None:
+    """Answer every error ``app`` meets in the envelope (the most specific handler wins)."""
+    app.register_error_handler(EaselError, _easel_error)
+    app.register_error_handler(Refused, _refused)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
