@@ -11,6 +11,12 @@ tag_request, echo_request_id, easel_error, http_error, unexpected
 health_detailed, prometheus
 _.merge_slashes  # werkzeug's url_map setting, read by the router
 
+# Webhook receivers in tests, routed by Quart's decorators.
+hook
+
+# PyAV's stream settings, read by the encoder.
+_.pix_fmt
+
 # hypercorn.Config attributes, read by hypercorn.
 _.accesslog, _.errorlog, _.keep_alive_timeout, _.loglevel
 

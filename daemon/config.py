@@ -23,7 +23,9 @@ import attrs
 import cattrs
 
 from actors.catalog import ModelSpec, check_fallbacks
+from actors.conversion import make_converter, problems_of
 from actors.outbox import OutboxSettings
+from actors.providers import structure_sections
 from actors.providers.base import ProviderSettings
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
@@ -92,38 +94,10 @@ class Config:
         return self.providers[provider].adapter or provider
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-def _structure_str_list(value: Any, _: Any) -> list[str]:
-    # cattrs would happily turn "127.0.0.1:8700" into a list of characters.
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TypeError("expected a list of strings")
-    return list(value)
-
-
-_converter.register_structure_hook_func(lambda t: t == list[str], _structure_str_list)
-
-
-def _strict(type_: type, accepts: tuple[type, ...]) -> None:
-    """Take TOML scalars as they are written: cattrs' default would call ``bool()``
-    or ``int()`` on anything, so ``enabled = "false"`` would load as true and
-    ``max_restarts = 5.5`` as 5."""
-
-    def hook(value: Any, target: Any) -> Any:
-        if target is not type_:  # a str-based enum: its own constructor checks
-            return target(value)
-        if isinstance(value, bool) and type_ is not bool or not isinstance(value, accepts):
-            raise TypeError(f"expected {type_.__name__}")
-        return type_(value)
-
-    _converter.register_structure_hook(type_, hook)
-
-
-_strict(bool, (bool,))
-_strict(int, (int,))
-_strict(float, (int, float))
-_strict(str, (str,))
+# The one strict converter (no "false" -> True, no 5.5 -> 5), which structures
+# each [providers.X] table into its provider's own settings class.
+_converter = make_converter()
+structure_sections(_converter)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -189,46 +163,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: {exc}"]) from None
 
 
-def _path_of(cattrs_path: str) -> str:
-    # cattrs writes "$.providers['kling'].rate"; operators think in TOML keys.
-    path = cattrs_path.removeprefix("$").lstrip(".")
-    return re.sub(r"\['([^']*)'\]", r".\1", path).lstrip(".")
-
-
-def _describe(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, KeyError):
-        return "required key is missing"
-    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
-    names = {int: "integer", float: "number", str: "string", bool: "boolean"}
-    if type_ in names:
-        return f"expected {names[type_]}"
-    if isinstance(exc, ValueError) and type_ is not None and hasattr(type_, "__members__"):
-        allowed = ", ".join(repr(m.value) for m in type_)
-        return f"must be one of {allowed}"
-    return str(exc) or type(exc).__name__
-
-
-_VALIDATOR_KEY = re.compile(r"'(\w+)' must be ")
-
-
 def structure(tree: Mapping[str, Any]) -> Config:
     try:
         return _converter.structure(dict(tree), Config)
     except cattrs.BaseValidationError as exc:
-        problems: list[str] = []
-        for line in cattrs.transform_error(exc, format_exception=_describe):
-            message, _, where = line.rpartition(" @ ")
-            path = _path_of(where)
-            # An attrs validator fails for the whole table ("'rate' must be > 0");
-            # the key it names belongs on the path.
-            key = _VALIDATOR_KEY.match(message)
-            if key:
-                path = f"{path}.{key.group(1)}".lstrip(".")
-                message = message[key.end():].lstrip(": ") or message
-                message = f"must be {message}"
-            problems.append(f"{path}: {message}" if path else message)
-        raise ConfigError(problems) from None
+        raise ConfigError(problems_of(exc)) from None
 
 
 def _check(config: Config) -> None:
