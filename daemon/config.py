@@ -107,8 +107,8 @@ def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
 
     An unset variable becomes the default or the empty string: the shipped config
     names every provider's key, and an operator who uses only the sandbox must not
-    have to set them all. A provider used without its key fails with
-    AUTHENTICATION_FAILED at the provider, which says what is missing.
+    have to set them all. A section left without its key is disabled at start
+    with a warning naming the setting (``actors.providers.usable``).
     """
     if isinstance(value, str):
         # As in POSIX sh, ":-" takes the default when the variable is unset or empty.
