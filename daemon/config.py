@@ -6,7 +6,7 @@ given with ``--config`` (or ``/etc/easel/easel.toml`` when it exists), merged ta
 table. ``${NAME}`` and ``${NAME:-default}`` in strings are replaced from the
 environment, so secrets stay out of files. cattrs structures the result into attrs
 classes; every mistake is reported with its key path
-(``providers.replicate.rate: expected number``).
+(``providers.replicate.rate: expected a number, got a string``).
 """
 
 from __future__ import annotations

@@ -142,14 +142,19 @@ class SandboxAdapter:
         self.name = name
         self.delay = settings.delay
         self.video_duration = settings.video_duration
-        # Prompts of running video tasks; a restart loses them, so check() falls back
-        # to drawing the task id (the video is then generic, the job still succeeds).
-        self._prompts: dict[str, tuple[str, int]] = {}
+        # Prompts and videos of running video tasks; a restart loses them, so check()
+        # falls back to drawing the task id (the video is then generic, the job
+        # still succeeds).
+        self._videos: dict[str, tuple[str, tuple[str, ...]]] = {}
 
     async def submit(self, job: JobRequest) -> Submitted | Completed:
         if job.spec.provider_model == VIDEO_MODEL:
+            # Encoded now, not when the task ends: a check then answers at once, as
+            # a provider's would, and the task's time runs from after the encoding.
+            videos = () if _check_prompt(job.prompt) else await _render_all(
+                job.prompt, job.number_of_outputs, video=True)
             task_id = f"sbv:{job.job_id}:{wall_now():.3f}:{self.video_duration:g}"
-            self._prompts[task_id] = (job.prompt, job.number_of_outputs)
+            self._videos[task_id] = (job.prompt, videos)
             return Submitted(task_id)
         await trio.sleep(self.delay)
         problem = _check_prompt(job.prompt)
@@ -164,23 +169,25 @@ class SandboxAdapter:
         except ValueError:
             raise EaselError(ErrorCode.NOT_FOUND, f"sandbox: no task {task_id}") from None
         elapsed = wall_now() - start
-        prompt, count = self._prompts.get(task_id, (f"video {job_id}", 1))
         if elapsed < length:
             return TaskStatus(TaskState.RUNNING, progress=max(0.0, elapsed / length))
+        prompt, videos = self._videos.pop(task_id, (f"video {job_id}", ()))
         problem = _check_prompt(prompt)
         if problem is not None:
             return TaskStatus(TaskState.FAILED, error=problem)
-        self._prompts.pop(task_id, None)
-        return TaskStatus(TaskState.SUCCEEDED, outputs=await _render_all(prompt, count, video=True))
+        return TaskStatus(TaskState.SUCCEEDED,
+                          outputs=videos or await _render_all(prompt, 1, video=True))
 
     async def cancel(self, task_id: str) -> None:
-        self._prompts.pop(task_id, None)
+        self._videos.pop(task_id, None)
 
     async def reconcile(self, job: JobRequest) -> list[str] | None:
         return None  # nothing remote to ask; the sandbox models are safe to resubmit
 
     async def aclose(self) -> None:
         pass
+
+
 PROVIDER = Provider(
     name="sandbox",
     adapter=SandboxAdapter,
