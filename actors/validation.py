@@ -142,7 +142,10 @@ _converter.register_structure_hook_func(
 
 
 def request_hash(body: Any) -> str:
-    """A fingerprint of a request body for idempotency: key order does not matter."""
+    """A fingerprint of a request body for idempotency: neither key order nor the
+    spelling of the request's own field names (``numberOfOutputs``) matters."""
+    if isinstance(body, dict):
+        body = fold_spellings(body, _FIELDS)[0]
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -23,7 +23,7 @@ from actors.providers.base import JobRequest, ProviderSettings
 from actors.providers.bfl import TaskHandle, image_inputs, request_body
 from actors.providers.sandbox import SandboxSettings
 from actors.redaction import redact_text
-from actors.validation import parse_submission, rules_for
+from actors.validation import parse_submission, request_hash, rules_for
 from daemon import config as config_module
 from tests.simulators.base import Knobs, serve_simulator
 from tests.simulators.bfl import BflSimulator
@@ -175,6 +175,13 @@ def test_camel_case_is_the_same_request_as_snake_case() -> None:
                               "numberOfOutputs": 2, "inputImages": [PNG],
                               "webhookUrl": "https://example.com/hook", "userId": "u1"}, CATALOG)
     assert camel == snake
+
+
+def test_one_request_in_either_spelling_has_one_fingerprint() -> None:
+    snake = {"modelIdentifier": "m", "prompt": "p", "number_of_outputs": 2, "user_id": "u"}
+    camel = {"userId": "u", "numberOfOutputs": 2, "prompt": "p", "modelIdentifier": "m"}
+    assert request_hash(snake) == request_hash(camel)
+    assert request_hash(snake) != request_hash({**snake, "user_id": "v"})
 
 
 def test_both_spellings_of_one_field_are_refused() -> None:
