@@ -194,8 +194,9 @@ def _format(exc: BaseException, type_: Any) -> str:
             f" (known: {', '.join(known)})" if known else "")
     if isinstance(exc, KeyError):
         return "is required"
-    if isinstance(exc, ValueError) and _VALIDATOR.match(str(exc)):
-        return str(exc)  # an attrs validator's; problems_of moves its key onto the path
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    if isinstance(exc, ValueError) and _VALIDATOR.match(text):
+        return text  # an attrs validator's; problems_of moves its key onto the path
     if isinstance(exc, ValueError) and isinstance(type_, type) and hasattr(type_, "__members__"):
         return "must be one of " + ", ".join(repr(m.value) for m in type_)  # an enum
     if isinstance(exc, TypeError) and type_ is not None and get_origin(type_) is not Annotated:

@@ -21,6 +21,7 @@ from actors.parameters import check_parameters
 from actors.providers import PROVIDERS, make_adapter, missing_settings, usable
 from actors.providers.base import JobRequest, ProviderSettings
 from actors.providers.bfl import TaskHandle, image_inputs, request_body
+from actors.providers.kling import KlingSettings
 from actors.providers.sandbox import SandboxSettings
 from actors.redaction import redact_text
 from actors.validation import parse_submission, request_hash, rules_for
@@ -45,12 +46,14 @@ def test_every_shipped_section_has_its_providers_settings_class() -> None:
 
 def test_sandbox_only_settings_are_refused_elsewhere(tmp_path: Any) -> None:
     path = tmp_path / "easel.toml"
-    path.write_text('[providers.bfl]\nvideo_duration = 3\n[providers.mine]\nadapter = "nope"\n')
+    path.write_text('[providers.bfl]\nvideo_duration = 3\nauth = "bearer"\n'
+                    '[providers.mine]\nadapter = "nope"\n[providers.tuzi-kling]\nauth = "jwt"\n')
     with pytest.raises(config_module.ConfigError) as caught:
         config_module.load(path, environ={})
     problems = sorted(caught.value.problems)
-    assert problems[0].startswith("providers.bfl: unknown key(s): video_duration (known: ")
+    assert problems[0].startswith("providers.bfl: unknown key(s): auth, video_duration (known: ")
     assert problems[1].startswith("providers.mine.adapter: unknown adapter 'nope' (known: bfl, fal")
+    assert problems[2] == "providers.tuzi-kling.auth: must be in ('default', 'bearer') (got 'jwt')"
 
 
 async def test_capabilities_say_what_the_adapter_does() -> None:
@@ -85,7 +88,7 @@ def test_each_provider_declares_what_its_keys_look_like() -> None:
     ("kling", ProviderSettings(access_key="ak"), "providers.kling.secret_key is not set"),
     ("kling", ProviderSettings(),
      "providers.kling.access_key and providers.kling.secret_key are not set"),
-    ("tuzi-kling", ProviderSettings(adapter="kling", auth="bearer", access_key="ak"),
+    ("tuzi-kling", KlingSettings(adapter="kling", auth="bearer", access_key="ak"),
      "providers.tuzi-kling.api_key is not set"),
     ("fal", ProviderSettings(access_key="id", secret_key="s"), None),
     ("openai", ProviderSettings(api_token="t"), None),

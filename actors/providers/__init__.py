@@ -52,14 +52,27 @@ def family(section: str, settings: ProviderSettings) -> str:
 
 
 def make_adapter(adapter: str, settings: ProviderSettings, name: str) -> Adapter:
-    """The adapter of provider ``adapter`` for the section ``name``."""
-    return provider(adapter).adapter(settings, name)
+    """The adapter of provider ``adapter`` for the section ``name``.
+
+    Plain ``ProviderSettings`` are taken for a provider with a settings class of its
+    own: its own fields then have their defaults.
+    """
+    chosen = provider(adapter)
+    return chosen.adapter(_settings_of(chosen, settings), name)
+
+
+def _settings_of(chosen: Provider, settings: ProviderSettings) -> ProviderSettings:
+    """``settings`` as an instance of ``chosen``'s settings class."""
+    if isinstance(settings, chosen.settings):
+        return settings
+    return chosen.settings(**attrs.asdict(settings, recurse=False))
 
 
 def missing_settings(section: str, settings: ProviderSettings) -> str | None:
     """Why ``[providers.<section>]`` cannot be used (``providers.bfl.api_key is not
     set``), or ``None`` when every setting its provider requires is set."""
-    missing = provider(family(section, settings)).missing(settings)
+    chosen = provider(family(section, settings))
+    missing = chosen.missing(_settings_of(chosen, settings))
     if not missing:
         return None
     names = " and ".join(f"providers.{section}.{name}" for name in missing)

@@ -39,7 +39,6 @@ class ProviderSettings:
     api_key: str = ""
     access_key: str = ""
     secret_key: str = ""
-    auth: str = "default"
     rate: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     burst: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     max_in_flight: int = attrs.field(default=16, validator=attrs.validators.ge(1))

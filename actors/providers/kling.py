@@ -93,7 +93,16 @@ DURATIONS = {5: "5", 10: "10"}
 DEFAULT_ASPECT_RATIO = "16:9"
 
 
-# -- parameters ---------------------------------------------------------------------
+# -- settings and parameters --------------------------------------------------------
+
+
+@attrs.frozen
+class KlingSettings(ProviderSettings):
+    """A Kling section: the shared settings and how requests are authenticated."""
+
+    #: ``"default"``: a JWT made from ``access_key`` and ``secret_key``;
+    #: ``"bearer"``: ``api_key`` sent as it is (Tu-zi's reseller endpoint).
+    auth: str = attrs.field(default="default", validator=attrs.validators.in_(("default", "bearer")))
 
 
 def for_endpoint(parameters: dict[str, Any], image2video: bool) -> dict[str, Any]:
@@ -340,7 +349,7 @@ class KlingAdapter:
     """Kling's video API; see the module docstring."""
 
     def __init__(
-        self, settings: ProviderSettings, name: str = "kling", *, clock: Callable[[], float] = time.time
+        self, settings: KlingSettings, name: str = "kling", *, clock: Callable[[], float] = time.time
     ) -> None:
         self.name = name
         self.bearer = settings.auth == "bearer"
@@ -452,7 +461,7 @@ class KlingAdapter:
         await self.client.aclose()
 
 
-def missing(settings: ProviderSettings) -> tuple[str, ...]:
+def missing(settings: KlingSettings) -> tuple[str, ...]:
     """A bearer token with ``auth = "bearer"`` (Tu-zi), else both JWT keys."""
     if settings.auth == "bearer":
         return missing_of(settings, ("api_key",), ("api_token",))
@@ -465,5 +474,6 @@ PROVIDER = Provider(
     capabilities=Capabilities(lookup=True, webhooks=True),
     missing=missing,
     rules=lambda provider_model: RULES,
+    settings=KlingSettings,
     redactions=((re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+"), MASK),),  # the JWTs it signs with
 )
