@@ -46,14 +46,15 @@ def test_every_shipped_section_has_its_providers_settings_class() -> None:
 
 def test_sandbox_only_settings_are_refused_elsewhere(tmp_path: Any) -> None:
     path = tmp_path / "easel.toml"
-    path.write_text('[providers.bfl]\nvideo_duration = 3\nauth = "bearer"\n'
+    path.write_text('[providers]\nlone = 5\n[providers.bfl]\nvideo_duration = 3\nauth = "bearer"\n'
                     '[providers.mine]\nadapter = "nope"\n[providers.tuzi-kling]\nauth = "jwt"\n')
     with pytest.raises(config_module.ConfigError) as caught:
         config_module.load(path, environ={})
     problems = sorted(caught.value.problems)
     assert problems[0].startswith("providers.bfl: unknown key(s): auth, video_duration (known: ")
-    assert problems[1].startswith("providers.mine.adapter: unknown adapter 'nope' (known: bfl, fal")
-    assert problems[2] == "providers.tuzi-kling.auth: must be in ('default', 'bearer') (got 'jwt')"
+    assert problems[1] == "providers.lone: expected a table, got a number"
+    assert problems[2].startswith("providers.mine.adapter: unknown adapter 'nope' (known: bfl, fal")
+    assert problems[3] == "providers.tuzi-kling.auth: must be in ('default', 'bearer') (got 'jwt')"
 
 
 async def test_capabilities_say_what_the_adapter_does() -> None:

@@ -22,7 +22,7 @@ import attrs
 import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
 
-from actors.conversion import Invalid, strict_object
+from actors.conversion import Invalid, strict_object, type_name
 from actors.providers import bfl, fal, kling, openai, pollo, replicate, sandbox
 from actors.providers.base import Adapter, Provider, ProviderSettings
 
@@ -107,7 +107,10 @@ def structure_sections(converter: cattrs.Converter) -> None:
         out: dict[str, ProviderSettings] = {}
         errors: list[Exception] = []
         for section, table in sections.items():
-            adapter = table.get("adapter") if type(table) is dict else None
+            if type(table) is not dict:
+                errors.append(_under(Invalid("expected a table, got " + type_name(table)), section))
+                continue
+            adapter = table.get("adapter")
             try:
                 chosen = provider(adapter if type(adapter) is str else section)
             except ValueError as exc:
