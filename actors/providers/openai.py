@@ -217,11 +217,13 @@ def validate(job: JobRequest) -> None:
     model = job.spec.provider_model
     max_outputs, max_input_images = limits(model)
     if not 1 <= job.number_of_outputs <= max_outputs:
-        raise _invalid(f"{model} makes 1 to {max_outputs} images per request "
+        most = "one image" if max_outputs == 1 else f"1 to {max_outputs} images"
+        raise _invalid(f"{model} makes {most} per request "
                        f"(number_of_outputs is {job.number_of_outputs})")
+    if not max_input_images and job.input_images:
+        raise _invalid(f"{model} cannot edit images; use gpt-image-1 (or dall-e-2) for input_images")
     if len(job.input_images) > max_input_images:
-        raise _invalid(f"{model} takes at most {max_input_images} input images"
-                       + (" (it cannot edit; use gpt-image-1 or dall-e-2)" if not max_input_images else ""))
+        raise _invalid(f"{model} takes at most {max_input_images} input images")
 
 
 def _invalid(message: str) -> EaselError:
