@@ -10,6 +10,12 @@ vulture reports is dead code and goes.
 health_detailed, prometheus
 _.merge_slashes  # werkzeug's url_map setting, read by the router
 
+# Webhook receivers in tests, routed by Quart's decorators.
+hook
+
+# PyAV's stream settings, read by the encoder.
+_.pix_fmt
+
 # hypercorn.Config attributes, read by hypercorn.
 _.accesslog, _.errorlog, _.keep_alive_timeout, _.loglevel
 

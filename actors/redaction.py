@@ -3,10 +3,14 @@
 Provider answers and log records can carry keys (an echoed ``Authorization``
 header, a pre-signed URL); both the logs and the ``details`` of API errors go
 through this one set of patterns, so a key masked in one is masked in the other.
+The patterns here are the generic ones; what one provider's keys look like
+(Replicate's ``r8_...``) is declared by that provider (``Provider.redactions``)
+and added from the registry.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -45,11 +49,7 @@ _SECRET_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     # "Bearer" needs a token-sized word after it, so prose rarely trips it.
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + MASK),
-    (re.compile(r"\br8_[A-Za-z0-9]+"), "r8_" + MASK),  # Replicate API tokens
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), "whsec_" + MASK),  # webhook secrets
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "sk-" + MASK),  # OpenAI-style keys
-    (re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+"), MASK),  # JWTs (Kling signs with them)
-    (re.compile(r"\b(Key)\s+[A-Za-z0-9._-]+:[A-Za-z0-9._-]+"), r"\1 " + MASK),  # fal keys
 )
 
 _MAX_DEPTH = 8
@@ -63,9 +63,18 @@ def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value)
 
 
+@functools.cache
+def _patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
+    """The generic patterns, then every provider's. Read from the registry on first
+    use, not at import: the provider modules themselves import this module."""
+    from actors.providers import PROVIDERS
+
+    return _SECRET_TEXT + tuple(p for provider in PROVIDERS.values() for p in provider.redactions)
+
+
 def redact_text(text: str) -> str:
-    """Mask secret-looking substrings (bearer tokens, ``r8_…``, ``whsec_…``, …)."""
-    for pattern, replacement in _SECRET_TEXT:
+    """Mask secret-looking substrings (bearer tokens, ``whsec_…``, providers' keys)."""
+    for pattern, replacement in _patterns():
         text = pattern.sub(replacement, text)
     return text
 

@@ -3,10 +3,16 @@
 The unified request is structured by cattrs into ``SubmissionRequest``, whose field
 types carry their own limits (prompt length, output count, image references), so
 one pass collects every type and value problem; the model's ``parameters`` are then
-checked by its provider family (``actors/parameters.py``), which also fills in the
-provider's defaults. Every problem found is reported with its path in one
-INVALID_PARAMETERS error, so a client fixes its request in one round trip. An
-unknown model is INVALID_REQUEST and names the models that exist.
+checked against the rules its provider declares (``actors/parameters.py``), which
+also fill in the provider's defaults. Every problem found is reported with its path
+in one INVALID_PARAMETERS error, so a client fixes its request in one round trip.
+An unknown model is INVALID_REQUEST and names the models that exist.
+
+Spelling, one rule for every field name of a request, its ``parameters`` included:
+snake_case or camelCase, as the API answers (``number_of_outputs`` or
+``numberOfOutputs``, ``input_images`` or ``inputImages``, ``webhook_url`` or
+``webhookUrl``, ``user_id`` or ``userId``); ``modelIdentifier`` is spelled as
+always. A body giving one field in both spellings is refused, naming both.
 """
 
 from __future__ import annotations
@@ -23,18 +29,11 @@ import attrs
 import cattrs
 
 from actors.catalog import ModelSpec
+from actors.conversion import Between, Invalid, make_converter, problems_of, type_name
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job, new_job_id
-from actors.parameters import (
-    Between,
-    Invalid,
-    check_parameters,
-    converter as parameters_converter,
-    problems_of,
-    strict,
-    strict_object,
-    type_name,
-)
+from actors.parameters import Rules, check_parameters, fold_spellings
+from actors.providers import PROVIDERS
 from actors.targets import TargetRefused, split_target
 
 MAX_PROMPT = 2000
@@ -111,31 +110,22 @@ class SubmissionRequest:
     metadata: dict[str, Any] = attrs.field(factory=dict)
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-_converter.register_structure_hook(str, strict(str, "a string"))  # no 3 -> "3"
-_converter.register_structure_hook(int, strict(int, "an integer"))  # no "3" -> 3, no True -> 1
-
+_converter = make_converter()
 _MARKED = {_Prompt: _structure_prompt, _ImageRef: _structure_image, _HttpUrl: _structure_http_url}
 
 
-def _annotated_hook(type_: Any) -> Any:
-    for mark in type_.__metadata__:
-        if type(mark) in _MARKED:
-            return _MARKED[type(mark)]
-    return parameters_converter.get_structure_hook(type_)  # Between and friends
+def _marked_hook(type_: Any) -> Any:
+    return next(_MARKED[type(mark)] for mark in type_.__metadata__ if type(mark) in _MARKED)
 
 
-def _is_annotated(type_: Any) -> bool:
-    return hasattr(type_, "__metadata__") and hasattr(type_, "__origin__")
+def _is_marked(type_: Any) -> bool:
+    return any(type(mark) in _MARKED for mark in getattr(type_, "__metadata__", ()))
 
 
-_converter.register_structure_hook_factory(_is_annotated, _annotated_hook)
+_converter.register_structure_hook_factory(_is_marked, _marked_hook)
+_FIELDS = [field.name for field in attrs.fields(SubmissionRequest)]
 
 
-# cattrs would take any mapping-like value and copy it; only a JSON object is one.
-_converter.register_structure_hook_func(lambda t: t == dict[str, Any], strict_object)
 _structure_images = _converter.get_structure_hook(list[Annotated[str, _ImageRef()]])
 
 
@@ -152,7 +142,10 @@ _converter.register_structure_hook_func(
 
 
 def request_hash(body: Any) -> str:
-    """A fingerprint of a request body for idempotency: key order does not matter."""
+    """A fingerprint of a request body for idempotency: neither key order nor the
+    spelling of the request's own field names (``numberOfOutputs``) matters."""
+    if isinstance(body, dict):
+        body = fold_spellings(body, _FIELDS)[0]
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -193,6 +186,7 @@ def parse_submission(
     """
     if not isinstance(body, dict):
         raise EaselError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    body, problems = fold_spellings(body, _FIELDS)
     model = body.get("modelIdentifier")
     if type(model) is str and model not in catalog:
         raise EaselError(
@@ -200,12 +194,11 @@ def parse_submission(
             f"unknown model {model[:200]!r}",
             {"knownModels": sorted(catalog)},
         )
-    problems: list[str] = []
     request: SubmissionRequest | None = None
     try:
         request = _converter.structure(body, SubmissionRequest)
     except cattrs.BaseValidationError as exc:
-        problems += problems_of(exc, "")
+        problems += problems_of(exc)
     for field in ("parameters", "metadata"):
         if depth(body.get(field)) > MAX_DEPTH:
             problems.append(f"{field}: nested deeper than {MAX_DEPTH} levels")
@@ -218,12 +211,12 @@ def parse_submission(
         valid_outputs = type(given) is int and 1 <= given <= MAX_OUTPUTS
         images = body.get("input_images")
         checked = check_parameters(
-            family,
+            rules_for(family, spec.provider_model),
             spec.provider_model,
             parameters,
             number_of_outputs=given if valid_outputs else 1,
             outputs_given=valid_outputs,
-            input_images=len(images) if type(images) is list else 0,
+            input_images=[i for i in images if type(i) is str] if type(images) is list else [],
         )
         problems += checked.problems
     if problems:
@@ -260,11 +253,18 @@ def job_from(
     )
 
 
+def rules_for(family: str, provider_model: str) -> Rules:
+    """The rules of ``provider_model`` served by the provider named ``family``."""
+    provider = PROVIDERS.get(family)
+    return provider.rules(provider_model) if provider is not None else Rules(None)
+
+
 def fits(job: Job, provider_model: str, family: str) -> bool:
     """Whether ``job``'s stored request is valid for ``provider_model`` of ``family``:
     a fallback that would refuse (or misread) the job's parameters is no fallback."""
     checked = check_parameters(
-        family, provider_model, job.parameters, number_of_outputs=job.number_of_outputs,
-        outputs_given=True, input_images=len(job.input_images),
+        rules_for(family, provider_model), provider_model, job.parameters,
+        number_of_outputs=job.number_of_outputs, outputs_given=True,
+        input_images=job.input_images,
     )
     return not checked.problems

@@ -6,7 +6,7 @@ given with ``--config`` (or ``/etc/easel/easel.toml`` when it exists), merged ta
 table. ``${NAME}`` and ``${NAME:-default}`` in strings are replaced from the
 environment, so secrets stay out of files. cattrs structures the result into attrs
 classes; every mistake is reported with its key path
-(``providers.replicate.rate: expected number``).
+(``providers.replicate.rate: expected a number, got a string``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import attrs
 import cattrs
 
 from actors.catalog import ModelSpec, check_fallbacks
+from actors.conversion import make_converter, problems_of
 from actors.outbox import OutboxSettings
-from actors.providers import known_adapters
+from actors.providers import known_adapters, structure_sections
 from actors.providers.base import ProviderSettings
 from daemon.logs import FORMATS, parse_level
 
@@ -97,38 +98,10 @@ class Config:
         return self.providers[provider].adapter or provider
 
 
-_converter = cattrs.Converter(forbid_extra_keys=True)
-
-
-def _structure_str_list(value: Any, _: Any) -> list[str]:
-    # cattrs would happily turn "127.0.0.1:8700" into a list of characters.
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TypeError("expected a list of strings")
-    return list(value)
-
-
-_converter.register_structure_hook_func(lambda t: t == list[str], _structure_str_list)
-
-
-def _strict(type_: type, accepts: tuple[type, ...]) -> None:
-    """Take TOML scalars as they are written: cattrs' default would call ``bool()``
-    or ``int()`` on anything, so ``enabled = "false"`` would load as true and
-    ``max_restarts = 5.5`` as 5."""
-
-    def hook(value: Any, target: Any) -> Any:
-        if target is not type_:  # a str-based enum: its own constructor checks
-            return target(value)
-        if isinstance(value, bool) and type_ is not bool or not isinstance(value, accepts):
-            raise TypeError(f"expected {type_.__name__}")
-        return type_(value)
-
-    _converter.register_structure_hook(type_, hook)
-
-
-_strict(bool, (bool,))
-_strict(int, (int,))
-_strict(float, (int, float))
-_strict(str, (str,))
+# The one strict converter (no "false" -> True, no 5.5 -> 5), which structures
+# each [providers.X] table into its provider's own settings class.
+_converter = make_converter()
+structure_sections(_converter)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -138,8 +111,8 @@ def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
 
     An unset variable becomes the default or the empty string: the shipped config
     names every provider's key, and an operator who uses only the sandbox must not
-    have to set them all. A provider used without its key fails with
-    AUTHENTICATION_FAILED at the provider, which says what is missing.
+    have to set them all. A section left without its key is disabled at start
+    with a warning naming the setting (``actors.providers.usable``).
     """
     if isinstance(value, str):
         # As in POSIX sh, ":-" takes the default when the variable is unset or empty.
@@ -194,46 +167,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: {exc}"]) from None
 
 
-def _path_of(cattrs_path: str) -> str:
-    # cattrs writes "$.providers['kling'].rate"; operators think in TOML keys.
-    path = cattrs_path.removeprefix("$").lstrip(".")
-    return re.sub(r"\['([^']*)'\]", r".\1", path).lstrip(".")
-
-
-def _describe(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, KeyError):
-        return "required key is missing"
-    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
-    names = {int: "integer", float: "number", str: "string", bool: "boolean"}
-    if type_ in names:
-        return f"expected {names[type_]}"
-    if isinstance(exc, ValueError) and type_ is not None and hasattr(type_, "__members__"):
-        allowed = ", ".join(repr(m.value) for m in type_)
-        return f"must be one of {allowed}"
-    return str(exc) or type(exc).__name__
-
-
-_VALIDATOR_KEY = re.compile(r"'(\w+)' must be ")
-
-
 def structure(tree: Mapping[str, Any]) -> Config:
     try:
         return _converter.structure(dict(tree), Config)
     except cattrs.BaseValidationError as exc:
-        problems: list[str] = []
-        for line in cattrs.transform_error(exc, format_exception=_describe):
-            message, _, where = line.rpartition(" @ ")
-            path = _path_of(where)
-            # An attrs validator fails for the whole table ("'rate' must be > 0");
-            # the key it names belongs on the path.
-            key = _VALIDATOR_KEY.match(message)
-            if key:
-                path = f"{path}.{key.group(1)}".lstrip(".")
-                message = message[key.end():].lstrip(": ") or message
-                message = f"must be {message}"
-            problems.append(f"{path}: {message}" if path else message)
-        raise ConfigError(problems) from None
+        raise ConfigError(problems_of(exc)) from None
 
 
 #: What the kernel takes as an AF_UNIX socket path (``sun_path`` less its NUL).

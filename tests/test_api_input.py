@@ -16,9 +16,11 @@ import pytest
 import trio
 
 #: Every remote provider at a closed loopback port: accepted jobs never leave the host.
+#: Each has made-up credentials: a section without them would not be started.
 REMOTE_PROVIDERS = ("replicate", "bfl", "kling", "tuzi-kling", "pollo", "openai", "tuzi-openai", "fal")
+CREDENTIALS = 'api_key = "k"\napi_token = "k"\naccess_key = "k"\nsecret_key = "k"\n'
 CONFIG = "[providers.sandbox]\ndelay = 0.05\n" + "".join(
-    f'\n[providers.{name}]\nbase_url = "http://127.0.0.1:1"\nmax_attempts = 1\n'
+    f'\n[providers.{name}]\nbase_url = "http://127.0.0.1:1"\nmax_attempts = 1\n{CREDENTIALS}'
     for name in REMOTE_PROVIDERS
 )
 

@@ -24,7 +24,7 @@ from actors.catalog import MediaKind, ModelSpec
 from actors.errors import EaselError, ErrorCode
 from actors.providers import kling, make_adapter
 from actors.providers.base import JobRequest, ProviderSettings, Submitted, TaskState, WebhookEvent
-from actors.providers.kling import JwtSigner, KlingAdapter, encode_jwt
+from actors.providers.kling import JwtSigner, KlingAdapter, KlingSettings, encode_jwt
 from tests.conftest import free_port, write_config
 from tests.fakes import FakeClock
 from tests.process import DaemonProcess, wait_all_terminal
@@ -66,7 +66,7 @@ async def adapters(clock: FakeClock) -> AsyncIterator[Callable[..., KlingAdapter
     def make(base_url: str, **settings: Any) -> KlingAdapter:
         settings.setdefault("access_key", ACCESS)
         settings.setdefault("secret_key", SECRET)
-        adapter = KlingAdapter(ProviderSettings(base_url=base_url, **settings), "kling", clock=clock)
+        adapter = KlingAdapter(KlingSettings(base_url=base_url, **settings), "kling", clock=clock)
         made.append(adapter)
         return adapter
 
@@ -546,7 +546,7 @@ async def test_bearer_mode_for_the_tuzi_reseller(
 
 
 def test_parse_webhook_reads_both_shapes_and_refuses_garbage() -> None:
-    adapter = KlingAdapter(ProviderSettings(base_url="http://127.0.0.1:9"))
+    adapter = KlingAdapter(KlingSettings(base_url="http://127.0.0.1:9"))
     bare = json.dumps({"task_id": "866889456698785798", "task_status": "succeed"}).encode()
     wrapped = json.dumps({"code": 0, "data": {"task_id": 866889456698785798}}).encode()
     assert adapter.parse_webhook({}, bare) == WebhookEvent("866889456698785798", None)

@@ -31,7 +31,7 @@ from trio.testing import MockClock
 from actors.catalog import ModelSpec
 from actors.jobs import Job, JobState, new_job_id
 from actors.outbox import FIRST_RETRY, JITTER, MAX_RETRY, Outbox, OutboxSettings, retry_delay
-from actors.providers.base import ProviderSettings
+from actors.providers.sandbox import SandboxSettings
 from actors.runtime import Runtime
 from actors.store import Store, open_store
 from daemon import config as config_module
@@ -360,7 +360,7 @@ def test_retry_delay_policy() -> None:
 def sandbox_runtime(store: Store, tmp_path: Path) -> Runtime:
     return Runtime(
         store,
-        providers={"sandbox": ProviderSettings(rate=100, burst=100, delay=0.1)},
+        providers={"sandbox": SandboxSettings(rate=100, burst=100, delay=0.1)},
         catalog={"sandbox-image": ModelSpec(provider="sandbox", provider_model="sandbox-image")},
         media_dir=tmp_path / "media",
         webhooks=settings(),
@@ -416,7 +416,7 @@ def test_config_section(tmp_path: Path) -> None:
         ('secret = "whsec_not base64!"', "webhooks.secret: must be 'whsec_' followed by base64"),
         ("max_age = 0", "webhooks.max_age: must be > 0: 0.0"),
         ("max_concurrency = 0", "webhooks.max_concurrency: must be >= 1: 0"),
-        ('allow_private_targets = "yes"', "webhooks.allow_private_targets: expected boolean"),
+        ('allow_private_targets = "yes"', "webhooks.allow_private_targets: expected true or false, got a string"),
     ]:
         path.write_text(f"[webhooks]\n{line}\n")
         with pytest.raises(config_module.ConfigError) as caught:

@@ -262,7 +262,7 @@ def test_bad_config_exits_2_with_the_key_path(tmp_path: Path) -> None:
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2
-    assert "providers.replicate.rate: expected number" in result.stderr
+    assert "providers.replicate.rate: expected a number, got a string" in result.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT])

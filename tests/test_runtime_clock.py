@@ -16,7 +16,7 @@ from trio.testing import MockClock
 from actors.catalog import ModelSpec, PollingSpec, PollingStrategy
 from actors.clock import wall_now
 from actors.jobs import Job, JobState, new_job_id
-from actors.providers.base import ProviderSettings
+from actors.providers.sandbox import SandboxSettings
 from actors.runtime import Runtime
 from actors.store import open_store
 
@@ -61,7 +61,7 @@ async def run_runtime(tmp_path: Path, model: ModelSpec, video_duration: float,
                       nursery: trio.Nursery, store) -> Runtime:
     runtime = Runtime(
         store,
-        providers={"sandbox": ProviderSettings(video_duration=video_duration, rate=100, burst=100)},
+        providers={"sandbox": SandboxSettings(video_duration=video_duration, rate=100, burst=100)},
         catalog={"video": model},
         media_dir=tmp_path / "media",
     )
@@ -80,7 +80,7 @@ async def test_long_task_is_polled_on_schedule(tmp_path: Path, clock) -> None:
         # Finished within one polling interval of the task's 600 s, checked every 30 s.
         assert 600 <= elapsed <= 600 + 30 + 1
         assert 600 / 30 - 1 <= done.poll_count <= 600 / 30 + 1
-        assert (tmp_path / "media" / job.id / "0.png").exists()
+        assert (tmp_path / "media" / job.id / "0.mp4").exists()  # the sandbox video
         nursery.cancel_scope.cancel()
 
 

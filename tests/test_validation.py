@@ -187,9 +187,9 @@ def test_bad_webhook_url(url: str, why: str) -> None:
 
 
 def test_unknown_keys_are_named() -> None:
-    found = problems(body(model="flux", numberOfOutputs=2))
+    found = problems(body(model="flux", numberOfOutput=2))
     assert len(found) == 1
-    assert "model" in found[0] and "numberOfOutputs" in found[0]
+    assert "model" in found[0] and "numberOfOutput" in found[0]
 
 
 def test_every_problem_is_listed_with_its_path() -> None:
@@ -214,12 +214,12 @@ def test_every_problem_is_listed_with_its_path() -> None:
 def test_type_problems_in_several_fields_are_listed_together() -> None:
     found = problems(body(number_of_outputs="2", priority=1.5, metadata=[], extra=1))
     assert len(found) == 4
-    assert sorted(p.split(":")[0] for p in found if not p.startswith("unknown field")) == [
+    assert sorted(p.split(":")[0] for p in found if not p.startswith("unknown key")) == [
         "metadata",
         "number_of_outputs",
         "priority",
     ]
-    assert any(p.startswith("unknown field(s): extra (known: modelIdentifier") for p in found)
+    assert any(p.startswith("unknown key(s): extra (known: modelIdentifier") for p in found)
 
 
 @pytest.mark.parametrize("value", ["", {"https://a.example/x.png": 1}, "https://a.example/x.png"])
@@ -339,7 +339,7 @@ def test_kling_lists_every_problem_with_its_path() -> None:
         "parameters.aspect_ratio: must be one of 16:9, 9:16, 1:1",
         "parameters.cfg_scale: must be 0 to 1",
     ]
-    assert found[4].startswith("parameters: unknown field(s): colour (known: duration, mode")
+    assert found[4].startswith("parameters: unknown key(s): colour (known: duration, mode")
     assert found[5] == "parameters.dynamic_masks: only image2video (a job with input_images) takes it"
     assert len(found) == 6
 
@@ -443,6 +443,7 @@ def test_pollo_takes_camel_case_and_stores_the_adapters_names() -> None:
         "parameters.aspect_ratio",
         "parameters.duration",
         "parameters.generateAudio",
+        "parameters.generate_audio",
         "parameters.resolution",
     ]
 
@@ -452,7 +453,7 @@ def test_replicate_known_model_is_strict_unknown_model_is_free() -> None:
     assert request.number_of_outputs == 3 and "num_outputs" not in request.parameters
     found = family_problems("schnell", {"num_inference_steps": 5, "prompt_strength": 0.5})
     assert found[0] == "parameters.num_inference_steps: must be 1 to 4"
-    assert found[1].startswith("parameters: unknown field(s): prompt_strength")
+    assert found[1].startswith("parameters: unknown key(s): prompt_strength")
     assert family_problems("schnell", number_of_outputs=5) == [
         "number_of_outputs: black-forest-labs/flux-schnell makes at most 4 per job"
     ]

@@ -1,27 +1,36 @@
-"""What every provider adapter speaks, and what the shared provider actor needs.
+"""What every provider speaks, and what a provider module declares about itself.
 
-An adapter holds only a provider's wire protocol (DESIGN section 6): ``submit``
-answers ``Submitted`` (a remote task to poll) or ``Completed`` (the outputs at once),
-``check`` answers a ``TaskStatus``, ``cancel`` asks the provider to stop, and
-``reconcile`` tries to find a task that a crash left us unsure about. Failures are
-raised as ``EaselError`` with a code; the actor around the adapter decides about
-retries, tokens and slots.
+An adapter holds a provider's wire protocol: ``submit`` answers ``Submitted`` (a
+remote task to poll) or ``Completed`` (the outputs at once), ``check`` answers a
+``TaskStatus``, ``cancel`` asks the provider to stop, and ``reconcile`` tries to
+find a task that a crash left us unsure about. Failures are raised as
+``EaselError`` with a code; the actor around the adapter decides about retries,
+tokens and slots.
+
+Each provider module ends with a ``PROVIDER = Provider(...)`` record: everything
+else Easel knows about it (parameter rules per model, required settings, its own
+settings class, capabilities, secret patterns for redaction), so that adding a
+provider is adding one module to the registry in ``actors/providers/__init__.py``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
 
 from actors.catalog import ModelSpec, PollingSpec
+from actors.parameters import Rules
 
 
 @attrs.frozen
 class ProviderSettings:
-    """One ``[providers.NAME]`` section. Fields an adapter does not use are ignored."""
+    """One ``[providers.NAME]`` section: what every provider has. A provider with
+    settings of its own subclasses this (``Provider.settings``); fields an adapter
+    does not use are ignored."""
 
     adapter: str | None = None
     enabled: bool = True
@@ -30,7 +39,6 @@ class ProviderSettings:
     api_key: str = ""
     access_key: str = ""
     secret_key: str = ""
-    auth: str = "default"
     rate: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     burst: int = attrs.field(default=10, validator=attrs.validators.ge(1))
     max_in_flight: int = attrs.field(default=16, validator=attrs.validators.ge(1))
@@ -63,9 +71,6 @@ class ProviderSettings:
     allow_private_inputs: bool = False
     #: Polling for this provider's models that name none of their own.
     polling: PollingSpec | None = None
-    #: Sandbox only: seconds before an image is drawn / a video task "finishes".
-    delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
-    video_duration: float = attrs.field(default=20.0, validator=attrs.validators.ge(0))
 
 
 @attrs.frozen
@@ -170,3 +175,71 @@ class Adapter(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# -- what a provider module declares ----------------------------------------------------
+
+
+@attrs.frozen
+class Capabilities:
+    """What a provider's API offers besides submitting and checking a task."""
+
+    #: A task can be stopped (``cancel`` sends something); without it, a cancelled
+    #: job's task runs to its end at the provider (and is paid for).
+    cancel: bool = False
+    #: Tasks can be listed or looked up, so ``reconcile`` can prove whether a
+    #: submission that a crash interrupted reached the provider.
+    lookup: bool = False
+    #: The provider pushes task updates; the adapter implements ``WebhookReceiver``.
+    webhooks: bool = False
+
+
+def bare_task_id(handle: str) -> str:
+    """The provider's own id in a stored task handle ``"<id> <extra>"`` (see
+    ``Adapter.submit``): what a provider's webhook names the task by."""
+    return handle.partition(" ")[0]
+
+
+def nothing_missing(settings: ProviderSettings) -> tuple[str, ...]:
+    """For providers that need no credentials (the sandbox)."""
+    return ()
+
+
+def missing_of(settings: ProviderSettings, *choices: tuple[str, ...]) -> tuple[str, ...]:
+    """The settings still to set when any one of ``choices`` (each a group of
+    settings that must all be set) would do: nothing when a group is complete, else
+    the first group's unset names (the usual way, named in the message)."""
+    for group in choices:
+        if all(getattr(settings, name) for name in group):
+            return ()
+    return tuple(name for name in choices[0] if not getattr(settings, name))
+
+
+def _no_schema(provider_model: str) -> Rules:
+    return Rules(None)  # a model Easel knows no schema for: its provider judges
+
+
+@attrs.frozen
+class Provider:
+    """Everything Easel knows about one provider family, besides its catalog entries.
+
+    ``name`` is the adapter name a ``[providers.X]`` section selects (``adapter =``,
+    or the section's own name).
+    """
+
+    name: str
+    #: Builds the adapter for one section: ``adapter(settings, section_name)``.
+    adapter: Callable[[Any, str], Adapter]
+    capabilities: Capabilities
+    #: The settings that are missing for the provider to be usable at all (API keys).
+    missing: Callable[[Any], tuple[str, ...]] = nothing_missing
+    #: The parameters, output and input-image limits of a provider model.
+    rules: Callable[[str], Rules] = _no_schema
+    #: The section's settings class: ``ProviderSettings`` or a subclass with fields
+    #: only this provider has.
+    settings: type[ProviderSettings] = ProviderSettings
+    #: Secret-looking text this provider's keys and tokens look like:
+    #: ``(pattern, replacement)``, applied to every log line and error detail.
+    redactions: tuple[tuple[re.Pattern[str], str], ...] = ()
+    #: The provider's own id in a task handle this adapter stored.
+    task_id: Callable[[str], str] = bare_task_id

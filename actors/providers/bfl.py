@@ -1,6 +1,7 @@
-"""Black Forest Labs (FLUX) API: submission, polling, webhooks, and error mapping.
+"""Black Forest Labs (FLUX): everything Easel knows about BFL.
 
-Owns BFL's wire protocol only (``shared/providers.md`` section 1):
+Owns BFL's parameters per model (``FluxParameters``, which models take which
+input images), its wire protocol, and its ``PROVIDER`` record:
 
 - Submit: ``POST {base_url}/v1/{provider_model}`` with header ``x-key``; a JSON body
   of the model's inputs. The 200 answer carries ``id`` and ``polling_url``; when a
@@ -20,6 +21,11 @@ Owns BFL's wire protocol only (``shared/providers.md`` section 1):
 - Webhooks: ``webhook_url`` + ``webhook_secret`` in the submit body; BFL POSTs the
   finished task and echoes the secret verbatim in ``X-Webhook-Secret`` (a shared
   secret, not a signature), which ``parse_webhook`` compares in constant time.
+- Input images (BFL's OpenAPI schemas): FLUX 1.x text-to-image models
+  (``flux-pro-1.1``, ``flux-dev``, ``flux-pro-1.1-ultra``) take one base64 image as
+  ``image_prompt`` (Flux Redux); fill and expand take one base64 ``image``; Kontext
+  takes ``input_image`` .. ``input_image_4`` (base64 or URL), FLUX.2 up to 8 (klein
+  4). ``image_inputs`` is the one table of this, for checking and for the body.
 
 Not offered by BFL, so not here: cancel (a no-op) and any way to list or find tasks
 (``reconcile`` returns ``None``: a submission a crash left uncertain cannot be
@@ -28,25 +34,30 @@ proven either way).
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 import httpx
 
+from actors import signing
+from actors.conversion import Between, OneOf
 from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.parameters import Context, Rules, Seed, not_for, present
 from actors.providers import http
 from actors.providers.base import (
+    Capabilities,
     JobRequest,
+    Provider,
     ProviderSettings,
     Submitted,
     TaskState,
     TaskStatus,
     WebhookEvent,
+    missing_of,
 )
 
 #: Header BFL echoes the submission's ``webhook_secret`` back in.
@@ -82,21 +93,114 @@ class TaskHandle:
         return cls(task_id, url.strip() or None)
 
 
-# -- request body ----------------------------------------------------------------------
+# -- what each model takes --------------------------------------------------------------
+
+#: BFL makes one image per task.
+MAX_OUTPUTS = 1
+FLUX_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "21:9", "9:21", "3:2", "2:3")
+FLUX_FORMATS = OneOf(("jpeg", "png", "webp"))
+_WXH = re.compile(r"^(\d{1,5})[xX](\d{1,5})$")
 
 
-def takes_aspect_ratio(provider_model: str) -> bool:
-    """Kontext and Ultra size their output by ``aspect_ratio``; the others by width/height."""
-    return "kontext" in provider_model or "ultra" in provider_model
-
-
-def takes_input_images(provider_model: str) -> int:
-    """How many ``input_image*`` fields the model has (0: none)."""
-    if "kontext" in provider_model:
-        return 4
+def size_kind(provider_model: str) -> str:
+    """How a model sizes its output: ``ratio`` (Kontext, Ultra: ``aspect_ratio``),
+    ``flux2`` (width/height of at least 64) or ``sized`` (width/height, 256-1440)."""
+    if "kontext" in provider_model or "ultra" in provider_model:
+        return "ratio"
     if provider_model.startswith("flux-2"):
-        return 8
-    return 0
+        return "flux2"
+    return "sized"
+
+
+@attrs.frozen
+class ImageInputs:
+    """Where a model takes input images: its body fields in order, and whether
+    they must be base64 (a ``data:`` URI's payload) rather than URLs."""
+
+    fields: tuple[str, ...]
+    base64_only: bool
+
+
+def _numbered(count: int) -> tuple[str, ...]:
+    return ("input_image", *(f"input_image_{n}" for n in range(2, count + 1)))
+
+
+def image_inputs(provider_model: str) -> ImageInputs:
+    """The input images ``provider_model`` takes (see the module doc)."""
+    if "kontext" in provider_model or provider_model.startswith("flux-2-klein"):
+        return ImageInputs(_numbered(4), base64_only=False)
+    if provider_model.startswith("flux-2"):
+        return ImageInputs(_numbered(8), base64_only=False)
+    if "fill" in provider_model or "expand" in provider_model:
+        return ImageInputs(("image",), base64_only=True)
+    # FLUX 1.x text-to-image: one optional base64 image prompt (Flux Redux).
+    return ImageInputs(("image_prompt",), base64_only=True)
+
+
+@attrs.frozen
+class FluxParameters:
+    """BFL's inputs (``FluxPro11Inputs``, ``FluxDevInputs``, ``FluxKontextProInputs``...)."""
+
+    #: ``"16:9"`` (one of FLUX_RATIOS) or ``"1024x768"``; the adapter turns it into
+    #: width/height or aspect_ratio, whichever the model takes.
+    size_or_ratio: str | None = None
+    seed: Seed | None = None
+    prompt_upsampling: bool = False
+    safety_tolerance: Annotated[int, Between(0, 6)] = 2
+    #: Default per model: jpeg, but png for Kontext (as BFL documents).
+    output_format: Annotated[str, FLUX_FORMATS] | None = None
+    steps: Annotated[int, Between(1, 50)] | None = None
+    guidance: Annotated[float, Between(1.5, 5)] | None = None
+    raw: bool | None = None
+    image_prompt_strength: Annotated[float, Between(0, 1)] | None = None
+
+    def check(self, ctx: Context) -> list[tuple[str, str]]:
+        model, kind = ctx.provider_model, size_kind(ctx.provider_model)
+        found: list[tuple[str, str]] = []
+        if self.size_or_ratio is not None:
+            found += [("size_or_ratio", p) for p in self._size_problems(kind)]
+        if kind == "flux2" and self.safety_tolerance > 5:
+            found.append(("safety_tolerance", f"must be 0 to 5 for {model}"))
+        if not any(word in model for word in ("dev", "flex", "fill", "expand")):
+            found += not_for(self, ("steps", "guidance"), f"{model} takes no steps or guidance")
+        if "ultra" not in model:
+            found += not_for(self, ("raw", "image_prompt_strength"),
+                             f"only FLUX ultra models take it, not {model}")
+        return found
+
+    def _size_problems(self, kind: str) -> list[str]:
+        value = self.size_or_ratio or ""
+        if value in FLUX_RATIOS:
+            return []
+        size = _WXH.match(value)
+        if size is None:
+            return [f"must be a ratio ({', '.join(FLUX_RATIOS)}) or WIDTHxHEIGHT"]
+        width, height = int(size.group(1)), int(size.group(2))
+        if kind == "flux2":
+            ok = width >= 64 and height >= 64 and width * height <= 4_194_304
+            return [] if ok else ["width and height must be at least 64, at most 4 megapixels"]
+        if kind == "ratio":
+            ok = width > 0 and height > 0 and 9 / 21 <= width / height <= 21 / 9
+            return [] if ok else ["must have an aspect between 21:9 and 9:21"]
+        if not (256 <= width <= 1440 and 256 <= height <= 1440):
+            return ["width and height must be 256 to 1440"]
+        if width % 32 or height % 32:
+            return ["width and height must be multiples of 32"]
+        return []
+
+    def stored(self, ctx: Context) -> dict[str, Any]:
+        data = present(self)
+        data.setdefault("output_format", "png" if "kontext" in ctx.provider_model else "jpeg")
+        return data
+
+
+def rules(provider_model: str) -> Rules:
+    images = image_inputs(provider_model)
+    return Rules(FluxParameters, max_outputs=MAX_OUTPUTS, max_input_images=len(images.fields),
+                 base64_images=images.base64_only)
+
+
+# -- request body ----------------------------------------------------------------------
 
 
 def _size_fields(value: str, provider_model: str) -> dict[str, Any]:
@@ -105,7 +209,7 @@ def _size_fields(value: str, provider_model: str) -> dict[str, Any]:
     if size is None and ratio is None:
         raise EaselError(ErrorCode.INVALID_PARAMETERS,
                          f"size_or_ratio {value!r} is neither WIDTHxHEIGHT nor W:H")
-    if takes_aspect_ratio(provider_model):
+    if size_kind(provider_model) == "ratio":
         if size is not None:
             width, height = int(size.group(1)), int(size.group(2))
             divisor = math.gcd(width, height) or 1
@@ -138,24 +242,20 @@ def _image_fields(job: JobRequest) -> dict[str, Any]:
     if not images:
         return {}
     model = job.spec.provider_model
-    slots = takes_input_images(model)
-    if slots:
-        if len(images) > slots:
-            raise EaselError(ErrorCode.INVALID_PARAMETERS,
-                             f"{model} takes at most {slots} input images, got {len(images)}")
-        names = ["input_image"] + [f"input_image_{n}" for n in range(2, slots + 1)]
-        return {name: _image_value(image) for name, image in zip(names, images, strict=False)}
-    # FLUX 1.x text-to-image models take one base64 image as a Redux image prompt.
-    if len(images) == 1 and images[0].startswith("data:"):
-        return {"image_prompt": _image_value(images[0])}
-    raise EaselError(ErrorCode.INVALID_PARAMETERS,
-                     f"{model} takes no input image URL (only one base64 image prompt)")
+    takes = image_inputs(model)
+    if len(images) > len(takes.fields):
+        raise EaselError(ErrorCode.INVALID_PARAMETERS,
+                         f"{model} takes at most {len(takes.fields)} input images, got {len(images)}")
+    if takes.base64_only and not all(image.startswith("data:") for image in images):
+        raise EaselError(ErrorCode.INVALID_PARAMETERS,
+                         f"{model} takes its input image as base64 (a data: URI), not a URL")
+    return {name: _image_value(image) for name, image in zip(takes.fields, images, strict=False)}
 
 
 def request_body(job: JobRequest, webhook_url: str | None = None,
                  webhook_secret: str | None = None) -> dict[str, Any]:
     """The JSON body of ``POST /v1/{provider_model}`` for ``job``."""
-    if job.number_of_outputs != 1:
+    if job.number_of_outputs > MAX_OUTPUTS:
         raise EaselError(ErrorCode.INVALID_PARAMETERS,
                          "BFL makes one image per task: number_of_outputs must be 1")
     model = job.spec.provider_model
@@ -322,10 +422,8 @@ class BflAdapter:
         if not self.webhook_secret:
             raise EaselError(ErrorCode.AUTHENTICATION_FAILED,
                              f"{self.name}: no webhook_secret configured to verify webhooks")
-        presented = _header(headers, WEBHOOK_SECRET_HEADER)
-        if presented is None or not hmac.compare_digest(
-            presented.encode("utf-8"), self.webhook_secret.encode("utf-8")
-        ):
+        presented = signing.header(headers, WEBHOOK_SECRET_HEADER)
+        if presented is None or not signing.same(presented, self.webhook_secret):
             raise EaselError(ErrorCode.AUTHENTICATION_FAILED,
                              f"{self.name} webhook: missing or wrong {WEBHOOK_SECRET_HEADER}")
         try:
@@ -355,14 +453,10 @@ class BflAdapter:
         await self.client.aclose()
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header by case-insensitive name (plain dicts are not case-insensitive)."""
-    value = headers.get(name)
-    if value is None:
-        for key, candidate in headers.items():
-            if key.lower() == name:
-                return candidate
-    return value
-
-
-ADAPTER = BflAdapter
+PROVIDER = Provider(
+    name="bfl",
+    adapter=BflAdapter,
+    capabilities=Capabilities(webhooks=True),
+    missing=lambda settings: missing_of(settings, ("api_key",)),
+    rules=rules,
+)

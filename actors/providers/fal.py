@@ -1,4 +1,7 @@
-"""fal.ai's queue API (``shared/providers.md`` section 6): the wire protocol only.
+"""fal.ai's queue API: its wire protocol and what Easel knows of its models.
+
+``fal-ai/flux/dev``'s inputs are checked (``FalFluxDevInput``); other models'
+inputs are fal's to judge.
 
 Submit: ``POST {base_url}/{owner}/{app}[/{path}]`` with the model input as the JSON
 body (``?fal_webhook=<url>`` when Easel has a callback URL); the answer carries
@@ -23,22 +26,29 @@ Easel does not verify: a delivery is only a hint to check the request at once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 import httpx
 
+from actors.conversion import Between, Invalid, OneOf, type_name
 from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.parameters import Context, Rules, Seed, converter, present
 from actors.providers import http, outcomes
 from actors.providers.base import (
+    Capabilities,
     JobRequest,
+    Provider,
     ProviderSettings,
     Submitted,
     TaskState,
     TaskStatus,
     WebhookEvent,
+    missing_of,
 )
+from actors.redaction import MASK
 
 #: Progress reported for a request that is running (fal gives no percentage).
 RUNNING_PROGRESS = 0.1
@@ -47,6 +57,64 @@ QUEUED_PROGRESS = 0.05
 
 _MODERATION_TYPES = {"content_policy_violation"}
 _QUOTA_WORDS = ("exhausted balance", "user is locked", "insufficient balance")
+
+
+# -- parameters ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ImageSize:
+    width: Annotated[int, Between(1, 14142)]
+    height: Annotated[int, Between(1, 14142)]
+
+
+FAL_IMAGE_SIZES = ("square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3",
+                   "landscape_16_9")
+
+
+def _image_size(value: Any, _: Any) -> str | ImageSize:
+    if type(value) is str:
+        if value in FAL_IMAGE_SIZES:
+            return value
+        raise Invalid("must be one of " + ", ".join(FAL_IMAGE_SIZES) + " or {width, height}")
+    if type(value) is dict:
+        return converter.structure(value, ImageSize)
+    raise Invalid(f"expected a size name or {{width, height}}, got {type_name(value)}")
+
+
+converter.register_structure_hook_func(lambda t: t == (str | ImageSize), _image_size)
+
+
+@attrs.frozen
+class FalFluxDevInput:
+    """``fal-ai/flux/dev``'s inputs, with fal's defaults."""
+
+    image_size: str | ImageSize = "landscape_4_3"
+    num_inference_steps: Annotated[int, Between(1, 50)] = 28
+    guidance_scale: Annotated[float, Between(1, 20)] = 3.5
+    seed: Seed | None = None
+    enable_safety_checker: bool = True
+    output_format: Annotated[str, OneOf(("jpeg", "png"))] = "jpeg"
+    acceleration: Annotated[str, OneOf(("none", "regular", "high"))] | None = None
+    #: fal's name for ``number_of_outputs``; folded into it.
+    num_images: Annotated[int, Between(1, 4)] | None = None
+
+    def check(self, ctx: Context) -> list[tuple[str, str]]:
+        return []
+
+    def stored(self, ctx: Context) -> dict[str, Any]:
+        data = present(self)
+        data.pop("num_images", None)
+        return data
+
+
+def rules(provider_model: str) -> Rules:
+    if provider_model == "fal-ai/flux/dev":
+        return Rules(FalFluxDevInput, max_outputs=4, max_input_images=0, outputs_alias="num_images")
+    return Rules(None)
+
+
+# -- the queue -------------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -336,4 +404,12 @@ class FalAdapter:
         await self.client.aclose()
 
 
-ADAPTER = FalAdapter
+PROVIDER = Provider(
+    name="fal",
+    adapter=FalAdapter,
+    capabilities=Capabilities(cancel=True, webhooks=True),
+    missing=lambda settings: missing_of(
+        settings, ("api_key",), ("api_token",), ("access_key", "secret_key")),
+    rules=rules,
+    redactions=((re.compile(r"\b(Key)\s+[A-Za-z0-9._-]+:[A-Za-z0-9._-]+"), r"\1 " + MASK),),
+)

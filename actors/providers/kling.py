@@ -1,8 +1,9 @@
 """Kling AI's video API (official, and resold under the same paths by Tu-zi).
 
-Owns Kling's wire protocol and nothing else: how a request is authenticated, the
-create/query/list bodies, the ``{code, message, request_id, data}`` envelope, the
-task statuses, and the mapping of Kling's numeric error codes to Easel's.
+Owns everything Easel knows about Kling: its parameters (``KlingParameters``), how
+a request is authenticated, the create/query/list bodies, the ``{code, message,
+request_id, data}`` envelope, the task statuses, and the mapping of Kling's numeric
+error codes to Easel's.
 
 - Create: ``POST /v1/videos/text2video``, or ``POST /v1/videos/image2video`` when the
   job has input images. The answer's ``data.task_id`` is a numeric string.
@@ -12,7 +13,7 @@ task statuses, and the mapping of Kling's numeric error codes to Easel's.
 - Statuses: submitted, processing, succeed, failed (the reason in
   ``task_status_msg``); videos at ``data.task_result.videos[].url``. No progress.
 - Auth: by default a JWT (HS256, ``iss`` = access key, signed with the secret key,
-  valid 30 minutes), made locally and reused until shortly before it expires. With
+  valid 30 minutes; made with PyJWT), reused until shortly before it expires. With
   ``auth = "bearer"`` the ``api_key`` is sent as the bearer token instead (Tu-zi's
   reseller endpoint, ``https://api.tu-zi.com/kling``).
 - Cancel: Kling has no cancel API, so ``cancel`` does nothing.
@@ -27,27 +28,34 @@ task statuses, and the mapping of Kling's numeric error codes to Easel's.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
+import re
 import time
+import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 import httpx
+import jwt
+from jwt.warnings import InsecureKeyLengthWarning
 
+from actors.conversion import Between, OneOf, Text
 from actors.errors import EaselError, ErrorCode
+from actors.parameters import Context, Rules, not_for, present
 from actors.providers import http, outcomes
 from actors.providers.base import (
+    Capabilities,
     JobRequest,
+    Provider,
     ProviderSettings,
     Submitted,
     TaskState,
     TaskStatus,
     WebhookEvent,
+    missing_of,
 )
+from actors.redaction import MASK
 
 TEXT2VIDEO = "text2video"
 IMAGE2VIDEO = "image2video"
@@ -76,23 +84,81 @@ _STATES = {
 #: Body fields Easel fills itself; ``parameters`` cannot override them.
 _RESERVED = frozenset({"model_name", "prompt", "image", "callback_url", "external_task_id"})
 
+#: A Kling task makes one video, from at most two images (the first and last frame).
+MAX_OUTPUTS = 1
+MAX_INPUT_IMAGES = 2
+#: Kling wants the duration as a string; these numbers are taken for it.
+DURATIONS = {5: "5", 10: "10"}
+#: text2video's aspect ratio when none is given; image2video takes the image's.
+DEFAULT_ASPECT_RATIO = "16:9"
+
+
+# -- settings and parameters --------------------------------------------------------
+
+
+@attrs.frozen
+class KlingSettings(ProviderSettings):
+    """A Kling section: the shared settings and how requests are authenticated."""
+
+    #: ``"default"``: a JWT made from ``access_key`` and ``secret_key``;
+    #: ``"bearer"``: ``api_key`` sent as it is (Tu-zi's reseller endpoint).
+    auth: str = attrs.field(default="default", validator=attrs.validators.in_(("default", "bearer")))
+
+
+def for_endpoint(parameters: dict[str, Any], image2video: bool) -> dict[str, Any]:
+    """``parameters`` as the endpoint takes them: image2video has no
+    ``aspect_ratio`` (it is dropped), text2video defaults it."""
+    out = dict(parameters)
+    if image2video:
+        out.pop("aspect_ratio", None)
+    else:
+        out.setdefault("aspect_ratio", DEFAULT_ASPECT_RATIO)
+    return out
+
+
+@attrs.frozen
+class KlingParameters:
+    """text2video / image2video fields, with Kling's defaults."""
+
+    #: Kling wants the string; 5 and 10 are taken and stored as "5" and "10".
+    duration: Annotated[str, OneOf(tuple(DURATIONS.values()), DURATIONS, "5 or 10")] = "5"
+    mode: Annotated[str, OneOf(("std", "pro"), {"standard": "std", "professional": "pro"},
+                               "std or pro")] = "std"
+    #: text2video only (default 16:9); image2video takes the input image's.
+    aspect_ratio: Annotated[str, OneOf(("16:9", "9:16", "1:1"))] | None = None
+    negative_prompt: Annotated[str, Text(2500)] | None = None
+    cfg_scale: Annotated[float, Between(0, 1)] | None = None
+    camera_control: dict[str, Any] | None = None
+    sound: Annotated[str, OneOf(("on", "off"))] | None = None
+    static_mask: str | None = None
+    dynamic_masks: list[Any] | None = None
+    voice_list: list[Any] | None = None
+
+    def check(self, ctx: Context) -> list[tuple[str, str]]:
+        if ctx.input_images:
+            return []
+        return not_for(self, ("static_mask", "dynamic_masks", "voice_list"),
+                       "only image2video (a job with input_images) takes it")
+
+    def stored(self, ctx: Context) -> dict[str, Any]:
+        return for_endpoint(present(self), bool(ctx.input_images))
+
+
+RULES = Rules(KlingParameters, max_outputs=MAX_OUTPUTS, max_input_images=MAX_INPUT_IMAGES)
+
 
 # -- authentication ------------------------------------------------------------------
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+# Kling issues the secret key; its length is not Easel's to choose, so PyJWT's
+# warning about short HMAC keys would only repeat on every token.
+warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 
 def encode_jwt(access_key: str, secret_key: str, now: float, lifetime: int = TOKEN_LIFETIME) -> str:
     """The HS256 JWT Kling expects: ``{iss, exp, nbf}`` signed with the secret key."""
-    header = {"alg": "HS256", "typ": "JWT"}
     payload = {"iss": access_key, "exp": int(now) + lifetime, "nbf": int(now) - TOKEN_NOT_BEFORE_SKEW}
-    signing_input = ".".join(
-        _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, payload)
-    )
-    signature = hmac.new(secret_key.encode(), signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64url(signature)}"
+    return jwt.encode(payload, secret_key, algorithm="HS256")
 
 
 @attrs.define
@@ -226,13 +292,13 @@ def create_body(job: JobRequest) -> dict[str, Any]:
     (the last frame). image2video has no ``aspect_ratio``, so it is left out there.
     """
     endpoint = endpoint_for(job)
-    body: dict[str, Any] = {k: v for k, v in job.parameters.items() if k not in _RESERVED}
+    given = {k: v for k, v in job.parameters.items() if k not in _RESERVED}
+    body: dict[str, Any] = for_endpoint(given, endpoint == IMAGE2VIDEO)
     body["model_name"] = job.spec.provider_model
     body["prompt"] = job.prompt
     if "duration" in body and isinstance(body["duration"], int | float) and not isinstance(body["duration"], bool):
         body["duration"] = f"{body['duration']:g}"
     if endpoint == IMAGE2VIDEO:
-        body.pop("aspect_ratio", None)
         body["image"] = image_field(job.input_images[0])
         if len(job.input_images) > 1 and "image_tail" not in body:
             body["image_tail"] = image_field(job.input_images[1])
@@ -283,7 +349,7 @@ class KlingAdapter:
     """Kling's video API; see the module docstring."""
 
     def __init__(
-        self, settings: ProviderSettings, name: str = "kling", *, clock: Callable[[], float] = time.time
+        self, settings: KlingSettings, name: str = "kling", *, clock: Callable[[], float] = time.time
     ) -> None:
         self.name = name
         self.bearer = settings.auth == "bearer"
@@ -321,7 +387,7 @@ class KlingAdapter:
         return body["data"]
 
     async def submit(self, job: JobRequest) -> Submitted:
-        if job.number_of_outputs != 1:
+        if job.number_of_outputs > MAX_OUTPUTS:
             raise EaselError(ErrorCode.INVALID_PARAMETERS,
                              f"{self.name}: a Kling video task makes one video (number_of_outputs must be 1)",
                              {"provider": self.name}, sent=False)
@@ -395,4 +461,19 @@ class KlingAdapter:
         await self.client.aclose()
 
 
-ADAPTER = KlingAdapter
+def missing(settings: KlingSettings) -> tuple[str, ...]:
+    """A bearer token with ``auth = "bearer"`` (Tu-zi), else both JWT keys."""
+    if settings.auth == "bearer":
+        return missing_of(settings, ("api_key",), ("api_token",))
+    return missing_of(settings, ("access_key", "secret_key"))
+
+
+PROVIDER = Provider(
+    name="kling",
+    adapter=KlingAdapter,
+    capabilities=Capabilities(lookup=True, webhooks=True),
+    missing=missing,
+    rules=lambda provider_model: RULES,
+    settings=KlingSettings,
+    redactions=((re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+"), MASK),),  # the JWTs it signs with
+)

@@ -1,6 +1,7 @@
-"""OpenAI's Images API and the OpenAI-compatible resellers (Tu-zi), as an adapter.
+"""OpenAI's Images API and the OpenAI-compatible resellers (Tu-zi).
 
-Owns: the request bodies of ``POST {base_url}/images/generations`` (JSON) and
+Owns: the parameters each image model takes (``OpenAIParameters``, ``limits``), the
+request bodies of ``POST {base_url}/images/generations`` (JSON) and
 ``POST {base_url}/images/edits`` (multipart, used when a job has input images),
 the reading of ``{created, data: [{b64_json | url}]}``, and the mapping of the
 ``{"error": {message, type, param, code}}`` envelope to Easel's codes. ``base_url``
@@ -27,14 +28,26 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import attrs
 import httpx
 
+from actors.conversion import Between, OneOf, Text
 from actors.errors import EaselError, ErrorCode
+from actors.parameters import Context, Rules, not_for, present
 from actors.providers import http
-from actors.providers.base import Completed, JobRequest, ProviderSettings, TaskStatus
+from actors.providers.base import (
+    Capabilities,
+    Completed,
+    JobRequest,
+    Provider,
+    ProviderSettings,
+    TaskStatus,
+    missing_of,
+)
+from actors.redaction import MASK
 from actors.targets import TargetRefused, check_target
 
 #: Error ``code`` values OpenAI uses for safety rejections (dall-e answers
@@ -65,9 +78,106 @@ class InputImage:
         return (f"image-{index}.{INPUT_TYPES[self.content_type]}", self.data, self.content_type)
 
 
+# -- what each model takes --------------------------------------------------------------
+
+OPENAI_SIZES = {
+    "gpt": ("1024x1024", "1536x1024", "1024x1536", "auto"),
+    "dall-e-3": ("1024x1024", "1792x1024", "1024x1792"),
+    "dall-e-2": ("256x256", "512x512", "1024x1024"),
+    "edit": ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "auto"),
+}
+OPENAI_QUALITIES = {
+    "gpt": ("auto", "low", "medium", "high"),
+    "dall-e-3": ("auto", "hd", "standard"),
+    "dall-e-2": ("auto", "standard"),
+}
+_OPENAI_DEFAULTS = {
+    "gpt": {"size": "auto", "quality": "auto"},
+    "dall-e-3": {"size": "1024x1024", "quality": "standard", "style": "vivid"},
+    "dall-e-2": {"size": "1024x1024"},
+}
+_ALL_SIZES = tuple(sorted({s for sizes in OPENAI_SIZES.values() for s in sizes}))
+_ALL_QUALITIES = tuple(sorted({q for qs in OPENAI_QUALITIES.values() for q in qs}))
+#: Images one request makes at most (``n``), per kind of model.
+_MAX_OUTPUTS = {"dall-e-3": 1, "dall-e-2": 10, "gpt": 10}
+#: Input images an edit takes at most, per kind of model (dall-e-3 cannot edit).
+_MAX_INPUT_IMAGES = {"dall-e-3": 0, "dall-e-2": 1, "gpt": 16}
+
+
+def openai_kind(model: str) -> str:
+    """``dall-e-3``, ``dall-e-2`` or ``gpt`` (the GPT image models)."""
+    lowered = model.lower()
+    if lowered.startswith("dall-e-3"):
+        return "dall-e-3"
+    if lowered.startswith("dall-e"):
+        return "dall-e-2"
+    return "gpt"
+
+
 def is_dalle(model: str) -> bool:
     """dall-e-2/3 take ``response_format``; GPT image models reject it (always b64)."""
-    return model.lower().startswith("dall-e")
+    return openai_kind(model) != "gpt"
+
+
+def limits(model: str) -> tuple[int, int]:
+    """``(max outputs, max input images)`` of one request to ``model``."""
+    kind = openai_kind(model)
+    return _MAX_OUTPUTS[kind], _MAX_INPUT_IMAGES[kind]
+
+
+@attrs.frozen
+class OpenAIParameters:
+    """``/images/generations`` and ``/images/edits`` fields."""
+
+    size: Annotated[str, OneOf(_ALL_SIZES)] | None = None
+    quality: Annotated[str, OneOf(_ALL_QUALITIES)] | None = None
+    style: Annotated[str, OneOf(("vivid", "natural"))] | None = None
+    background: Annotated[str, OneOf(("transparent", "opaque", "auto"))] | None = None
+    output_format: Annotated[str, OneOf(("png", "jpeg", "webp"))] | None = None
+    output_compression: Annotated[int, Between(0, 100)] | None = None
+    moderation: Annotated[str, OneOf(("low", "auto"))] | None = None
+    response_format: Annotated[str, OneOf(("url", "b64_json"))] | None = None
+    input_fidelity: Annotated[str, OneOf(("high", "low"))] | None = None
+    user: Annotated[str, Text(256)] | None = None
+    #: OpenAI's name for ``number_of_outputs``; folded into it.
+    n: Annotated[int, Between(1, 10)] | None = None
+
+    def check(self, ctx: Context) -> list[tuple[str, str]]:
+        kind, model = openai_kind(ctx.provider_model), ctx.provider_model
+        edit = bool(ctx.input_images)
+        found: list[tuple[str, str]] = []
+        sizes = OPENAI_SIZES["edit" if edit and kind != "dall-e-3" else kind]
+        if self.size is not None and self.size not in sizes:
+            found.append(("size", f"{model} takes {', '.join(sizes)}"))
+        qualities = OPENAI_QUALITIES[kind] + (("standard",) if edit and kind == "gpt" else ())
+        if self.quality is not None and self.quality not in qualities:
+            found.append(("quality", f"{model} takes {', '.join(qualities)}"))
+        if kind != "dall-e-3":
+            found += not_for(self, ("style",), "only dall-e-3 takes a style")
+        if kind == "gpt":
+            found += not_for(self, ("response_format",), "GPT image models always answer base64")
+        else:
+            found += not_for(self, ("background", "output_format", "output_compression",
+                                    "moderation", "input_fidelity"), f"{model} does not take it")
+        if self.background == "transparent" and self.output_format == "jpeg":
+            found.append(("background", "transparent needs output_format png or webp"))
+        return found
+
+    def stored(self, ctx: Context) -> dict[str, Any]:
+        data = present(self)
+        data.pop("n", None)
+        for key, value in _OPENAI_DEFAULTS[openai_kind(ctx.provider_model)].items():
+            data.setdefault(key, value)
+        return data
+
+
+def rules(provider_model: str) -> Rules:
+    max_outputs, max_input_images = limits(provider_model)
+    return Rules(OpenAIParameters, max_outputs=max_outputs, max_input_images=max_input_images,
+                 outputs_alias="n")
+
+
+# -- request bodies ----------------------------------------------------------------------
 
 
 def generation_body(job: JobRequest) -> dict[str, Any]:
@@ -103,15 +213,17 @@ def _form_value(value: Any) -> str:
 
 
 def validate(job: JobRequest) -> None:
-    """Refuse, before paying, what the API documents it will refuse."""
+    """Refuse, before paying, what the API documents it will refuse (``limits``)."""
     model = job.spec.provider_model
-    if model.lower() == "dall-e-3":
-        if job.number_of_outputs != 1:
-            raise _invalid("dall-e-3 makes one image per request (number_of_outputs must be 1)")
-        if job.input_images:
-            raise _invalid("dall-e-3 cannot edit images; use gpt-image-1 (or dall-e-2) for input_images")
-    if not 1 <= job.number_of_outputs <= 10:
-        raise _invalid("number_of_outputs must be between 1 and 10")
+    max_outputs, max_input_images = limits(model)
+    if not 1 <= job.number_of_outputs <= max_outputs:
+        most = "one image" if max_outputs == 1 else f"1 to {max_outputs} images"
+        raise _invalid(f"{model} makes {most} per request "
+                       f"(number_of_outputs is {job.number_of_outputs})")
+    if not max_input_images and job.input_images:
+        raise _invalid(f"{model} cannot edit images; use gpt-image-1 (or dall-e-2) for input_images")
+    if len(job.input_images) > max_input_images:
+        raise _invalid(f"{model} takes at most {max_input_images} input images")
 
 
 def _invalid(message: str) -> EaselError:
@@ -355,4 +467,11 @@ def _no_task(provider: str, what: str, task_id: str) -> EaselError:
     )
 
 
-ADAPTER = OpenaiAdapter
+PROVIDER = Provider(
+    name="openai",
+    adapter=OpenaiAdapter,
+    capabilities=Capabilities(),
+    missing=lambda settings: missing_of(settings, ("api_key",), ("api_token",)),
+    rules=rules,
+    redactions=((re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "sk-" + MASK),),  # API keys
+)

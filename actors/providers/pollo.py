@@ -1,6 +1,6 @@
-"""Pollo AI's generation API (``shared/providers.md`` section 3): the wire protocol only.
+"""Pollo AI: everything Easel knows about Pollo's generation API.
 
-Owns: building ``POST {base}/generation/{brand}/{model}`` bodies (``{"input": {...},
+Owns: its parameters (``PolloParameters``), building ``POST {base}/generation/{brand}/{model}`` bodies (``{"input": {...},
 "webhookUrl": ...}``) from a job, reading the task id out of the submit answer,
 mapping ``GET {base}/generation/{taskId}/status`` (``generations[].status`` and
 ``.url``) to a ``TaskStatus``, mapping Pollo's error answers to Easel codes, and
@@ -29,28 +29,33 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
-import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
+import attrs
 import httpx
 
+from actors import signing
+from actors.conversion import Between, OneOf, Text
 from actors.errors import EaselError, ErrorCode
+from actors.parameters import Context, Ratio, Rules, Seed, present
 from actors.providers import http, outcomes
 from actors.providers.base import (
+    Capabilities,
     JobRequest,
+    Provider,
     ProviderSettings,
     Submitted,
     TaskState,
     TaskStatus,
     WebhookEvent,
+    missing_of,
 )
 
-#: A webhook whose timestamp is further than this from now is refused as a replay.
-WEBHOOK_TOLERANCE = 5 * 60
+#: Pollo makes one video per task, from at most two images (first and last frame).
+MAX_OUTPUTS = 1
+MAX_INPUT_IMAGES = 2
 
 _RUNNING = {"waiting", "pending", "queued", "queuing", "processing", "running"}
 _SUCCEEDED = {"succeed", "succeeded", "success", "completed"}
@@ -88,6 +93,35 @@ _PARAMETER_NAMES = {
     "generate_audio": "generateAudio",
     "image_tail": "imageTail",
 }
+
+
+# -- parameters ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class PolloParameters:
+    """Pollo's ``input`` fields. Allowed values are per model and undocumented, so
+    only the shapes are checked and no defaults are filled in (Pollo's own apply).
+    Taken in snake_case or in Pollo's camelCase (``negativePrompt``), as every
+    field name; sent in camelCase (``_PARAMETER_NAMES``)."""
+
+    duration: Annotated[int, Between(1, 20, from_text=True)] | None = None
+    negative_prompt: Annotated[str, Text(2500)] | None = None
+    seed: Seed | None = None
+    aspect_ratio: Ratio | None = None
+    resolution: Annotated[str, OneOf(("480p", "720p", "1080p"))] | None = None
+    generate_audio: bool | None = None
+    mode: Annotated[str, OneOf(("std", "pro"))] | None = None
+    strength: Annotated[int, Between(0, 100)] | None = None
+
+    def check(self, ctx: Context) -> list[tuple[str, str]]:
+        return []
+
+    def stored(self, ctx: Context) -> dict[str, Any]:
+        return present(self)
+
+
+RULES = Rules(PolloParameters, max_outputs=MAX_OUTPUTS, max_input_images=MAX_INPUT_IMAGES)
 
 
 # -- request bodies ---------------------------------------------------------------------
@@ -298,12 +332,6 @@ def _signing_keys(secret: str) -> list[bytes]:
     return keys
 
 
-def webhook_signature(key: bytes, webhook_id: str, timestamp: str, body: bytes) -> str:
-    """Base64 HMAC-SHA256 of ``"{id}.{timestamp}.{body}"``."""
-    content = f"{webhook_id}.{timestamp}.".encode() + body
-    return base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
-
-
 def _timestamp_seconds(value: str) -> float:
     stamp = float(value)
     return stamp / 1000 if stamp > 1e11 else stamp  # milliseconds (UNCONFIRMED unit)
@@ -312,26 +340,23 @@ def _timestamp_seconds(value: str) -> float:
 def verify_webhook(
     secret: str, headers: Mapping[str, str], body: bytes, now: float | None = None
 ) -> None:
-    """Raise ``ValueError`` unless the ``X-Webhook-*`` headers sign ``body`` with
-    ``secret`` within ``WEBHOOK_TOLERANCE`` of ``now``."""
-    lowered = {key.lower(): value for key, value in headers.items()}
-    webhook_id = lowered.get("x-webhook-id")
-    timestamp = lowered.get("x-webhook-timestamp")
-    signatures = lowered.get("x-webhook-signature")
+    """Raise ``SignatureError`` unless the ``X-Webhook-*`` headers sign ``body`` with
+    ``secret`` within ``signing.TOLERANCE`` of ``now``: a Base64 HMAC-SHA256 of
+    ``"{id}.{timestamp}.{body}"``, as Standard Webhooks but with Pollo's headers."""
+    webhook_id = signing.header(headers, "x-webhook-id")
+    timestamp = signing.header(headers, "x-webhook-timestamp")
+    signatures = signing.header(headers, "x-webhook-signature")
     if not (webhook_id and timestamp and signatures):
-        raise ValueError("missing X-Webhook-Id, X-Webhook-Timestamp or X-Webhook-Signature")
+        raise signing.SignatureError(
+            "missing X-Webhook-Id, X-Webhook-Timestamp or X-Webhook-Signature")
     try:
         sent_at = _timestamp_seconds(timestamp)
     except ValueError:
-        raise ValueError("X-Webhook-Timestamp is not a number") from None
-    if abs((time.time() if now is None else now) - sent_at) > WEBHOOK_TOLERANCE:
-        raise ValueError("X-Webhook-Timestamp is too far from now")
-    expected = [webhook_signature(key, webhook_id, timestamp, body) for key in _signing_keys(secret)]
-    for candidate in signatures.split():
-        value = candidate.partition(",")[2] if "," in candidate else candidate
-        if any(hmac.compare_digest(value.encode(), signature.encode()) for signature in expected):
-            return
-    raise ValueError("no X-Webhook-Signature matches")
+        raise signing.SignatureError("X-Webhook-Timestamp is not a number") from None
+    signing.fresh(sent_at, now, "X-Webhook-Timestamp")
+    expected = [signing.signature(key, webhook_id, timestamp, body) for key in _signing_keys(secret)]
+    if not signing.any_matches(signatures, expected):
+        raise signing.SignatureError("no X-Webhook-Signature matches")
 
 
 def webhook_status(payload: dict[str, Any], provider: str) -> TaskStatus | None:
@@ -368,7 +393,7 @@ class PolloAdapter:
         return unwrap(http.json_body(response, self.name), self.name, response.status_code)
 
     async def submit(self, job: JobRequest) -> Submitted:
-        if job.number_of_outputs != 1:
+        if job.number_of_outputs > MAX_OUTPUTS:
             raise EaselError(
                 ErrorCode.INVALID_PARAMETERS,
                 f"{self.name}: makes one video per task (number_of_outputs must be 1)",
@@ -412,7 +437,7 @@ class PolloAdapter:
                              f"{self.name}: no webhook_secret configured to verify webhooks")
         try:
             verify_webhook(self.webhook_secret, headers, body)
-        except ValueError as exc:
+        except signing.SignatureError as exc:
             raise EaselError(ErrorCode.AUTHENTICATION_FAILED, f"{self.name} webhook: {exc}") from None
         try:
             payload = unwrap(json.loads(body), self.name)
@@ -428,4 +453,10 @@ class PolloAdapter:
         await self.client.aclose()
 
 
-ADAPTER = PolloAdapter
+PROVIDER = Provider(
+    name="pollo",
+    adapter=PolloAdapter,
+    capabilities=Capabilities(webhooks=True),
+    missing=lambda settings: missing_of(settings, ("api_key",)),
+    rules=lambda provider_model: RULES,
+)

@@ -11,26 +11,38 @@ Replicate takes no idempotency key, so a crash between sending a create and
 recording its id is reconciled by listing recent predictions
 (``GET /v1/predictions``, newest first, cursor-paginated) and matching the exact
 input and a creation time after the job entered SUBMITTING.
+
+Webhooks are Standard Webhooks signed with the section's ``webhook_secret``
+(``actors/signing.py``). API tokens look like ``r8_...``; they are masked in logs.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+import attrs
 
 from actors import signing
+from actors.conversion import Between, OneOf
 from actors.errors import EaselError, ErrorCode
+from actors.parameters import Context, Rules, Seed, present
 from actors.providers import http, outcomes
 from actors.providers.base import (
+    Capabilities,
     JobRequest,
+    Provider,
     ProviderSettings,
     Submitted,
     TaskState,
     TaskStatus,
     WebhookEvent,
+    missing_of,
 )
+from actors.redaction import MASK
 
 _STATES = {
     "starting": TaskState.RUNNING,
@@ -44,6 +56,45 @@ _STATES = {
 RECONCILE_SKEW = 120.0
 #: Pages of the prediction list looked through when reconciling.
 RECONCILE_PAGES = 10
+
+
+# -- parameters -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class FluxSchnellInput:
+    """``black-forest-labs/flux-schnell``'s documented inputs, with their defaults."""
+
+    aspect_ratio: Annotated[str, OneOf(("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4",
+                                        "3:4", "4:3", "9:16", "9:21"))] = "1:1"
+    #: Replicate's name for ``number_of_outputs``; folded into it.
+    num_outputs: Annotated[int, Between(1, 4)] | None = None
+    seed: Seed | None = None
+    output_format: Annotated[str, OneOf(("webp", "jpg", "png"))] = "webp"
+    output_quality: Annotated[int, Between(0, 100)] = 80
+    go_fast: bool = True
+    megapixels: Annotated[str, OneOf(("1", "0.25"))] = "1"
+    num_inference_steps: Annotated[int, Between(1, 4)] = 4
+    disable_safety_checker: bool = False
+
+    def check(self, ctx: Context) -> list[tuple[str, str]]:
+        return []
+
+    def stored(self, ctx: Context) -> dict[str, Any]:
+        data = present(self)
+        data.pop("num_outputs", None)
+        return data
+
+
+def rules(provider_model: str) -> Rules:
+    """The models Easel knows the inputs of; any other is the provider's to judge."""
+    if provider_model.partition(":")[0] == "black-forest-labs/flux-schnell":
+        return Rules(FluxSchnellInput, max_outputs=4, max_input_images=0,
+                     outputs_alias="num_outputs")
+    return Rules(None)
+
+
+# -- bodies and answers ---------------------------------------------------------------
 
 
 def prediction_input(job: JobRequest) -> dict[str, Any]:
@@ -184,4 +235,13 @@ class ReplicateAdapter:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-ADAPTER = ReplicateAdapter
+
+
+PROVIDER = Provider(
+    name="replicate",
+    adapter=ReplicateAdapter,
+    capabilities=Capabilities(cancel=True, lookup=True, webhooks=True),
+    missing=lambda settings: missing_of(settings, ("api_token",)),
+    rules=rules,
+    redactions=((re.compile(r"\br8_[A-Za-z0-9]+"), "r8_" + MASK),),  # API tokens
+)
