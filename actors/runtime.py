@@ -40,7 +40,7 @@ from actors.monitor import Monitor
 from actors.outbox import Outbox, OutboxSettings
 from actors.poller import Poller
 from actors.provider import ProviderActor
-from actors.providers import make_adapter
+from actors.providers import make_adapter, missing_settings, usable
 from actors.providers.base import Adapter, ProviderSettings
 from actors.routing import Router
 from actors.scheduler import Scheduler
@@ -87,6 +87,18 @@ class Runtime:
         ``webhook_base_url`` makes ``/media/`` result URLs in them absolute."""
         self.store = store
         self.idempotency_window = idempotency_window
+        # A section without its keys is never started (``usable`` logs why), and
+        # its models are refused at submission naming the missing setting.
+        missing = {
+            name: why for name, settings in providers.items()
+            if settings.enabled and (why := missing_settings(name, settings)) is not None
+        }
+        providers = usable(providers)
+        #: Models whose provider is disabled for a missing setting -> that problem.
+        self.unavailable = {
+            name: missing[spec.provider] for name, spec in catalog.items()
+            if spec.provider in missing
+        }
         enabled = {name: settings for name, settings in providers.items() if settings.enabled}
         self.catalog = {
             name: spec for name, spec in catalog.items() if spec.provider in enabled

@@ -177,17 +177,28 @@ def parse_submission(
     body: Any,
     catalog: Mapping[str, ModelSpec],
     families: Mapping[str, str] | None = None,
+    unavailable: Mapping[str, str] | None = None,
 ) -> SubmissionRequest:
     """Check ``body`` and return it structured, with the model's parameters normalised.
 
     ``families`` maps a provider section to its adapter (``tuzi-kling`` -> ``kling``);
-    a section missing from it is its own adapter's name. Problems of the unified
-    fields and of the parameters are collected together, whichever fails first.
+    a section missing from it is its own adapter's name. ``unavailable`` maps the
+    models of providers disabled for a missing setting to that setting's
+    problem: such a model is refused naming it, not as unknown. Problems of the
+    unified fields and of the parameters are collected together, whichever fails
+    first.
     """
     if not isinstance(body, dict):
         raise EaselError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
     body, problems = fold_spellings(body, _FIELDS)
     model = body.get("modelIdentifier")
+    if type(model) is str and unavailable and model in unavailable:
+        raise EaselError(
+            ErrorCode.INVALID_REQUEST,
+            f"model {model!r} cannot be used: {unavailable[model]}",
+            {"model": model, "missing": unavailable[model]},
+            retryable=False,
+        )
     if type(model) is str and model not in catalog:
         raise EaselError(
             ErrorCode.INVALID_REQUEST,

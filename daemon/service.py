@@ -28,7 +28,6 @@ import hypercorn.utils
 import trio
 
 from actors.outbox import load_or_create_secret
-from actors.providers import usable
 from actors.runtime import Runtime
 from actors.store import open_store
 from daemon.api import create_app
@@ -107,7 +106,7 @@ async def _serve(
         async with open_store(state_dir / "easel.db") as store:
             runtime = Runtime(
                 store,
-                providers=usable(config.providers),
+                providers=config.providers,
                 catalog=config.models,
                 media_dir=media_dir,
                 max_download_bytes=config.media.max_download_bytes,

@@ -117,8 +117,10 @@ async def test_a_provider_without_its_key_is_never_called(
     assert "provider bfl disabled: providers.bfl.api_key is not set" in caplog.messages
     response = await easel.submit({"modelIdentifier": "flux-pro", "prompt": "a red fox"})
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["code"] == "INVALID_REQUEST"
-    assert "flux-pro" not in response.json()["error"]["details"]["knownModels"]
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_REQUEST" and not error["isRetryable"]
+    assert error["message"] == "model 'flux-pro' cannot be used: providers.bfl.api_key is not set"
+    assert error["details"] == {"model": "flux-pro", "missing": "providers.bfl.api_key is not set"}
     assert "bfl" not in easel.runtime.providers
     assert sum(sim.requests.values()) == 0 and sim.submissions == 0
 
