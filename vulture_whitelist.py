@@ -28,8 +28,8 @@ _.row_factory
 # attrs validators registered with the @field.validator decorator.
 _._check_interval_order
 
-# Columns of generation_requests kept as Job fields for batches, experiments and
-# ratings (DESIGN section 4), written and read by name through SQL.
+# Columns of generation_requests kept as Job fields for batches, A/B experiments
+# and ratings (features still to come), written and read by name through SQL.
 experiment_id, variant_id, rating, feedback
 # Model catalog keys operators set (and docs describe) that the code only carries.
 expected_duration

@@ -25,8 +25,8 @@ TOKEN = "r8_faults_token"
 JOBS = 300
 MAX_ATTEMPTS = 4
 
-#: Every code a job may end with (DESIGN section 5), less INTERNAL_ERROR: a fault
-#: of the provider must never surface as a bug of Easel's.
+#: Every code a job of this test may fail with (the taxonomy is ``actors/errors.py``),
+#: less INTERNAL_ERROR: a fault of the provider must never surface as a bug of Easel's.
 CLASSIFIED = {
     "INVALID_REQUEST", "INVALID_PARAMETERS", "AUTHENTICATION_FAILED", "QUOTA_EXCEEDED",
     "RATE_LIMITED", "PROVIDER_ERROR", "PROVIDER_UNAVAILABLE", "PROVIDER_TIMEOUT",

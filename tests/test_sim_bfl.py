@@ -1,4 +1,4 @@
-"""The BFL simulator speaks BFL's documented protocol (``shared/providers.md`` §1).
+"""The BFL simulator speaks BFL's documented protocol (``docs/providers.md``, "BFL (FLUX)").
 
 Plain HTTP against an in-process simulator on a hand-stepped clock, so lifecycle
 and expiry are exact; one subprocess test checks the CLI registration and options.

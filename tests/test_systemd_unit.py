@@ -90,8 +90,8 @@ def test_systemd_analyze_verify_is_silent() -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.skip("systemd-analyze is not installed; the unit was only parsed")
-    # It exits 0 on unknown keys and bad values and only prints them (DESIGN
-    # section 13), so any output at all is a failure.
+    # It exits 0 on unknown keys and bad values and only prints them, so any
+    # output at all is a failure.
     result = subprocess.run(
         [tool, "verify", "--man=no", str(UNIT)],
         capture_output=True,

@@ -1,4 +1,4 @@
-"""Black Forest Labs' FLUX API (``shared/providers.md`` section 1), simulated.
+"""Black Forest Labs' FLUX API (``docs/providers.md``, "BFL (FLUX)"), simulated.
 
 Covered: ``x-key`` auth; ``POST /v1/{model}`` for the FLUX models of the spec,
 answering 200 ``{id, polling_url, cost, input_mp, output_mp}`` (or, when a

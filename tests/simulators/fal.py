@@ -1,4 +1,4 @@
-"""fal.ai's queue API (``shared/providers.md`` section 6), simulated.
+"""fal.ai's queue API (``docs/providers.md``, "fal"), simulated.
 
 Served as under ``https://queue.fal.run``: ``POST /{owner}/{app}[/{path}]``
 submits (the body is the model input, ``?fal_webhook=`` asks for a webhook) and

@@ -1,4 +1,4 @@
-"""Kling AI's video API (``shared/providers.md`` section 2), simulated.
+"""Kling AI's video API (``docs/providers.md``, "Kling and Tu-zi Kling"), simulated.
 
 Covered: JWT auth (HS256 over ``{iss, exp, nbf}`` with the configured secret key;
 401 with codes 1001 empty / 1002 invalid / 1003 not yet valid / 1004 expired), or

@@ -1,4 +1,4 @@
-"""OpenAI's Images API (``shared/providers.md`` section 5), simulated.
+"""OpenAI's Images API (``docs/providers.md``, "OpenAI-compatible"), simulated.
 
 Served under ``/v1`` exactly as at ``https://api.openai.com/v1``, so a client's
 ``base_url`` is this simulator's root plus ``/v1`` (the official SDK included):

@@ -1,4 +1,4 @@
-"""Pollo AI's generation API (``shared/providers.md`` section 3), simulated.
+"""Pollo AI's generation API (``docs/providers.md``, "Pollo"), simulated.
 
 Served under ``/api/platform`` (the documented base URL is
 ``https://pollo.ai/api/platform``), so ``base_url = <simulator>/api/platform``:

@@ -1,4 +1,4 @@
-"""Replicate's HTTP API (``shared/providers.md`` section 4), simulated.
+"""Replicate's HTTP API (``docs/providers.md``, "Replicate"), simulated.
 
 Covered: Bearer auth, the three create routes (version, official model,
 deployment) answering 201 with the prediction object, get, cancel, and the
