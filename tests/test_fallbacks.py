@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from actors.breaker import BreakerConfig
-from actors.provider import RetryPolicy
+from actors.retry import RetryPolicy
 from tests.conftest import EmbeddedDaemon, free_port
 from tests.simulators.base import Knobs, serve_simulator
 from tests.simulators.replicate import ReplicateSimulator
