@@ -31,7 +31,7 @@ from actors.providers.base import ProviderSettings
 from actors.scheduler import Enqueue, Scheduler
 from actors.storage import LocalStorage
 from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, Store
-from actors.supervisor import ChildSpec, Supervisor
+from actors.supervisor import RESTART_BACKOFF, ChildSpec, Intensity, Supervisor, started_on_entry
 from actors.validation import fits
 
 log = logging.getLogger(__name__)
@@ -98,20 +98,21 @@ class Runtime:
         store.add_listener(self._on_change)
         store.add_listener(self.outbox.notify)
         self.supervisor = Supervisor(
-            self._children(), max_restarts=max_restarts, max_seconds=max_restart_seconds,
+            "easel", self._children(), intensity=Intensity(max_restarts, max_restart_seconds),
+            backoff=RESTART_BACKOFF,
             on_crash=lambda name, exc: self.monitor.emit("actor.crash", actor=name),
         )
 
     def _children(self) -> list[ChildSpec]:
         children = [
-            ChildSpec("monitor", self.monitor.run),
-            ChildSpec("finalizer", self.finalizer.run),
-            ChildSpec("scheduler", self.scheduler.run),
-            ChildSpec("outbox", self.outbox.run),
+            ChildSpec("monitor", started_on_entry(self.monitor.run)),
+            ChildSpec("finalizer", started_on_entry(self.finalizer.run)),
+            ChildSpec("scheduler", started_on_entry(self.scheduler.run)),
+            ChildSpec("outbox", started_on_entry(self.outbox.run)),
         ]
         for name in self.providers:
-            children.append(ChildSpec(f"provider:{name}", self.providers[name].run))
-            children.append(ChildSpec(f"poller:{name}", self.pollers[name].run))
+            children.append(ChildSpec(f"provider:{name}", started_on_entry(self.providers[name].run)))
+            children.append(ChildSpec(f"poller:{name}", started_on_entry(self.pollers[name].run)))
         return children
 
     @staticmethod
@@ -257,7 +258,7 @@ class Runtime:
         return {
             "draining": self.lifecycle.draining,
             "providers": providers,
-            "restarts": dict(self.supervisor.restart_counts),
+            "restarts": self.supervisor.statistics().restarts,
             "monitor": self.monitor.statistics(),
             "store": attrs.asdict(self.store.statistics()),
         }
