@@ -9,6 +9,7 @@ vulture reports is dead code and goes.
 # Quart calls these through its decorators (routes, request hooks, error handlers).
 tag_request, echo_request_id, easel_error, http_error, unexpected
 health_detailed, prometheus
+any_path  # the catch-all route of the test servers in tests/test_fetch.py
 _.merge_slashes  # werkzeug's url_map setting, read by the router
 
 # hypercorn.Config attributes, read by hypercorn.
