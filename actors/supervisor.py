@@ -322,11 +322,12 @@ class Supervisor:
         status = _Started(task_status)
         error: Exception | None = None
         try:
+            # The scope absorbs only its own cancellation (a rest_for_one stop); an
+            # error the child raises, even while being stopped, is caught below.
             with launch.scope:
-                try:
-                    await launch.slot.spec.start(task_status=status)
-                except Exception as exc:  # trio.Cancelled is a BaseException: not caught
-                    error = exc
+                await launch.slot.spec.start(task_status=status)
+        except Exception as exc:  # trio.Cancelled is a BaseException: not caught
+            error = exc
         finally:
             launch.done.set()
         ended = _Ended(launch, error)

@@ -331,6 +331,34 @@ async def test_rest_for_one_restarts_the_later_siblings_in_order(
     assert restarts(sup) == {"before": 0, "provider": 1, "poller": 1, "once": 0}
 
 
+async def test_a_sibling_failing_while_stopped_does_not_break_the_supervisor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    crashes: list[tuple[str, BaseException]] = []
+    poller_runs = 0
+
+    async def poller(*, task_status: trio.TaskStatus[None]) -> None:
+        nonlocal poller_runs
+        poller_runs += 1
+        async with trio.open_nursery() as nursery:  # its own tasks: errors come as groups
+            nursery.start_soon(trio.sleep_forever)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                if poller_runs == 1:
+                    raise Boom("cleanup failed")
+
+    provider = CrashOnce(idle=True)
+    sup = supervisor([ChildSpec("provider", provider), ChildSpec("poller", poller)], crashes,
+                     strategy=Strategy.REST_FOR_ONE)
+    with trio.move_on_after(10):
+        await sup.run()
+    assert (provider.runs, poller_runs) == (2, 2)
+    assert [path for path, _ in crashes] == ["provider"]  # the stop was ours, not a crash
+    assert restarts(sup) == {"provider": 1, "poller": 1}
+
+
 async def test_one_for_one_leaves_the_later_siblings_alone(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
