@@ -277,13 +277,16 @@ class Supervisor:
                 (s.due for s in self._slots if s.state is ChildState.BACKING_OFF),
                 default=math.inf,
             )
-            with trio.move_on_at(due):
+            ended: _Ended | None = None
+            with trio.move_on_at(due):  # around the wait only: handling it must not be cut short
                 ended = await self._receive.receive()
-                slot = ended.launch.slot
-                # An end already dealt with (a rest_for_one sibling stopped on purpose
-                # that crashed while stopping) is not handled twice.
-                if slot.launch is ended.launch and slot.state is ChildState.RUNNING:
-                    await self._ended(slot, ended.error)
+            if ended is None:
+                continue
+            slot = ended.launch.slot
+            # An end already dealt with (a rest_for_one sibling stopped on purpose
+            # that failed while stopping) is not handled twice.
+            if slot.launch is ended.launch and slot.state is ChildState.RUNNING:
+                await self._ended(slot, ended.error)
 
     async def _start_due(self, nursery: trio.Nursery) -> None:
         """(Re)start, in order, the children whose backoff is over."""

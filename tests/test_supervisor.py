@@ -6,6 +6,7 @@ Everything runs on trio's MockClock (autojump): backoffs and windows cost no rea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -357,6 +358,40 @@ async def test_a_sibling_failing_while_stopped_does_not_break_the_supervisor(
     assert (provider.runs, poller_runs) == (2, 2)
     assert [path for path, _ in crashes] == ["provider"]  # the stop was ours, not a crash
     assert restarts(sup) == {"provider": 1, "poller": 1}
+
+
+async def test_a_restart_falling_due_while_siblings_stop_does_not_cut_the_stop_short(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    runs = {"b": 0, "slow": 0, "c": 0}
+
+    def child(name: str, crash_at: float) -> Start:
+        async def run(*, task_status: trio.TaskStatus[None]) -> None:
+            runs[name] += 1
+            task_status.started()
+            try:
+                if runs[name] == 1:
+                    await trio.sleep_until(crash_at)
+                    raise Boom(name)
+                await trio.sleep_forever()
+            finally:
+                if name == "slow":
+                    with trio.CancelScope(shield=True):
+                        await trio.sleep(1)  # stopping takes a second
+
+        return run
+
+    sup = supervisor(
+        [ChildSpec("b", child("b", 10)), ChildSpec("slow", child("slow", math.inf)),
+         ChildSpec("c", child("c", 9.8))],
+        strategy=Strategy.REST_FOR_ONE, backoff=Backoff(base=0.5, cap=0.5, jitter=0.0),
+    )
+    # c crashes at 9.8 and is due again at 10.3, in the middle of stopping "slow"
+    # after b's crash at 10: b, slow and c must all come back all the same.
+    with trio.move_on_after(30):
+        await sup.run()
+    assert runs == {"b": 2, "slow": 2, "c": 2}
+    assert restarts(sup) == {"b": 1, "slow": 1, "c": 1}
 
 
 async def test_one_for_one_leaves_the_later_siblings_alone(
