@@ -14,9 +14,9 @@ the connect) reach the host's own services.
 Redirects are followed by hand, each hop resolved and checked like the first, at
 most ``max_redirects``; the method and body are kept on every hop (a webhook turned
 into a GET would lose its payload). No proxy from the environment is used (it would
-connect wherever it likes) and no connection is kept for reuse: pooled connections
-are keyed by address, and one opened for another name would skip this name's
-certificate check. ``read_capped`` reads a body without holding more than a limit.
+connect wherever it likes), and neither connections nor cookies are kept: both
+would be keyed by address, so a connection opened for another name would skip
+this name's certificate check, and a cookie would go to every name on the address. ``read_capped`` reads a body without holding more than a limit.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -88,6 +89,9 @@ class Fetcher:
             follow_redirects=False,
             trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
+            # No cookie kept: it would be stored under the address, and sent to
+            # every other name served there.
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
         )
 
     async def __aenter__(self) -> Fetcher:
@@ -142,7 +146,8 @@ class Fetcher:
             raise FetchFailed(f"cannot resolve: {exc}") from None
         except (httpx.InvalidURL, ValueError) as exc:  # UnicodeError from a resolver too
             raise TargetRefused(f"cannot resolve: {exc}") from None
-        pinned_headers = {**headers, "host": named.netloc.decode("ascii")}
+        pinned_headers = {k: v for k, v in headers.items() if k.lower() != "host"}
+        pinned_headers["host"] = named.netloc.decode("ascii")
         extensions = {}
         if named.scheme == "https" and not _is_literal(target.host):
             extensions["sni_hostname"] = named.raw_host.decode("ascii")

@@ -38,6 +38,7 @@ class Server:
 
     url: str = ""
     seen: list[tuple[str, str, str, bytes]] = attrs.field(factory=list)
+    cookies: list[str] = attrs.field(factory=list)
 
 
 async def start_server(nursery: trio.Nursery, host: str, port: int = 0) -> Server:
@@ -49,6 +50,9 @@ async def start_server(nursery: trio.Nursery, host: str, port: int = 0) -> Serve
         server.seen.append(
             (request.method, "/" + path, request.headers.get("host", ""), await request.get_data())
         )
+        server.cookies.append(request.headers.get("cookie", ""))
+        if path == "cookie":
+            return b"", 200, {"set-cookie": "session=secret; Path=/"}
         if path == "loop":
             return b"", 302, {"location": "/loop"}
         if path == "redirect":
@@ -179,6 +183,15 @@ async def test_a_redirect_without_location_is_the_answer(servers: Servers) -> No
     async with fetcher() as fetch:
         async with fetch.stream("GET", f"{servers.outside.url}/redirect?to=") as response:
             assert response.status_code == 307
+
+
+async def test_no_cookie_is_kept_between_fetches(servers: Servers) -> None:
+    # Both names are served at 127.0.0.1: a cookie kept under the address would
+    # go from one to the other.
+    async with fetcher(Dns(["127.0.0.1"])) as fetch:
+        await get(fetch, f"http://one.example:{servers.port}/cookie")
+        await get(fetch, f"http://two.example:{servers.port}/image")
+    assert servers.outside.cookies == ["", ""]
 
 
 # -- size cap -------------------------------------------------------------------------
