@@ -26,8 +26,7 @@ from actors.fetch import FetchFailed, TooLarge, read_capped
 from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
 from actors.monitor import Monitor
-from actors.providers.http import parse_retry_after
-from actors.retry import RetryPolicy
+from actors.retry import RetryPolicy, parse_retry_after
 from actors.storage import LocalStorage, extension_for
 from actors.store import Store
 

@@ -39,8 +39,7 @@ from actors.clock import trio_time_of, wall_now
 from actors.fetch import Fetcher, FetchFailed
 from actors.jobs import Job
 from actors.monitor import Monitor
-from actors.providers.http import parse_retry_after
-from actors.retry import Backoff
+from actors.retry import Backoff, parse_retry_after
 from actors.signing import SignatureError, secret_key, sign
 from actors.storage import MEDIA_PREFIX
 from actors.store import (

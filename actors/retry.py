@@ -1,7 +1,8 @@
 """How long to wait before trying again: the one backoff schedule of Easel.
 
-Owns ``Backoff`` (exponential, capped, jittered, honouring ``Retry-After``) and
-``RetryPolicy`` (a ``Backoff`` with a number of attempts). Every retry in the daemon
+Owns ``Backoff`` (exponential, capped, jittered, honouring ``Retry-After``),
+``RetryPolicy`` (a ``Backoff`` with a number of attempts) and
+``parse_retry_after`` (the header, in seconds). Every retry in the daemon
 draws its waits from these: a provider's repeatable calls and the finalizer's
 downloads (``RetryPolicy``), the supervisor's restarts and the outbox's delivery
 schedule (``Backoff``; the supervisor bounds restarts by its intensity, the outbox
@@ -20,7 +21,9 @@ small pure type, and each caller keeps its loop.
 
 from __future__ import annotations
 
+import email.utils
 import random
+import time
 from typing import TYPE_CHECKING
 
 import attrs
@@ -89,3 +92,19 @@ class RetryPolicy(Backoff):
             cap=settings.retry_cap,
             jitter=settings.retry_jitter,
         )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP
+    date), or ``None`` when it is absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

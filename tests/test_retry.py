@@ -1,13 +1,16 @@
-"""actors/retry.py: the backoff schedule and the retry policy (pure, no waiting)."""
+"""actors/retry.py: the backoff schedule, the retry policy and the Retry-After
+header (pure, no waiting)."""
 
 from __future__ import annotations
 
+import email.utils
 import random
+import time
 
 import pytest
 
 from actors.providers.base import ProviderSettings
-from actors.retry import Backoff, RetryPolicy
+from actors.retry import Backoff, RetryPolicy, parse_retry_after
 
 
 def test_retry_delays_grow_to_the_cap_and_honour_retry_after() -> None:
@@ -56,3 +59,12 @@ def test_retry_policy_reads_the_provider_section() -> None:
 def test_nonsense_is_refused(fields: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**fields)  # type: ignore[arg-type]
+
+
+def test_retry_after_header_in_seconds_or_as_a_date() -> None:
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("-5") == 0.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
+    assert 55 <= (parse_retry_after(in_a_minute) or 0) <= 60
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once
