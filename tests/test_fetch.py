@@ -10,6 +10,7 @@ real one.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import AsyncIterator
 
@@ -141,6 +142,25 @@ async def test_a_rebinding_name_cannot_reach_loopback_with_the_real_check(
             pass  # no route to that address from here: what matters is where it went
     assert dns.asked == [("rebind.example", servers.port)]
     assert servers.outside.seen == servers.inside.seen == []
+
+
+async def test_https_names_the_host_in_tls_not_the_address(nursery: trio.Nursery) -> None:
+    """The TLS ClientHello, sent to the pinned address, carries the name as its
+    server name (SNI), which is also what the certificate is verified against."""
+    hellos: list[bytes] = []
+
+    async def handshake(stream: trio.SocketStream) -> None:
+        hellos.append(await stream.receive_some(65536))
+        await stream.aclose()  # no certificate to offer: the fetch fails after the hello
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handshake, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with fetcher(Dns(["127.0.0.1"])) as fetch:
+        with pytest.raises(FetchFailed):
+            await get(fetch, f"https://secure.example:{port}/image")
+    [hello] = hellos
+    assert hello[0] == 0x16  # a TLS handshake record ...
+    assert b"secure.example" in hello  # ... naming the host, though sent to its address
 
 
 # -- redirects ------------------------------------------------------------------------
