@@ -4,8 +4,10 @@ Mailbox (``actors/messages.py``): ``Finalize(job)`` for a job that has just ente
 FINALIZING. On start it also takes every job left in FINALIZING (after a crash or a restart), since the
 provider's output URLs are stored on the job. Downloads are streamed and capped in
 size, their content type is checked, and ``data:`` URIs (synchronous providers) are
-decoded in place. Provider URLs expire (BFL's after 10 minutes), so finalizing is
-never queued behind polling.
+decoded in place. A download that fails in a way that may pass (a connection
+error, a 5xx, a 429) is retried per ``DOWNLOAD_RETRY``, never sooner than the
+answer's ``Retry-After``. Provider URLs expire (BFL's after 10 minutes), so
+finalizing is never queued behind polling.
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ import trio
 
 from actors import context
 from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.fetch import FetchFailed, TooLarge, read_capped
 from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
 from actors.messages import Finalize
 from actors.monitor import Monitor
+from actors.retry import RetryPolicy, parse_retry_after
 from actors.storage import LocalStorage, extension_for
 from actors.store import Store
 
 log = logging.getLogger(__name__)
 
-ATTEMPTS = 4
+#: Attempts at downloading one output, and the waits between them (about 1, 2, 4 s).
+DOWNLOAD_RETRY = RetryPolicy(max_attempts=4, base=1.0, cap=8.0, jitter=0.5)
 
 
 def decode_data_uri(uri: str) -> tuple[bytes, str]:
@@ -74,12 +79,15 @@ class Finalizer:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    def _too_large(self) -> EaselError:
+        return EaselError(ErrorCode.PROVIDER_ERROR, f"output is larger than {self.max_bytes} bytes",
+                          retryable=False)
+
     async def _download(self, url: str) -> tuple[bytes, str]:
         if url.startswith("data:"):
             data, content_type = decode_data_uri(url)
             if len(data) > self.max_bytes:
-                raise EaselError(ErrorCode.PROVIDER_ERROR,
-                                 f"output is larger than {self.max_bytes} bytes", retryable=False)
+                raise self._too_large()
             return data, content_type
         try:
             async with self._client.stream("GET", url) as response:
@@ -89,6 +97,7 @@ class Finalizer:
                         f"output download answered HTTP {response.status_code}",
                         {"status": response.status_code},
                         retryable=response.status_code >= 500 or response.status_code == 429,
+                        retry_after=parse_retry_after(response.headers.get("retry-after")),
                     )
                 content_type = response.headers.get("content-type", "")
                 if extension_for(content_type) is None:
@@ -97,25 +106,10 @@ class Finalizer:
                         f"output has unexpected content type {content_type!r}",
                         retryable=False,
                     )
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > self.max_bytes:
-                    raise EaselError(
-                        ErrorCode.PROVIDER_ERROR,
-                        f"output is larger than {self.max_bytes} bytes",
-                        retryable=False,
-                    )
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise EaselError(
-                            ErrorCode.PROVIDER_ERROR,
-                            f"output is larger than {self.max_bytes} bytes",
-                            retryable=False,
-                        )
-                    chunks.append(chunk)
-                return b"".join(chunks), content_type
-        except httpx.HTTPError as exc:
+                return await read_capped(response, self.max_bytes), content_type
+        except TooLarge:
+            raise self._too_large() from None
+        except (httpx.HTTPError, FetchFailed) as exc:
             raise EaselError(
                 ErrorCode.PROVIDER_UNAVAILABLE, f"output download failed: {type(exc).__name__}"
             ) from exc
@@ -123,14 +117,14 @@ class Finalizer:
     async def _store_outputs(self, job: Job) -> list[dict[str, str]]:
         results = []
         for index, url in enumerate(job.provider_outputs):
-            for attempt in range(1, ATTEMPTS + 1):
+            for attempt in range(1, DOWNLOAD_RETRY.max_attempts + 1):
                 try:
                     data, content_type = await self._download(url)
                     break
                 except EaselError as exc:
-                    if not exc.info.is_retryable or attempt == ATTEMPTS:
+                    if not exc.info.is_retryable or attempt == DOWNLOAD_RETRY.max_attempts:
                         raise
-                    await trio.sleep(0.5 * 2**attempt)
+                    await trio.sleep(DOWNLOAD_RETRY.delay(attempt, exc.retry_after))
             path = await self.storage.save(job.id, index, data, content_type)
             kind = "video" if content_type.startswith("video/") else "image"
             results.append({"type": kind, "url": path, "contentType": content_type})

@@ -2,17 +2,19 @@
 
 Owns the ``webhook_outbox`` rows once they exist (``Store.transition`` writes one in
 the same transaction that makes a job with a ``webhook_url`` terminal, so a crash
-can never lose a delivery) and takes no messages: a store listener wakes it when a
-new row may be due, and a timer when a retry falls due.
+can never lose a delivery). It takes no messages: the store's change feed wakes it
+when a new row may be due, and a timer when a retry falls due.
 
 Each delivery POSTs the job JSON (``Job.to_api()``, media URLs made absolute)
 signed per Standard Webhooks (``webhook-id`` stable per delivery,
-``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256>``). A 2xx marks
-it delivered; 410 Gone stops it; anything else is retried with exponential backoff
-and jitter until the row is ``max_age`` old. A target that is not a public address
-(unless allowed) fails at once: retrying cannot make it acceptable. Rows live in
-SQLite, so retries survive restarts: on start every due row is picked up again.
-Delivery is at least once: a receiver should de-duplicate on ``webhook-id``.
+``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256>``) through the
+SSRF-checked ``Fetcher`` (``actors/fetch.py``). A 2xx marks it delivered; 410 Gone
+stops it; anything else is retried per ``BACKOFF`` (never sooner than the
+receiver's ``Retry-After``) until the row is ``max_age`` old. A target that is not
+a public address (unless allowed) fails at once: retrying cannot make it
+acceptable. Rows live in SQLite, so retries survive restarts: on start every due
+row is picked up again. Delivery is at least once: a receiver should de-duplicate
+on ``webhook-id``.
 """
 
 from __future__ import annotations
@@ -25,18 +27,19 @@ import os
 import random
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import attrs
-import httpx
 import trio
 
 from actors import context
 from actors.clock import trio_time_of, wall_now
+from actors.fetch import Fetcher, FetchFailed
 from actors.jobs import Job
 from actors.monitor import Monitor
+from actors.retry import Backoff, parse_retry_after
 from actors.signing import SignatureError, secret_key, sign
 from actors.storage import MEDIA_PREFIX
 from actors.store import (
@@ -46,20 +49,14 @@ from actors.store import (
     OutboxRow,
     Store,
 )
-from actors.targets import Resolver, TargetRefused, check_target, resolve_host
+from actors.targets import IPAddress, Resolver, TargetRefused, is_public, resolve_host
 
 log = logging.getLogger(__name__)
 
-#: Seconds before the first retry; each further retry waits twice as long ...
-FIRST_RETRY = 5.0
-#: ... up to this.
-MAX_RETRY = 3600.0
-#: Each wait is stretched by up to this fraction, at random, so receivers that come
-#: back after an outage are not hit by every pending delivery in the same second.
-JITTER = 0.2
-#: Redirects followed per attempt (each hop's target is checked like the first).
-MAX_REDIRECTS = 5
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Waits between attempts: 5 s, then twice as long each time up to an hour, each
+#: shortened by up to a fifth at random, so that receivers that come back after an
+#: outage are not hit by every pending delivery in the same second.
+BACKOFF = Backoff(base=5.0, cap=3600.0, jitter=0.2)
 
 
 def _check_secret(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
@@ -87,13 +84,6 @@ class OutboxSettings:
     timeout: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
     #: Deliveries attempted at once.
     max_concurrency: int = attrs.field(default=16, validator=attrs.validators.ge(1))
-
-
-def retry_delay(attempts: int, rng: random.Random) -> float:
-    """Seconds to wait after the ``attempts``-th failed attempt: 5, 10, 20, ...
-    capped at an hour, each stretched by up to ``JITTER``."""
-    base = min(FIRST_RETRY * 2 ** min(attempts - 1, 30), MAX_RETRY)
-    return base * (1 + JITTER * rng.random())
 
 
 def new_secret() -> str:
@@ -143,11 +133,15 @@ def absolutise(data: dict[str, Any], base_url: str) -> dict[str, Any]:
 
 
 class _Failed(Exception):
-    """One attempt failed; ``status`` is the receiver's answer when there was one."""
+    """One attempt failed; ``status`` is the receiver's answer when there was one,
+    ``retry_after`` the seconds its ``Retry-After`` asked for."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class Outbox:
@@ -158,39 +152,46 @@ class Outbox:
         store: Store,
         settings: OutboxSettings,
         *,
+        changes: trio.MemoryReceiveChannel[Job],
+        monitor: Monitor,
         base_url: str = "",
-        monitor: Monitor | None = None,
         rng: random.Random | None = None,
         resolve: Resolver = resolve_host,
-        transport: httpx.AsyncBaseTransport | None = None,
+        public: Callable[[IPAddress], bool] = is_public,
     ) -> None:
+        """``changes``: the store's change feed (a job that ended with a
+        ``webhook_url`` has a new row to deliver). ``resolve`` and ``public`` are
+        the ``Fetcher``'s seams for tests."""
         self.store = store
         self.settings = settings
         self.base_url = base_url
         self.monitor = monitor
+        self._changes = changes
         self._rng = rng or random.Random()
         self._resolve = resolve
-        self._transport = transport
+        self._public = public
         self._in_flight: set[str] = set()
         self._wake = trio.Event()
         self._warned_no_secret = False
 
-    def notify(self, job: Job) -> None:
-        """Store listener: a job that just ended with a webhook_url has a new row."""
-        if job.state.terminal and job.webhook_url:
-            self._wake.set()
+    async def _follow_changes(self) -> None:
+        """Wake the delivery loop when a job ends with a ``webhook_url``: its row
+        was written in the same transaction."""
+        async for job in self._changes:
+            if job.state.terminal and job.webhook_url:
+                self._wake.set()
 
     def _emit(self, kind: str, **data: Any) -> None:
-        if self.monitor is not None:
-            self.monitor.emit(kind, **data)
+        self.monitor.emit(kind, **data)
 
     async def run(self) -> None:
-        async with httpx.AsyncClient(
+        async with Fetcher(
             timeout=self.settings.timeout,
-            follow_redirects=False,  # followed by hand, each hop checked
-            trust_env=False,  # a proxy from the environment would bypass the check
-            transport=self._transport,
-        ) as client, trio.open_nursery() as nursery:
+            allow_private=self.settings.allow_private_targets,
+            resolve=self._resolve,
+            public=self._public,
+        ) as fetcher, trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_changes)
             while True:
                 # A fresh event before looking: a row that commits while we look
                 # sets it, and the loop looks again.
@@ -207,7 +208,7 @@ class Outbox:
                 elif free > 0:
                     for row in await self.store.due_webhooks(wall_now(), free, self._in_flight):
                         self._in_flight.add(row.id)
-                        nursery.start_soon(self._deliver, client, row, name=f"webhook:{row.id}")
+                        nursery.start_soon(self._deliver, fetcher, row, name=f"webhook:{row.id}")
                     if len(self._in_flight) < self.settings.max_concurrency:
                         due = await self.store.next_webhook_at(self._in_flight)
                         if due is not None:
@@ -215,20 +216,21 @@ class Outbox:
                 with trio.move_on_at(deadline):
                     await self._wake.wait()
 
-    async def _deliver(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
+    async def _deliver(self, fetcher: Fetcher, row: OutboxRow) -> None:
         context.job_id.set(row.job_id)
         try:
-            await self._attempt(client, row)
+            await self._attempt(fetcher, row)
         finally:
             self._in_flight.discard(row.id)
             self._wake.set()
 
-    async def _attempt(self, client: httpx.AsyncClient, row: OutboxRow) -> None:
+    async def _attempt(self, fetcher: Fetcher, row: OutboxRow) -> None:
         attempt = row.attempts + 1
+        retry_after = None
         try:
             try:
                 with trio.fail_after(self.settings.timeout):
-                    status = await self._post(client, row)
+                    status = await self._post(fetcher, row)
             except trio.TooSlowError:
                 raise _Failed(f"no answer within {self.settings.timeout:g} s") from None
         except TargetRefused as exc:
@@ -238,7 +240,7 @@ class Outbox:
             self._emit("webhook.failed", reason="target")
             return
         except _Failed as exc:
-            status, error = exc.status, str(exc)
+            status, error, retry_after = exc.status, str(exc), exc.retry_after
         else:
             log.info("webhook %s delivered to %s (HTTP %d)", row.id, row.url, status)
             await self.store.record_webhook_attempt(
@@ -265,7 +267,7 @@ class Outbox:
             self._emit("webhook.failed", reason="max_age")
             return
         # The last try lands at the deadline itself rather than past it.
-        retry_at = min(now + retry_delay(attempt, self._rng), give_up_at)
+        retry_at = min(now + BACKOFF.delay(attempt, retry_after, rng=self._rng), give_up_at)
         log.info("webhook %s attempt %d failed (%s); next in %.0f s",
                  row.id, attempt, error, retry_at - now)
         await self.store.record_webhook_attempt(
@@ -285,36 +287,16 @@ class Outbox:
             "webhook-signature": sign(self.settings.secret, row.id, timestamp, body),
         }
 
-    async def _post(self, client: httpx.AsyncClient, row: OutboxRow) -> int:
-        """One attempt: the status of the final answer, if 2xx; else ``_Failed``."""
+    async def _post(self, fetcher: Fetcher, row: OutboxRow) -> int:
+        """One attempt: the status of the final answer, if 2xx; else ``_Failed``
+        (``TargetRefused`` for a URL or a redirect hop that may not be sent to)."""
         body, headers = self._signed(row)
-        url = row.url
-        for _ in range(MAX_REDIRECTS + 1):
-            await self._check(url)
-            try:
-                async with client.stream("POST", url, content=body, headers=headers) as response:
-                    status = response.status_code  # the body is never read
-                    location = response.headers.get("location")
-            except httpx.HTTPError as exc:
-                name = type(exc).__name__
-                raise _Failed(f"{name}: {exc}" if str(exc) else name) from None
-            except (httpx.InvalidURL, ValueError) as exc:  # e.g. a Location httpx refuses
-                raise TargetRefused(f"not a URL Easel can send to: {exc}") from None
-            if 200 <= status < 300:
-                return status
-            if status in _REDIRECTS and location:
-                url = urljoin(url, location)
-                continue
-            raise _Failed(f"receiver answered HTTP {status}", status)
-        raise _Failed(f"more than {MAX_REDIRECTS} redirects")
-
-    async def _check(self, url: str) -> None:
         try:
-            await check_target(url, allow_private=self.settings.allow_private_targets,
-                               resolve=self._resolve)
-        except TargetRefused:
-            raise
-        except OSError as exc:  # DNS may come back: a failed attempt, not a refusal
-            raise _Failed(f"cannot resolve: {exc}") from None
-        except ValueError as exc:  # a name no resolver takes (UnicodeError): never will
-            raise TargetRefused(f"cannot resolve: {exc}") from None
+            async with fetcher.stream("POST", row.url, content=body, headers=headers) as response:
+                status = response.status_code  # the body is never read
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+        except FetchFailed as exc:
+            raise _Failed(str(exc)) from None
+        if 200 <= status < 300:
+            return status
+        raise _Failed(f"receiver answered HTTP {status}", status, retry_after)

@@ -1,31 +1,87 @@
-"""How repeatable calls are retried: one policy type (placeholder until the shared
-retry module lands; moved here from the provider actor unchanged)."""
+"""How long to wait before trying again: the one backoff schedule of Easel.
+
+Owns ``Backoff`` (exponential, capped, jittered, honouring ``Retry-After``),
+``RetryPolicy`` (a ``Backoff`` with a number of attempts) and
+``parse_retry_after`` (the header, in seconds). Every retry in the daemon
+draws its waits from these: a provider's repeatable calls and the finalizer's
+downloads (``RetryPolicy``), the supervisor's restarts and the outbox's delivery
+schedule (``Backoff``; the supervisor bounds restarts by its intensity, the outbox
+by a row's age, not by a count).
+
+Why not ``stamina``: it sleeps with ``trio.sleep`` under trio (so MockClock would
+drive it), but it is a loop around a call, not a schedule, and only the provider's
+call loop has that shape. The outbox stores its next attempt's time in SQLite and
+needs the wait as a value; the supervisor needs it per child, started over after a
+healthy run, and counted against its restart intensity; the provider spends a
+token, records a refusal and feeds its breaker between attempts. stamina's total
+``timeout`` is measured on ``time.monotonic`` (through tenacity), not on trio's
+clock, and its switches for tests are process-global. So the schedule is this
+small pure type, and each caller keeps its loop.
+"""
 
 from __future__ import annotations
 
+import email.utils
 import random
+import time
+from typing import TYPE_CHECKING
 
 import attrs
 
-from actors.providers.base import ProviderSettings
+if TYPE_CHECKING:
+    from actors.providers.base import ProviderSettings
+
+#: Beyond this many doublings every schedule has long reached its cap (and ``2**n``
+#: would overflow a float).
+_MAX_DOUBLINGS = 64
 
 
-@attrs.frozen
-class RetryPolicy:
-    """How a provider's repeatable calls are retried.
+@attrs.frozen(kw_only=True)
+class Backoff:
+    """Exponential backoff: the wait after failed attempt ``n`` (from 1).
 
-    Attempt ``n`` (from 1) that failed waits ``min(cap, base * 2**(n-1))`` seconds,
-    of which the fraction ``jitter`` is random (1: "full jitter", spreading the
-    retries of many jobs that failed together; 0: a fixed schedule), and never less
-    than the provider's ``Retry-After``. ``max_attempts`` counts the first try.
+    The ceiling is ``min(cap, base * 2**(n-1))``; the fraction ``jitter`` of it is
+    random, so the wait lies in ``[ceiling * (1 - jitter), ceiling]`` (1: "full
+    jitter", which spreads the retries of many callers that failed together; 0: a
+    fixed schedule). ``cap`` is thus a true maximum, except that a wait is never
+    shorter than the ``Retry-After`` the other side asked for.
     """
 
-    max_attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     base: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
     cap: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     jitter: float = attrs.field(
         default=1.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)]
     )
+
+    def ceiling(self, attempt: int) -> float:
+        """The longest wait after failed attempt ``attempt`` (jitter only shortens it)."""
+        doublings = max(attempt - 1, 0)
+        if doublings >= _MAX_DOUBLINGS:
+            return self.cap
+        return min(self.cap, self.base * 2**doublings)
+
+    def delay(
+        self, attempt: int, retry_after: float | None = None, *, rng: random.Random | None = None
+    ) -> float:
+        """Seconds to wait after failed attempt ``attempt`` before the next one.
+
+        ``retry_after``: the other side's ``Retry-After``, in seconds; the wait is
+        never shorter. ``rng``: the source of the jitter (the ``random`` module's
+        when not given; tests pass a seeded one).
+        """
+        draw = (rng or random).random()
+        delay = self.ceiling(attempt) * (1 - self.jitter * draw)
+        return max(delay, retry_after or 0.0)
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy(Backoff):
+    """A ``Backoff`` for calls retried a bounded number of times.
+
+    ``max_attempts`` counts the first try: 1 means never retried.
+    """
+
+    max_attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> RetryPolicy:
@@ -37,8 +93,18 @@ class RetryPolicy:
             jitter=settings.retry_jitter,
         )
 
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed attempt ``attempt`` before the next one."""
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
-        delay = ceiling * (1 - self.jitter * random.random())
-        return max(delay, retry_after or 0.0)
+
+def parse_retry_after(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP
+    date), or ``None`` when it is absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

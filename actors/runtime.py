@@ -46,7 +46,14 @@ from actors.routing import Router
 from actors.scheduler import Scheduler
 from actors.storage import LocalStorage
 from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, Store
-from actors.supervisor import ChildSpec, Supervisor
+from actors.supervisor import (
+    RESTART_BACKOFF,
+    ChildSpec,
+    Intensity,
+    Strategy,
+    Supervisor,
+    started_on_entry,
+)
 from actors.validation import fits
 
 log = logging.getLogger(__name__)
@@ -148,25 +155,56 @@ class Runtime:
             mailbox=scheduler_mailbox,
         )
         self.outbox = Outbox(
-            store, webhooks or OutboxSettings(), base_url=webhook_base_url, monitor=self.monitor
+            store, webhooks or OutboxSettings(), changes=store.subscribe(),
+            monitor=self.monitor, base_url=webhook_base_url,
         )
-        store.add_listener(self.outbox.notify)
-        self.supervisor = Supervisor(
-            self._children(), max_restarts=max_restarts, max_seconds=max_restart_seconds,
-            on_crash=lambda name, exc: self.monitor.emit("actor.crash", actor=name),
-        )
+        self.supervisor = self._tree(Intensity(max_restarts, max_restart_seconds))
 
-    def _children(self) -> list[ChildSpec]:
-        children = [
-            ChildSpec("monitor", self.monitor.run),
-            ChildSpec("finalizer", self.finalizer.run),
-            ChildSpec("scheduler", self.scheduler.run),
-            ChildSpec("outbox", self.outbox.run),
+    def _tree(self, intensity: Intensity) -> Supervisor:
+        """The supervision tree (``docs/architecture.md``, "Supervision")::
+
+            easel (one_for_one)
+            ├── monitor, finalizer, outbox
+            └── dispatch (rest_for_one)
+                ├── scheduler
+                └── providers (one_for_one)
+                    └── provider:NAME (rest_for_one): provider, poller
+
+        rest_for_one where a later child depends on an earlier one's state: a
+        restarted scheduler has lost every provider's credit, which providers
+        re-announce only when they start (``ProviderReady``); a restarted provider
+        may have lost the replies its poller waits for. Each supervisor has the
+        configured intensity; one that exceeds it escalates to its parent, and the
+        root's escalation ends the process non-zero. Every child reports started
+        only once it has reloaded its state, so the root's ``started`` (READY=1,
+        then the HTTP API) means recovery is done.
+        """
+
+        def tree(name: str, children: list[ChildSpec], strategy: Strategy) -> ChildSpec:
+            supervisor = Supervisor(name, children, strategy=strategy, intensity=intensity,
+                                    backoff=RESTART_BACKOFF, on_crash=self._crashed)
+            return ChildSpec(name, supervisor.run)
+
+        groups = [
+            tree(f"provider:{name}", [
+                ChildSpec("provider", self.providers[name].run),
+                ChildSpec("poller", self.pollers[name].run),
+            ], Strategy.REST_FOR_ONE)
+            for name in self.providers
         ]
-        for name in self.providers:
-            children.append(ChildSpec(f"provider:{name}", self.providers[name].run))
-            children.append(ChildSpec(f"poller:{name}", self.pollers[name].run))
-        return children
+        dispatch = tree("dispatch", [
+            ChildSpec("scheduler", self.scheduler.run),
+            tree("providers", groups, Strategy.ONE_FOR_ONE),
+        ], Strategy.REST_FOR_ONE)
+        return Supervisor("easel", [
+            ChildSpec("monitor", started_on_entry(self.monitor.run)),
+            ChildSpec("finalizer", self.finalizer.run),
+            ChildSpec("outbox", started_on_entry(self.outbox.run)),
+            dispatch,
+        ], intensity=intensity, backoff=RESTART_BACKOFF, on_crash=self._crashed)
+
+    def _crashed(self, path: str, exc: BaseException) -> None:
+        self.monitor.emit("actor.crash", actor=path)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -281,7 +319,7 @@ class Runtime:
         return {
             "draining": self.lifecycle.draining,
             "providers": providers,
-            "restarts": dict(self.supervisor.restart_counts),
+            "restarts": self.supervisor.statistics().restarts,
             "monitor": self.monitor.statistics(),
             "store": attrs.asdict(self.store.statistics()),
         }

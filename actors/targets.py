@@ -9,7 +9,9 @@ LAN behind it (server-side request forgery).
 
 *Every* resolved address is checked, not just the first: a name that resolves to
 one public and one private address would otherwise let the connection land on the
-private one. The check has to run again at each delivery, since DNS answers change.
+private one. ``check_target`` answers the addresses it checked, and the request
+must connect to one of those (``actors/fetch.py`` does): resolving the name again
+to connect could get another answer (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+import attrs
 import trio
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -30,6 +33,16 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 class TargetRefused(ValueError):
     """The URL may not be sent to; retrying cannot help."""
+
+
+@attrs.frozen
+class Target:
+    """Where a URL may be sent: its host and port, and the addresses it resolved
+    to, every one of them checked."""
+
+    host: str
+    port: int
+    addresses: tuple[IPAddress, ...]
 
 
 def _embedded_v4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -104,23 +117,30 @@ def split_target(url: str) -> tuple[str, int]:
 
 
 async def check_target(
-    url: str, *, allow_private: bool = False, resolve: Resolver = resolve_host
-) -> None:
-    """Raise ``TargetRefused`` unless Easel may send a request to ``url``.
+    url: str,
+    *,
+    allow_private: bool = False,
+    resolve: Resolver = resolve_host,
+    public: Callable[[IPAddress], bool] = is_public,
+) -> Target:
+    """The ``Target`` of ``url``; ``TargetRefused`` unless Easel may send to it.
 
-    A name that does not resolve raises ``OSError`` (``socket.gaierror``): that may
-    pass, so the caller should treat it as a failed attempt, not a refusal.
+    The host is resolved once (an IP literal is its own answer) and every address
+    must be ``public`` unless ``allow_private``. A name that does not resolve raises
+    ``OSError`` (``socket.gaierror``): that may pass, so the caller should treat it
+    as a failed attempt, not a refusal. ``public`` is a seam for tests, which let a
+    loopback address stand for the internet.
     """
     host, port = split_target(url)
-    if allow_private:
-        return
     literal = _literal(host.split("%", 1)[0])
-    addresses = [str(literal)] if literal is not None else await resolve(host, port)
-    if not addresses:
+    answers = [str(literal)] if literal is not None else await resolve(host, port)
+    if not answers:
         raise OSError(f"{host} resolves to no address")
-    for text in addresses:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if not is_public(address):
-            raise TargetRefused(
-                f"{host} resolves to {address}, which is not a public address"
-            )
+    addresses = tuple(ipaddress.ip_address(text.split("%", 1)[0]) for text in answers)
+    if not allow_private:
+        for address in addresses:
+            if not public(address):
+                raise TargetRefused(
+                    f"{host} resolves to {address}, which is not a public address"
+                )
+    return Target(host, port, addresses)

@@ -657,21 +657,3 @@ class StoreContract:
                 await trio.testing.wait_all_tasks_blocked()
                 await store.transition(job.id, JobState.QUEUED, JobState.CANCELLED)
         assert woken == [JobState.CANCELLED]
-
-    async def test_deprecated_listeners_hear_what_the_feed_sends(
-        self, open_backend: OpenBackend
-    ) -> None:
-        heard: list[tuple[str, JobState]] = []
-
-        def bad(job: Job) -> None:
-            raise RuntimeError("listener bug")
-
-        async with open_backend() as store:
-            store.add_listener(bad)  # its failures are contained
-            store.add_listener(lambda job: heard.append((job.id, job.state)))
-            changes = store.subscribe()
-            job = await inserted(store)
-            await store.transition(job.id, JobState.QUEUED, JobState.SUBMITTING)
-            await store.transition(job.id, JobState.SUBMITTING, JobState.CANCELLED)
-            sent = [(j.id, j.state) for j in (changes.receive_nowait(), changes.receive_nowait())]
-        assert heard == sent == [(job.id, JobState.SUBMITTING), (job.id, JobState.CANCELLED)]

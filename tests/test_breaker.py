@@ -1,9 +1,7 @@
-"""actors/breaker.py, the retry policy and the submission-safety rule of
-actors/provider.py: pure logic, time from trio's MockClock (no real waiting)."""
+"""actors/breaker.py and the submission-safety rule of actors/provider.py: pure
+logic, time from trio's MockClock (no real waiting)."""
 
 from __future__ import annotations
-
-import random
 
 import pytest
 import trio
@@ -14,7 +12,6 @@ from actors.catalog import MediaKind, ModelSpec, check_fallbacks, fallback_chain
 from actors.errors import EaselError, ErrorCode
 from actors.provider import not_accepted
 from actors.providers.base import ProviderSettings
-from actors.retry import RetryPolicy
 
 S, F, N = Outcome.SUCCESS, Outcome.FAILURE, Outcome.NEUTRAL
 
@@ -181,26 +178,7 @@ def test_config_from_settings_defaults_and_overrides() -> None:
     assert (config.threshold, config.cooldown, config.min_calls) == (0.25, 2.0, 10)
 
 
-# -- retry policy and the submission-safety rule --------------------------------------
-
-
-def test_retry_delays_grow_to_the_cap_and_honour_retry_after() -> None:
-    policy = RetryPolicy(max_attempts=6, base=0.5, cap=3.0, jitter=0.0)
-    assert [policy.delay(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
-    assert policy.delay(1, retry_after=7.0) == 7.0
-
-
-def test_full_jitter_stays_under_the_ceiling() -> None:
-    random.seed(4)
-    policy = RetryPolicy(base=1.0, cap=8.0, jitter=1.0)
-    delays = [policy.delay(3) for _ in range(200)]
-    assert all(0 <= d <= 4.0 for d in delays)
-    assert max(delays) - min(delays) > 2  # really spread
-
-
-def test_retry_policy_reads_the_provider_section() -> None:
-    policy = RetryPolicy.from_settings(ProviderSettings(max_attempts=2))
-    assert policy == RetryPolicy(max_attempts=2)
+# -- the submission-safety rule ------------------------------------------------------
 
 
 def test_only_provable_refusals_are_not_accepted() -> None:

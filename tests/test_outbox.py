@@ -22,7 +22,6 @@ from typing import Any
 
 import attrs
 import h11
-import httpx
 import pytest
 import trio
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -30,7 +29,8 @@ from trio.testing import MockClock
 
 from actors.catalog import ModelSpec
 from actors.jobs import Job, JobState, new_job_id
-from actors.outbox import FIRST_RETRY, JITTER, MAX_RETRY, Outbox, OutboxSettings, retry_delay
+from actors.monitor import Monitor
+from actors.outbox import BACKOFF, Outbox, OutboxSettings
 from actors.providers.sandbox import SandboxSettings
 from actors.runtime import Runtime
 from actors.store import Store, open_store
@@ -58,6 +58,8 @@ class Receiver:
 
     statuses: list[int]
     url: str = ""
+    #: Headers added to every answer that is not 200 (a Location, a Retry-After).
+    headers: list[tuple[str, str]] = attrs.field(factory=list)
     requests: list[Received] = attrs.field(factory=list)
     #: When set, each answer waits for it (to hold requests open).
     gate: trio.Event | None = None
@@ -98,19 +100,22 @@ class Receiver:
             await self.gate.wait()
             self.open_now -= 1
         status = self.statuses.pop(0) if self.statuses else 200
+        extra = self.headers if status != 200 else []
         reply = conn.send(h11.Response(status_code=status, headers=[
-            ("content-length", "2"), ("connection", "close")]))
+            ("content-length", "2"), ("connection", "close"), *extra]))
         reply += conn.send(h11.Data(data=b"ok")) + conn.send(h11.EndOfMessage())
         await stream.send_all(reply)
         await stream.aclose()
 
 
-async def start_receiver(nursery: trio.Nursery, statuses: list[int] | None = None) -> Receiver:
-    receiver = Receiver(list(statuses or []))
-    serve = functools.partial(trio.serve_tcp, receiver.handle, 0, host="127.0.0.1")
+async def start_receiver(nursery: trio.Nursery, statuses: list[int] | None = None,
+                         headers: list[tuple[str, str]] | None = None,
+                         host: str = "127.0.0.1") -> Receiver:
+    receiver = Receiver(list(statuses or []), headers=list(headers or []))
+    serve = functools.partial(trio.serve_tcp, receiver.handle, 0, host=host)
     listeners = await nursery.start(serve)
     port = listeners[0].socket.getsockname()[1]
-    receiver.url = f"http://127.0.0.1:{port}/hooks/easel?tenant=7"
+    receiver.url = f"http://{host}:{port}/hooks/easel?tenant=7"
     return receiver
 
 
@@ -150,8 +155,8 @@ async def running_outbox(store: Store, outbox_settings: OutboxSettings,
                          **kwargs: Any) -> AsyncIterator[Outbox]:
     """The outbox actor, wired to the store as the runtime does, stopped before the
     store closes."""
-    outbox = Outbox(store, outbox_settings, **kwargs)
-    store.add_listener(outbox.notify)
+    outbox = Outbox(store, outbox_settings, changes=store.subscribe(),
+                    monitor=kwargs.pop("monitor", Monitor()), **kwargs)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(outbox.run)
         yield outbox
@@ -225,15 +230,15 @@ async def test_retries_back_off_exponentially(tmp_path: Path, nursery, clock) ->
     async with open_store(tmp_path / "db.sqlite") as store, running_outbox(store, settings()):
         job = await ended_job(store, receiver.url)
         first, second, third = await receiver.wait_for(3)
-        # Policy: 5 s, then 10 s, each stretched by up to JITTER.
-        assert 5 <= second.at - first.at <= 5 * (1 + JITTER) + 0.5
-        assert 10 <= third.at - second.at <= 10 * (1 + JITTER) + 0.5
+        # Policy: 5 s, then 10 s, each shortened by up to a fifth.
+        assert 5 * (1 - BACKOFF.jitter) <= second.at - first.at <= 5 + 0.5
+        assert 10 * (1 - BACKOFF.jitter) <= third.at - second.at <= 10 + 0.5
         assert {r.headers["webhook-id"] for r in receiver.requests} == {f"msg_{job.id}_SUCCEEDED"}
         for received in receiver.requests:
             verify(received)
         row = await finished(store, job.id)
         assert (row.state, row.attempts, row.last_status) == ("DELIVERED", 3, 200)
-        assert row.finished_at is not None and row.finished_at >= row.created_at + 15
+        assert row.finished_at is not None and row.finished_at >= row.created_at + 12
         await trio.sleep(3600)
         assert len(receiver.requests) == 3
 
@@ -279,24 +284,37 @@ async def test_loopback_target_refused_without_a_request(tmp_path: Path, nursery
 
 
 async def test_redirect_to_loopback_is_not_followed(tmp_path: Path, nursery, clock) -> None:
-    """A public receiver that redirects into the host is refused at the hop."""
-    inside = await start_receiver(nursery)
+    """A public receiver that redirects into the host is refused at the hop.
+
+    127.0.0.1 plays the public receiver (the one address the outbox is told is
+    public), 127.0.0.2 the host's own service it redirects to."""
+    inside = await start_receiver(nursery, host="127.0.0.2")
+    outside = await start_receiver(nursery, [307], [("location", inside.url)])
+    port = outside.url.split(":")[2].split("/")[0]
 
     async def public_dns(host: str, port: int) -> list[str]:
-        return ["93.184.216.34"]
-
-    def redirect(request: httpx.Request) -> httpx.Response:
-        assert request.url.host == "hooks.example.com"
-        return httpx.Response(307, headers={"location": inside.url})
+        return ["127.0.0.1"]
 
     async with open_store(tmp_path / "db.sqlite") as store, running_outbox(
         store, settings(allow_private_targets=False), resolve=public_dns,
-        transport=httpx.MockTransport(redirect),
+        public=lambda address: str(address) == "127.0.0.1",
     ):
-        job = await ended_job(store, "https://hooks.example.com/x")
+        job = await ended_job(store, f"http://hooks.example.com:{port}/x")
         row = await finished(store, job.id)
-        assert row.state == "FAILED" and "not a public address" in row.last_error
+        assert row.state == "FAILED" and "127.0.0.2" in row.last_error
+        assert "not a public address" in row.last_error
+        assert [r.headers["host"] for r in outside.requests] == [f"hooks.example.com:{port}"]
         assert inside.requests == []
+
+
+async def test_retry_after_is_honoured(tmp_path: Path, nursery, clock) -> None:
+    receiver = await start_receiver(nursery, [503], [("retry-after", "600")])
+    async with open_store(tmp_path / "db.sqlite") as store, running_outbox(store, settings()):
+        job = await ended_job(store, receiver.url)
+        first, second = await receiver.wait_for(2, within=3600)
+        assert 600 <= second.at - first.at <= 601  # not the schedule's 5 s
+        row = await finished(store, job.id)
+        assert (row.state, row.attempts) == ("DELIVERED", 2)
 
 
 async def test_a_name_no_resolver_takes_fails_the_delivery_not_the_daemon(
@@ -346,12 +364,11 @@ async def test_no_secret_sends_nothing_unsigned(tmp_path: Path, nursery, clock) 
     assert receiver.requests == []
 
 
-def test_retry_delay_policy() -> None:
+def test_retry_schedule() -> None:
     rng = random.Random(7)
-    for attempt, base in [(1, 5), (2, 10), (3, 20), (10, 2560), (11, MAX_RETRY), (500, MAX_RETRY)]:
-        delay = retry_delay(attempt, rng)
-        assert base <= delay <= base * (1 + JITTER)
-    assert FIRST_RETRY == 5
+    for attempt, ceiling in [(1, 5), (2, 10), (3, 20), (10, 2560), (11, 3600), (500, 3600)]:
+        delay = BACKOFF.delay(attempt, rng=rng)
+        assert ceiling * (1 - BACKOFF.jitter) <= delay <= ceiling
 
 
 # -- restarts -----------------------------------------------------------------
@@ -393,7 +410,7 @@ async def test_restart_mid_retry_resumes(tmp_path: Path, nursery, clock) -> None
         inner.cancel_scope.cancel()
     assert (row.state, row.attempts) == ("DELIVERED", 2)
     first, second = receiver.requests
-    assert second.at - first.at >= 5  # the stored schedule held across the restart
+    assert second.at - first.at >= 5 * (1 - BACKOFF.jitter)  # the stored schedule held
     assert first.body == second.body
     payload = verify(second)
     assert payload["status"] == "SUCCESS"

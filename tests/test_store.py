@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from actors.errors import EaselError, ErrorCode
-from actors.jobs import Job, JobState
+from actors.jobs import JobState
 from actors.store import MIGRATIONS, migrate, migrations, open_store
 from tests.store_contract import make_job
 
@@ -88,44 +88,6 @@ def test_migrate_twice_on_one_connection(tmp_path: Path) -> None:
 
 
 # -- idempotency ------------------------------------------------------------
-
-
-# -- watchers and listeners -------------------------------------------------
-
-
-async def test_listeners_see_committed_changes_and_a_failing_one_is_contained(
-    tmp_path: Path,
-) -> None:
-    db = tmp_path / "db"
-    seen: list[tuple[str, str, str]] = []
-
-    def good(job: Job) -> None:
-        # A separate connection sees the new state: the change was committed first.
-        conn = sqlite3.connect(db)
-        try:
-            (state,) = conn.execute(
-                "SELECT state FROM generation_requests WHERE id=?", (job.id,)
-            ).fetchone()
-        finally:
-            conn.close()
-        seen.append((job.id, job.state.value, state))
-
-    def bad(job: Job) -> None:
-        raise RuntimeError("listener bug")
-
-    async with open_store(db) as store:
-        store.add_listener(bad)
-        store.add_listener(good)
-        job, _ = await store.insert_job(make_job())
-        await store.transition(job.id, JobState.QUEUED, JobState.SUBMITTING)
-        await store.transition(job.id, JobState.SUBMITTING, JobState.RUNNING)
-        later = await store.transition(job.id, JobState.RUNNING, JobState.SUCCEEDED)
-    assert later is not None
-    assert seen == [
-        (job.id, "SUBMITTING", "SUBMITTING"),
-        (job.id, "RUNNING", "RUNNING"),
-        (job.id, "SUCCEEDED", "SUCCEEDED"),
-    ]
 
 
 # -- group commit -----------------------------------------------------------

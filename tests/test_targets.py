@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from actors.targets import TargetRefused, check_target, is_public, split_target
+from actors.targets import Target, TargetRefused, check_target, is_public, split_target
 
 REFUSED = {
     "loopback v4": "127.0.0.1",
@@ -89,8 +89,9 @@ def _resolver(answer: list[str]):  # type: ignore[no-untyped-def]
 
 async def test_name_with_only_public_addresses_is_accepted() -> None:
     resolve = _resolver(["93.184.216.34", "2606:4700:4700::1111"])
-    await check_target("https://hooks.example.com/easel", resolve=resolve)
+    target = await check_target("https://hooks.example.com/easel", resolve=resolve)
     assert resolve.asked == [("hooks.example.com", 443)]
+    assert [str(address) for address in target.addresses] == ["93.184.216.34", "2606:4700:4700::1111"]
 
 
 async def test_name_with_any_private_address_is_refused() -> None:
@@ -132,8 +133,13 @@ async def test_bad_urls_refused_even_if_private_targets_allowed(url: str, reason
 
 
 async def test_private_targets_allowed_skip_the_address_check() -> None:
-    await check_target("http://127.0.0.1:8080/hook", allow_private=True, resolve=_no_dns)
-    await check_target("http://localhost:8080/hook", allow_private=True, resolve=_no_dns)
+    literal = await check_target("http://127.0.0.1:8080/hook", allow_private=True, resolve=_no_dns)
+    assert literal.addresses == (ipaddress.ip_address("127.0.0.1"),)
+    # Still resolved: the request connects to the addresses answered here.
+    named = await check_target("http://localhost:8080/hook", allow_private=True,
+                               resolve=_resolver(["127.0.0.1", "::1"]))
+    assert named == Target("localhost", 8080, (ipaddress.ip_address("127.0.0.1"),
+                                                ipaddress.ip_address("::1")))
 
 
 def test_default_ports() -> None:

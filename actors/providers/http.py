@@ -9,9 +9,7 @@ cannot pay twice. A timeout, a reset or a 5xx after sending proves nothing.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 from typing import Any
 
 import httpx
@@ -19,6 +17,7 @@ import httpx
 from actors.errors import EaselError, ErrorCode
 from actors.providers.base import ProviderSettings
 from actors.redaction import redact_text
+from actors.retry import parse_retry_after  # noqa: F401  (adapters call http.parse_retry_after)
 
 _CREDIT_PHRASES = ("insufficient credit", "out of credit", "not enough credit")
 
@@ -42,20 +41,6 @@ def client_for(
             max_connections=max(8, settings.max_in_flight), max_keepalive_connections=16
         ),
     )
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 async def send(

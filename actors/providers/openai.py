@@ -36,6 +36,7 @@ import httpx
 
 from actors.conversion import Between, OneOf, Text
 from actors.errors import EaselError, ErrorCode
+from actors.fetch import Fetcher, FetchFailed, TooLarge, read_capped
 from actors.parameters import Context, Rules, not_for, present
 from actors.providers import http
 from actors.providers.base import (
@@ -48,7 +49,7 @@ from actors.providers.base import (
     missing_of,
 )
 from actors.redaction import MASK
-from actors.targets import TargetRefused, check_target
+from actors.targets import TargetRefused
 
 #: Error ``code`` values OpenAI uses for safety rejections (dall-e answers
 #: ``content_policy_violation``, GPT image models ``moderation_blocked``).
@@ -368,13 +369,12 @@ class OpenaiAdapter:
         self.name = name
         key = settings.api_key or settings.api_token
         self.client = http.client_for(settings, {"Authorization": f"Bearer {key}"})
-        # Input images come from anywhere: never send them our API key, and follow
-        # redirects by hand so every hop's address is checked (actors/targets.py).
-        self.fetcher = httpx.AsyncClient(
+        # Input images come from anywhere: never send them our API key, and fetch
+        # them SSRF-checked, every hop's address checked and connected to.
+        self.fetcher = Fetcher(
             timeout=httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout),
-            follow_redirects=False, trust_env=False,
+            allow_private=settings.allow_private_inputs, max_redirects=MAX_REDIRECTS,
         )
-        self.allow_private_inputs = settings.allow_private_inputs
 
     async def submit(self, job: JobRequest) -> Completed:
         """Generate (or edit, with input images) and answer the images at once."""
@@ -399,31 +399,17 @@ class OpenaiAdapter:
             return decode_input_data_uri(uri)
         if not uri.startswith(("http://", "https://")):
             raise _invalid("input image must be an http(s) URL or a data: URI")
-        url = uri
         try:
-            for _ in range(MAX_REDIRECTS + 1):
-                await self._check_input_target(url)
-                async with self.fetcher.stream("GET", url) as response:
-                    location = response.headers.get("location")
-                    if response.is_redirect and location:
-                        url = str(response.url.join(location))
-                        continue
-                    return await self._read_input(uri, response)
-            raise _invalid(f"input image {uri} redirects more than {MAX_REDIRECTS} times")
-        except httpx.HTTPError as exc:
+            async with self.fetcher.stream("GET", uri) as response:
+                return await self._read_input(uri, response)
+        except TargetRefused as exc:
+            raise _invalid(f"input image {uri} is not fetched: {exc}") from None
+        except FetchFailed as exc:
             raise EaselError(
                 ErrorCode.INVALID_PARAMETERS,
-                f"{self.name}: input image {uri} could not be fetched ({type(exc).__name__})",
+                f"{self.name}: input image {uri} could not be fetched ({exc})",
                 sent=False,
             ) from exc
-
-    async def _check_input_target(self, url: str) -> None:
-        try:
-            await check_target(url, allow_private=self.allow_private_inputs)
-        except TargetRefused as exc:
-            raise _invalid(f"input image {url} is not fetched: {exc}") from None
-        except OSError as exc:
-            raise _invalid(f"input image {url} does not resolve ({exc})") from None
 
     @staticmethod
     async def _read_input(uri: str, response: httpx.Response) -> InputImage:
@@ -433,13 +419,11 @@ class OpenaiAdapter:
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in INPUT_TYPES:
             raise _invalid(f"input image {uri} has content type {content_type!r}")
-        chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_INPUT_BYTES:
-                raise _invalid(f"input image {uri} is larger than {MAX_INPUT_BYTES} bytes")
-            chunks.append(chunk)
-        return InputImage(b"".join(chunks), content_type)
+        try:
+            data = await read_capped(response, MAX_INPUT_BYTES)
+        except TooLarge:
+            raise _invalid(f"input image {uri} is larger than {MAX_INPUT_BYTES} bytes") from None
+        return InputImage(data, content_type)
 
     async def check(self, task_id: str) -> TaskStatus:
         """Never called: submissions answer ``Completed``, so there is no task."""

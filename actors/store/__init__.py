@@ -6,8 +6,8 @@
 - ``policy``: the domain decisions a store applies inside its transactions
   (idempotency: same key and body is the same job, another body is CONFLICT;
   which client webhooks a state change owes), given to a store as data.
-- ``changes``: the change feed (``Store.subscribe``), watchers and the deprecated
-  listeners; shared by every backend.
+- ``changes``: the change feed (``Store.subscribe``) and watchers; shared by every
+  backend.
 - The SQLite backend: ``sqlite`` (``SQLiteStore``, ``open_store``) on ``engine``
   (owner threads, group commit, poll notes), ``migrations``, and one repository per
   table family: ``jobs`` (with events), ``idempotency``, ``outbox``, ``durations``.

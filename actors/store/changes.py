@@ -5,9 +5,7 @@ jobs it changed in commit order; this module hands each job to
 
 - **subscribers** (``subscribe``): one unbounded memory channel each, the way an
   actor takes them, as messages in its own task;
-- **watchers** (``watch``): one ``trio.Event`` per job, for long-polling requests;
-- **listeners** (``add_listener``, deprecated): callbacks run synchronously in the
-  publishing task.
+- **watchers** (``watch``): one ``trio.Event`` per job, for long-polling requests.
 
 Nothing here knows a database, so every backend shares it. The subscribers' buffers
 are unbounded on purpose: a change is never dropped (an actor that missed "this job
@@ -19,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import trio
 
@@ -32,7 +30,6 @@ class Changes:
     def __init__(self) -> None:
         self._watchers: dict[str, trio.Event] = {}
         self._subscribers: list[trio.MemorySendChannel[Job]] = []
-        self._listeners: list[Callable[[Job], None]] = []
         self._closed = False
 
     def subscribe(self) -> trio.MemoryReceiveChannel[Job]:
@@ -51,10 +48,6 @@ class Changes:
             event = self._watchers[job_id] = trio.Event()
         return event
 
-    def add_listener(self, listener: Callable[[Job], None]) -> None:
-        """Deprecated: use ``subscribe``."""
-        self._listeners.append(listener)
-
     def publish(self, jobs: Iterable[Job]) -> None:
         """Hand committed changes on, in the order given (commit order)."""
         for job in jobs:
@@ -66,11 +59,6 @@ class Changes:
                     send.send_nowait(job)
                 except trio.BrokenResourceError:  # the subscriber closed its end
                     self._subscribers.remove(send)
-            for listener in self._listeners:
-                try:
-                    listener(job)
-                except Exception:
-                    log.exception("store listener failed for %s", job.id)
 
     def close(self) -> None:
         """End every subscriber's channel (the store is closing)."""

@@ -23,7 +23,7 @@ The rules a backend keeps, whatever it runs on:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -90,12 +90,6 @@ class Store(Protocol):
 
     def watch(self, job_id: str) -> trio.Event:
         """An event set at the next committed state change of ``job_id``."""
-        ...
-
-    def add_listener(self, listener: Callable[[Job], None]) -> None:
-        """Deprecated: use ``subscribe``. Calls ``listener(job)`` for each change
-        ``subscribe`` would send, synchronously in the writer task (it must not
-        block, and an exception it raises is logged and dropped)."""
         ...
 
     def statistics(self) -> StoreStatistics: ...

@@ -10,7 +10,7 @@ other writes of its batch.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,6 @@ class SQLiteStore:
 
     def watch(self, job_id: str) -> trio.Event:
         return self._changes.watch(job_id)
-
-    def add_listener(self, listener: Callable[[Job], None]) -> None:
-        """Deprecated: use ``subscribe``; see ``Store.add_listener``."""
-        self._changes.add_listener(listener)
 
     def statistics(self) -> StoreStatistics:
         return self.engine.statistics()

@@ -1,0 +1,117 @@
+"""The runtime's supervision tree: who restarts with whom, and when it is ready.
+
+A real store and the sandbox provider, on the real clock (nothing here waits on a
+timer of its own). A crash is caused the way a bug would cause one: a message an
+actor cannot handle, sent to its mailbox.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from actors.catalog import ModelSpec, PollingSpec, PollingStrategy
+from actors.jobs import Job, JobState, new_job_id
+from actors.messages import Enqueue, Submit
+from actors.providers.sandbox import SandboxSettings
+from actors.runtime import Runtime
+from actors.store import Store, open_store
+
+CATALOG = {
+    "image": ModelSpec(provider="sandbox", provider_model="sandbox-image"),
+    "video": ModelSpec(provider="sandbox", provider_model="sandbox-video", max_duration=3600,
+                       resubmit_on_uncertain=True,
+                       polling=PollingSpec(strategy=PollingStrategy.FIXED, interval=3600)),
+}
+
+
+def make_runtime(store: Store, tmp_path: Path) -> Runtime:
+    return Runtime(
+        store,
+        providers={"sandbox": SandboxSettings(delay=0, video_duration=3600, rate=100, burst=100)},
+        catalog=CATALOG,
+        media_dir=tmp_path / "media",
+    )
+
+
+def image_job(prompt: str = "a red fox") -> Job:
+    return Job(id=new_job_id(), model="image", provider="sandbox",
+               provider_model="sandbox-image", prompt=prompt)
+
+
+async def finished(runtime: Runtime, job_id: str) -> Job:
+    with trio.fail_after(60):
+        while True:
+            changed = runtime.store.watch(job_id)
+            job = await runtime.store.get_job(job_id)
+            assert job is not None
+            if job.state.terminal:
+                return job
+            await changed.wait()
+
+
+async def restarts_reach(runtime: Runtime, wanted: dict[str, int]) -> dict[str, Any]:
+    with trio.fail_after(60):
+        while True:
+            restarts = runtime.statistics()["restarts"]
+            if all(restarts.get(path, 0) >= n for path, n in wanted.items()):
+                return restarts
+            await trio.sleep(0.01)
+
+
+async def test_started_means_every_actor_has_reloaded(tmp_path: Path) -> None:
+    """The root reports started (READY=1, then the API) only after recovery: here,
+    every RUNNING task is back on its poller's heap at that moment."""
+    async with open_store(tmp_path / "db.sqlite") as store:
+        for i in range(20):
+            job = Job(id=new_job_id(), model="video", provider="sandbox",
+                      provider_model="sandbox-video", prompt=f"running {i}")
+            await store.insert_job(job)
+            await store.transition(job.id, JobState.QUEUED, JobState.RUNNING,
+                                   provider_task_id=f"sbv:{job.id}:{trio.current_time()}:3600",
+                                   next_poll_at=4e9)
+        runtime = make_runtime(store, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.run)
+            assert runtime.statistics()["providers"]["sandbox"]["polling"] == 20
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_crashed_provider_restarts_with_its_poller_and_work_goes_on(
+    tmp_path: Path,
+) -> None:
+    async with open_store(tmp_path / "db.sqlite") as store, trio.open_nursery() as nursery:
+        runtime = make_runtime(store, tmp_path)
+        await nursery.start(runtime.run)
+        # A Submit without a job: the provider's handler raises, the actor crashes.
+        await runtime._channels["sandbox"].provider.send(Submit(None))  # type: ignore[arg-type]
+        restarts = await restarts_reach(runtime, {
+            "dispatch/providers/provider:sandbox/provider": 1,
+            "dispatch/providers/provider:sandbox/poller": 1,
+        })
+        # rest_for_one: the scheduler above it and the other actors were left alone.
+        assert restarts.get("dispatch/scheduler", 0) == 0
+        assert restarts.get("finalizer", 0) == 0
+        job, _ = await runtime.submit(image_job())
+        assert (await finished(runtime, job.id)).state is JobState.SUCCEEDED
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_crashed_scheduler_takes_the_providers_with_it(tmp_path: Path) -> None:
+    """A restarted scheduler has lost every provider's credit; the providers
+    restart after it and announce themselves again, so jobs still go out."""
+    async with open_store(tmp_path / "db.sqlite") as store, trio.open_nursery() as nursery:
+        runtime = make_runtime(store, tmp_path)
+        await nursery.start(runtime.run)
+        await runtime._to_scheduler.send(Enqueue(None))  # type: ignore[arg-type]
+        restarts = await restarts_reach(runtime, {
+            "dispatch/scheduler": 1,
+            "dispatch/providers": 1,
+        })
+        assert restarts.get("monitor", 0) == 0 and restarts.get("outbox", 0) == 0
+        jobs = [(await runtime.submit(image_job(f"after {i}")))[0] for i in range(5)]
+        for job in jobs:
+            assert (await finished(runtime, job.id)).state is JobState.SUCCEEDED
+        nursery.cancel_scope.cancel()
