@@ -1,0 +1,174 @@
+"""Where a sampled process spends its CPU: a text summary of py-spy's raw stacks.
+
+Why: a flame graph shows the shape of the time, but a lead deciding what to change
+needs numbers -- what share of the server's CPU goes to JSON, to logging, to the
+store's thread hops -- that can be compared run to run and pasted into a report.
+
+Input is ``py-spy record --format raw --threads`` output: one line per distinct
+stack, ``thread (TID): NAME;frame;frame;... COUNT``, root first, each frame
+``function (path:line)``. py-spy leaves out idle samples by default, so a sample is
+a moment the thread was on the CPU (or about to be).
+
+Three views, all in % of every sample of the process:
+
+- by thread (the trio thread, the store's writer, the logging listener, ...);
+- by category: each sample goes to the innermost frame whose file belongs to a
+  category below (so ``json.dumps`` called from a route counts as JSON, and the
+  route's own lines as the HTTP app);
+- by function: self time (the innermost frame) and inclusive time (anywhere on the
+  stack, once per sample) of the top functions, file and name without line numbers.
+
+Run alone: ``python bench/stacks.py PROFILE.raw``; ``bench/submit.py --profile``
+calls it after sampling Easel under wrk load.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+#: (category, path fragments): a frame belongs to the first category one of whose
+#: fragments is in its file's path. Easel's own packages come last, so library
+#: code called from them is charged to the library.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("logging (format, redact, queue)", ("logging/", "daemon/logs", "actors/redaction")),
+    ("JSON encode/decode", ("json/",)),
+    ("prometheus metrics", ("prometheus_client/",)),
+    ("cattrs/attrs conversion", ("cattrs/", "attr/", "attrs/", "<attrs generated")),
+    ("submission validation", ("actors/validation", "actors/parameters", "actors/catalog")),
+    ("sqlite3 (store thread work)", ("sqlite3/",)),
+    ("trio thread hops (to_thread, entry queue)", (
+        "trio/_threads", "trio/_core/_thread_cache", "trio/_core/_entry_queue")),
+    ("trio scheduler and sockets", ("trio/", "outcome/", "sniffio/")),
+    ("h11 HTTP/1.1 parsing", ("h11/",)),
+    ("hypercorn", ("hypercorn/",)),
+    ("quart/werkzeug request handling", (
+        "quart/", "quart_trio/", "werkzeug/", "flask/", "blinker/", "jinja2/")),
+    ("easel store (trio side)", ("actors/store",)),
+    ("easel HTTP app", ("daemon/",)),
+    ("easel actors", ("actors/",)),
+    ("python threading/queue", ("threading.py", "queue.py")),
+)
+
+_THREAD = re.compile(r"^thread \((?P<tid>[^)]*)\): (?P<name>.*)$")
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<path>.*?)(?::\d+)?\)$")
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One distinct stack of one thread and how many samples had it."""
+
+    thread: str
+    frames: tuple[str, ...]  # root first; "function (path)" without line numbers
+    count: int
+
+
+def load(path: Path) -> list[Stack]:
+    stacks = []
+    for line in path.read_text(errors="replace").splitlines():
+        body, _, count = line.rpartition(" ")
+        if not body or not count.isdigit():
+            continue
+        parts = body.split(";")
+        thread = parts[0]
+        match = _THREAD.match(thread)
+        if match is not None:
+            thread = f"{match['name']} ({match['tid']})"
+        stacks.append(Stack(thread, tuple(_frame(f) for f in parts[1:]), int(count)))
+    return stacks
+
+
+def _frame(text: str) -> str:
+    match = _FRAME.match(text)
+    return text if match is None else f"{match['function']} ({match['path']})"
+
+
+def _path(frame: str) -> str:
+    return frame.rpartition(" (")[2].rstrip(")")
+
+
+def category(frames: tuple[str, ...]) -> str:
+    for frame in reversed(frames):
+        path = _path(frame)
+        for name, fragments in CATEGORIES:
+            if any(fragment in path for fragment in fragments):
+                return name
+    return "other"
+
+
+def _print_shares(title: str, counts: Counter, total: int, top: int,
+                  ms_per_request: float | None) -> None:
+    print(f"  {title}:")
+    for name, n in counts.most_common(top):
+        cost = "" if ms_per_request is None else f"{ms_per_request * n / total:7.3f} ms/req  "
+        print(f"    {100 * n / total:5.1f}%  {cost}{name}")
+
+
+def by_category(stacks: list[Stack]) -> Counter:
+    counts: Counter = Counter()
+    for s in stacks:
+        counts[category(s.frames)] += s.count
+    return counts
+
+
+def print_summary(stacks: list[Stack], top: int = 25,
+                  ms_per_request: float | None = None) -> None:
+    """Shares of all samples by thread, category and function; with
+    ``ms_per_request`` (the server's CPU per request) each share also in ms."""
+    total = sum(s.count for s in stacks)
+    if not total:
+        print("  (no samples)")
+        return
+    by_thread: Counter = Counter()
+    self_time: Counter = Counter()
+    inclusive: Counter = Counter()
+    for s in stacks:
+        by_thread[s.thread] += s.count
+        if s.frames:
+            self_time[s.frames[-1]] += s.count
+        for frame in set(s.frames):
+            inclusive[frame] += s.count
+    print(f"  {total} samples, shares of all of them")
+    _print_shares("by thread", by_thread, total, top, ms_per_request)
+    _print_shares("by category (innermost matching frame)", by_category(stacks), total, top,
+                  ms_per_request)
+    _print_shares("self time by function", self_time, total, top, ms_per_request)
+    _print_shares("inclusive time by function", inclusive, total, top, ms_per_request)
+
+
+def print_comparison(first: tuple[str, list[Stack], float],
+                     second: tuple[str, list[Stack], float]) -> None:
+    """Server CPU per request by category for two profiled servers, side by side:
+    (name, stacks, CPU ms per request) each; the difference is what the first
+    spends that the second does not."""
+    (name1, stacks1, ms1), (name2, stacks2, ms2) = first, second
+    counts1, counts2 = by_category(stacks1), by_category(stacks2)
+    total1, total2 = sum(counts1.values()) or 1, sum(counts2.values()) or 1
+    rows = [(name, ms1 * counts1[name] / total1, ms2 * counts2[name] / total2)
+            for name in set(counts1) | set(counts2)]
+    rows.sort(key=lambda row: row[2] - row[1])
+    print(f"  {'ms/req':>8} {'ms/req':>8} {'diff':>8}")
+    print(f"  {name1[:8]:>8} {name2[:8]:>8}")
+    for name, a, b in rows:
+        print(f"  {a:8.3f} {b:8.3f} {a - b:+8.3f}  {name}")
+    print(f"  {ms1:8.3f} {ms2:8.3f} {ms1 - ms2:+8.3f}  all")
+
+
+def main(argv: list[str]) -> int:
+    """``PROFILE.raw [THREAD]``: THREAD keeps only threads whose name contains it."""
+    if len(argv) not in (1, 2):
+        print("usage: python bench/stacks.py PROFILE.raw [THREAD]  (py-spy record "
+              "--format raw --threads)", file=sys.stderr)
+        return 2
+    stacks = load(Path(argv[0]))
+    if len(argv) == 2:
+        stacks = [s for s in stacks if argv[1] in s.thread]
+    print_summary(stacks)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
