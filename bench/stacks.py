@@ -150,8 +150,7 @@ def print_comparison(first: tuple[str, list[Stack], float],
     rows = [(name, ms1 * counts1[name] / total1, ms2 * counts2[name] / total2)
             for name in set(counts1) | set(counts2)]
     rows.sort(key=lambda row: row[2] - row[1])
-    print(f"  {'ms/req':>8} {'ms/req':>8} {'diff':>8}")
-    print(f"  {name1[:8]:>8} {name2[:8]:>8}")
+    print(f"  {name1[:8]:>8} {name2[:8]:>8} {'diff':>8}  (CPU ms per request)")
     for name, a, b in rows:
         print(f"  {a:8.3f} {b:8.3f} {a - b:+8.3f}  {name}")
     print(f"  {ms1:8.3f} {ms2:8.3f} {ms1 - ms2:+8.3f}  all")

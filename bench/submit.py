@@ -80,10 +80,13 @@ state_dir = "{state_dir}"
 drain_timeout = 5
 """
 
-#: ``--sandbox slow``: jobs stay QUEUED, so no PNG is drawn during the window.
-SLOW_SANDBOX = """
+#: ``--sandbox queued``: after the first job the sandbox starts one job per 1000 s,
+#: so jobs stay QUEUED and no PNG is drawn during the window. (At one job a second
+#: drawing and finalizing cost about 2% of a core, which at a few hundred requests a
+#: second is several percent of the CPU per request.)
+QUEUED_SANDBOX = """
 [providers.sandbox]
-rate = 1
+rate = 0.001
 burst = 1
 max_in_flight = 1
 """
@@ -193,11 +196,14 @@ def serve_bare(port: int) -> None:
 # --------------------------------------------------------------------------- tools
 
 
+def find_script(name: str) -> str | None:
+    """A console script of this virtualenv (beside the interpreter), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
 def find_easel() -> str:
-    beside = Path(sys.executable).parent / "easel"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("easel")
+    found = find_script("easel")
     if found is None:
         sys.exit("cannot find the `easel` console script (install the project, or --easel PATH)")
     return found
@@ -354,7 +360,7 @@ def start_easel(workdir: Path, tag: str, pin: Pinning, easel: str, sandbox: str,
     state_dir.mkdir()
     config = workdir / f"easel-{tag}.toml"
     text = EASEL_CONFIG.format(port=port, state_dir=state_dir)
-    config.write_text(text + (SLOW_SANDBOX if sandbox == "slow" else "") + extra)
+    config.write_text(text + (QUEUED_SANDBOX if sandbox == "queued" else "") + extra)
     log_path = workdir / f"easel-{tag}.log"
     command = [*pin.prefix(pin.server), easel, "run", "--config", str(config)]
     return Server("easel", _spawn(command, log_path), port, log_path, state_dir)
@@ -626,8 +632,7 @@ def measure_wrk(server: Server, args: argparse.Namespace, pin: Pinning, wrk: str
 
 
 def find_py_spy() -> str:
-    beside = Path(sys.executable).parent / "py-spy"
-    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    found = find_script("py-spy")
     if found is None:
         sys.exit("--profile needs py-spy: `.venv/bin/pip install py-spy` (from PyPI)")
     return found
@@ -668,7 +673,7 @@ def print_profiles(results: list[Result], directory: Path) -> None:
         loaded = stacks.load(raw)
         stacks.print_summary(loaded, ms_per_request=r.cpu_per_request_ms)
         if r.cpu_per_request_ms is not None:
-            profiled.append((r.name, loaded, r.cpu_per_request_ms))
+            profiled.append((r.name.split()[0], loaded, r.cpu_per_request_ms))
     if len(profiled) == 2:
         print("\nserver CPU per accepted request by category (innermost frame), "
               "easel against bare:")
@@ -708,7 +713,8 @@ def print_report(results: list[Result], args: argparse.Namespace, pin: Pinning) 
     print("generators: wrk = C, 1 thread, Lua script (new prompt per request); "
           "python = 1 trio thread, one httpx.AsyncClient per connection")
     print(f"machine: {os.cpu_count()} CPUs; {pin.describe()}")
-    sandbox = ("rate=1 burst=1 max_in_flight=1 (jobs stay QUEUED)" if args.sandbox == "slow"
+    sandbox = ("rate=0.001 burst=1 max_in_flight=1 (jobs stay QUEUED)"
+               if args.sandbox == "queued"
                else "shipped defaults (the sandbox draws PNGs meanwhile)")
     print(f"easel: shipped config, INFO logging; [providers.sandbox] {sandbox}; "
           "a 202 means the row is committed to SQLite")
@@ -776,13 +782,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds of unmeasured load first (2)")
     parser.add_argument("--only", choices=["easel", "bare"], default=None,
                         help="measure one target only")
-    parser.add_argument("--sandbox", choices=["shipped", "slow"], default="slow",
-                        help="Easel's sandbox provider: the shipped limits (it draws PNGs "
-                             "during the window) or slow (rate 1/s: jobs stay QUEUED)")
+    parser.add_argument("--sandbox", choices=["queued", "shipped"], default="queued",
+                        help="Easel's sandbox provider: queued (rate 0.001/s: jobs stay "
+                             "QUEUED, the default) or the shipped limits (it draws 50 PNGs "
+                             "a second during the window)")
     parser.add_argument("--easel-toml", type=Path, metavar="FILE", default=None,
                         help="TOML appended to Easel's config, to measure a setting "
                              "(e.g. [logging] level = \"WARNING\"); not [daemon], nor "
-                             "[providers.sandbox] with --sandbox slow")
+                             "[providers.sandbox] with --sandbox queued")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="do not pin server and load generator to separate CPUs")
     parser.add_argument("--profile", type=Path, metavar="DIR", default=None,
