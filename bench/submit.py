@@ -48,6 +48,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -423,6 +424,7 @@ class Usage:
 class Result:
     name: str
     generator: str
+    round: int = 1
     accepted: int = 0
     elapsed: float = 0.0
     p50_ms: float = math.nan
@@ -433,6 +435,10 @@ class Result:
     load: float = math.nan  # 1-minute load average before the measured window
     stopped: str = ""
     store: dict | None = None  # Easel's store statistics over the measured window
+
+    @property
+    def label(self) -> str:
+        return f"{self.generator} {self.name} (round {self.round})"
 
     @property
     def rate(self) -> float:
@@ -688,7 +694,7 @@ def _figure(value: float | None, digits: int) -> str:
 
 
 def print_table(results: list[Result]) -> None:
-    header = (f"{'generator':<9} {'target':<16} {'accepted/s':>10} {'p50 ms':>8} "
+    header = (f"{'round':<5} {'generator':<9} {'target':<16} {'accepted/s':>10} {'p50 ms':>8} "
               f"{'p99 ms':>8} {'accepted':>9} {'errors':>6} {'server CPU':>10} "
               f"{'client CPU':>10} {'srv ms/req':>10} {'trio ms/req':>11} "
               f"{'ctxsw/req':>9} {'load1':>6}")
@@ -696,7 +702,7 @@ def print_table(results: list[Result]) -> None:
     print("-" * len(header))
     for r in results:
         busy = None if r.server.cpu is None else 100 * r.server.cpu / r.elapsed
-        print(f"{r.generator:<9} {r.name:<16} {r.rate:>10.1f} {r.p50_ms:>8.1f} "
+        print(f"{r.round:<5} {r.generator:<9} {r.name:<16} {r.rate:>10.1f} {r.p50_ms:>8.1f} "
               f"{r.p99_ms:>8.1f} {r.accepted:>9} {sum(r.errors.values()):>6} "
               f"{_figure(busy, 0) + '%':>10} {100 * r.client_cpu / r.elapsed:>9.0f}% "
               f"{_figure(r.cpu_per_request_ms, 3):>10} "
@@ -723,7 +729,7 @@ def print_report(results: list[Result], args: argparse.Namespace, pin: Pinning) 
     for r in results:
         if r.errors:
             detail = ", ".join(f"{k} x{v}" for k, v in r.errors.most_common())
-            print(f"  {r.generator} {r.name} non-202 answers: {detail}")
+            print(f"  {r.label} non-202 answers: {detail}")
     print("(CPU columns: share of one core over the measured window; srv ms/req = "
           "server CPU per accepted request, all threads; trio ms/req = the same for the "
           "trio (main) thread alone; ctxsw/req = server context switches "
@@ -733,35 +739,57 @@ def print_report(results: list[Result], args: argparse.Namespace, pin: Pinning) 
             groups = ", ".join(
                 f"{group} {1000 * cpu / r.accepted:.3f} ms + {switches / r.accepted:.2f} sw"
                 for group, (cpu, switches) in sorted(r.server.threads.items()))
-            print(f"  {r.generator} {r.name} per accepted request by thread: {groups}")
+            print(f"  {r.label} per accepted request by thread: {groups}")
     for r in results:
         if r.store and r.store["transactions"]:
             st = r.store
-            print(f"  {r.generator} {r.name} store during the window: {st['writes']} writes "
+            print(f"  {r.label} store during the window: {st['writes']} writes "
                   f"in {st['transactions']} transactions (mean batch "
                   f"{st['writes'] / st['transactions']:.1f}, largest so far "
                   f"{st['largest_batch']}), {st['transactions'] / r.elapsed:.0f} commits/s")
     for r in results:
         if r.stopped:
-            print(f"  {r.generator} {r.name} stopped: {r.stopped}")
+            print(f"  {r.label} stopped: {r.stopped}")
     ratios = []
     for generator in GENERATORS:
-        by_name = {r.name: r for r in results if r.generator == generator}
-        easel, bare = by_name.get("easel"), by_name.get("bare quart-trio")
-        if not (easel and bare):
+        pairs = paired(results, generator)
+        if not pairs:
             continue
-        ratio = easel.rate / bare.rate if bare.rate else math.nan
-        cpu = ""
-        if easel.cpu_per_request_ms and bare.cpu_per_request_ms:
-            cpu = (f"; server CPU per request easel/bare = "
-                   f"{easel.cpu_per_request_ms / bare.cpu_per_request_ms:.2f}x")
+        rates = [easel.rate / bare.rate if bare.rate else math.nan for easel, bare in pairs]
+        cpus = [easel.cpu_per_request_ms / bare.cpu_per_request_ms for easel, bare in pairs
+                if easel.cpu_per_request_ms and bare.cpu_per_request_ms]
+        ratio = statistics.median(rates)
         verdict = ""
         if generator == "wrk":
             verdict = f" (target >= {TARGET_RATIO}: {'met' if ratio >= TARGET_RATIO else 'NOT met'})"
-        print(f"{generator}: easel/bare accepted/s = {ratio:.2f}{verdict}{cpu}")
+        each = f" (rounds: {' '.join(f'{r:.2f}' for r in rates)})" if len(rates) > 1 else ""
+        print(f"{generator}: easel/bare accepted/s = {ratio:.2f}{verdict}{each}")
+        if cpus:
+            each = f" (rounds: {' '.join(f'{c:.2f}' for c in cpus)})" if len(cpus) > 1 else ""
+            cpu = statistics.median(cpus)
+            print(f"{generator}: server CPU per request easel/bare = {cpu:.2f}x{each}, "
+                  f"i.e. an accepted/s ratio of {1 / cpu:.2f} for servers each on a core "
+                  "of its own")
+        starved = [r for pair in pairs for r in pair
+                   if r.server.cpu is not None and r.server.cpu < 0.9 * r.elapsed]
+        if starved:
+            print(f"  note: {len(starved)} of the {generator} servers had less than 90% of "
+                  "a core (see server CPU): their accepted/s is not their own limit, and "
+                  "the server with more busy threads gets the larger share of a contended "
+                  "CPU; the CPU-per-request ratio is the fairer figure")
         ratios.append(f"ratio_{generator}={ratio:.2f}")
     if ratios:
         print(" ".join(ratios))
+
+
+def paired(results: list[Result], generator: str) -> list[tuple[Result, Result]]:
+    """(easel, bare) measured with ``generator`` in the same round, round by round."""
+    rounds: dict[int, dict[str, Result]] = {}
+    for r in results:
+        if r.generator == generator:
+            rounds.setdefault(r.round, {})[r.name] = r
+    return [(by_name["easel"], by_name["bare quart-trio"]) for _, by_name in sorted(rounds.items())
+            if "easel" in by_name and "bare quart-trio" in by_name]
 
 
 # --------------------------------------------------------------------------- main
@@ -780,6 +808,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "--seconds")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds of unmeasured load first (2)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every generator and target, interleaved; ratios "
+                             "are the median of the rounds' (1)")
     parser.add_argument("--only", choices=["easel", "bare"], default=None,
                         help="measure one target only")
     parser.add_argument("--sandbox", choices=["queued", "shipped"], default="queued",
@@ -805,6 +836,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--clients must be >= 1, --seconds > 0, --warmup >= 0")
     if args.requests is not None and args.requests < 1:
         parser.error("--requests must be >= 1")
+    if args.repeat < 1 or (args.profile is not None and args.repeat != 1):
+        parser.error("--repeat must be >= 1, and 1 with --profile")
     return args
 
 
@@ -819,6 +852,46 @@ def plan(args: argparse.Namespace) -> tuple[list[str], str | None]:
             sys.exit("wrk is required for --generator wrk and --profile")
         wanted.remove("wrk")
     return wanted, wrk
+
+
+class _Failed(Exception):
+    """One measurement failed (already reported); the figures so far are printed."""
+
+
+def run_one(generator: str, target: str, round_: int, workdir: Path,
+            args: argparse.Namespace, pin: Pinning, easel_bin: str, extra: str,
+            wrk: str | None, script: Path, py_spy: str | None) -> Result | None:
+    """Start ``target``, load it with ``generator``, stop it; None when it failed."""
+    tag = f"{round_}-{generator}-{target}"
+    server = (start_bare(workdir, tag, pin) if target == "bare" else
+              start_easel(workdir, tag, pin, easel_bin, args.sandbox, extra))
+    result = None
+    try:
+        print(f"{generator}: measuring {server.name} on {server.base_url}"
+              f"{f' (round {round_})' if args.repeat > 1 else ''} ...", flush=True)
+        if generator == "python":
+            result = measure_python(server, args, pin)
+        else:
+            during = None
+            if args.profile is not None and py_spy is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+                during = py_spy_starter(py_spy, server, args.profile / f"{target}.raw",
+                                        args.seconds, pin)
+            assert wrk is not None
+            result = measure_wrk(server, args, pin, wrk, script, during)
+        result.round = round_
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        print(f"{server.name}: {exc}", file=sys.stderr)
+    finally:
+        # Easel drains up to drain_timeout (5 s) plus hypercorn's graceful 1 s.
+        stopped = server.stop(timeout=15.0)
+        if result is not None:
+            result.stopped = stopped
+            if server.state_dir is not None:
+                result.stopped += "; jobs left: " + queued_jobs(server.state_dir)
+        else:
+            print(f"{server.name} stopped: {stopped}", file=sys.stderr)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -838,43 +911,18 @@ def main(argv: list[str] | None = None) -> int:
     extra = "" if args.easel_toml is None else "\n" + args.easel_toml.read_text()
 
     results: list[Result] = []
-    failed = False
     try:
-        for generator in generators:
-            for target in targets:
-                tag = f"{generator}-{target}"
-                server = (start_bare(workdir, tag, pin) if target == "bare" else
-                          start_easel(workdir, tag, pin, easel_bin, args.sandbox, extra))
-                result = None
-                try:
-                    print(f"{generator}: measuring {server.name} on {server.base_url} ...",
-                          flush=True)
-                    if generator == "python":
-                        result = measure_python(server, args, pin)
-                    else:
-                        during = None
-                        if args.profile is not None:
-                            args.profile.mkdir(parents=True, exist_ok=True)
-                            during = py_spy_starter(py_spy, server,
-                                                    args.profile / f"{target}.raw",
-                                                    args.seconds, pin)
-                        result = measure_wrk(server, args, pin, wrk, script, during)
-                except (RuntimeError, KeyboardInterrupt) as exc:
-                    print(f"{server.name}: {exc}", file=sys.stderr)
-                    failed = True
-                    break
-                finally:
-                    # Easel drains up to drain_timeout (5 s) plus hypercorn's graceful 1 s.
-                    stopped = server.stop(timeout=15.0)
-                    if result is not None:
-                        result.stopped = stopped
-                        if server.state_dir is not None:
-                            result.stopped += "; jobs left: " + queued_jobs(server.state_dir)
-                        results.append(result)
-                    else:
-                        print(f"{server.name} stopped: {stopped}", file=sys.stderr)
-            if failed:
-                break
+        for round_ in range(1, args.repeat + 1):
+            for generator in generators:
+                for target in targets:
+                    result = run_one(generator, target, round_, workdir, args, pin,
+                                     easel_bin, extra, wrk, script, py_spy)
+                    if result is None:
+                        raise _Failed
+                    results.append(result)
+        failed = False
+    except _Failed:
+        failed = True
     finally:
         if args.keep:
             print(f"kept {workdir}")
