@@ -29,6 +29,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: (category, path fragments): a frame belongs to the first category one of whose
 #: fragments is in its file's path. Easel's own packages come last, so library
@@ -39,7 +40,6 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("prometheus metrics", ("prometheus_client/",)),
     ("cattrs/attrs conversion", ("cattrs/", "attr/", "attrs/", "<attrs generated")),
     ("submission validation", ("actors/validation", "actors/parameters", "actors/catalog")),
-    ("sqlite3 (store thread work)", ("sqlite3/",)),
     ("trio thread hops (to_thread, entry queue)", (
         "trio/_threads", "trio/_core/_thread_cache", "trio/_core/_entry_queue")),
     ("trio scheduler and sockets", ("trio/", "outcome/", "sniffio/")),
@@ -47,7 +47,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hypercorn", ("hypercorn/",)),
     ("quart/werkzeug request handling", (
         "quart/", "quart_trio/", "werkzeug/", "flask/", "blinker/", "jinja2/")),
-    ("easel store (trio side)", ("actors/store",)),
+    ("easel store: rows, SQL calls, commits (any thread)", ("actors/store",)),
     ("easel HTTP app", ("daemon/",)),
     ("easel actors", ("actors/",)),
     ("python threading/queue", ("threading.py", "queue.py")),
@@ -99,61 +99,91 @@ def category(frames: tuple[str, ...]) -> str:
     return "other"
 
 
-def _print_shares(title: str, counts: Counter, total: int, top: int,
-                  ms_per_request: float | None) -> None:
-    print(f"  {title}:")
-    for name, n in counts.most_common(top):
-        cost = "" if ms_per_request is None else f"{ms_per_request * n / total:7.3f} ms/req  "
-        print(f"    {100 * n / total:5.1f}%  {cost}{name}")
+def group_of(thread: str) -> str:
+    """The thread group ``bench/submit.py`` measures CPU by, from py-spy's thread
+    label: ``main`` (the trio thread), ``trio workers`` (trio's ``to_thread`` pool,
+    "Trio thread N"), ``other``."""
+    if thread.startswith("MainThread"):
+        return "main"
+    if thread.startswith("Trio thread"):
+        return "trio workers"
+    return "other"
 
 
-def by_category(stacks: list[Stack]) -> Counter:
+def sample_weights(stacks: list[Stack],
+                   ms_by_group: dict[str, float] | None) -> dict[str, float]:
+    """Milliseconds per request that one sample of each thread group stands for.
+
+    py-spy counts a thread as busy while it is runnable or blocked in the kernel
+    (an fsync, a lock handed over), so its shares overstate threads that mostly
+    wait. Spreading each group's CPU as measured in /proc over that group's samples
+    corrects this. Without measurements (``None``) every sample weighs 1.
+    """
+    samples: Counter = Counter()
+    for s in stacks:
+        samples[group_of(s.thread)] += s.count
+    if ms_by_group is None:
+        return {group: 1.0 for group in samples}
+    return {group: ms_by_group.get(group, 0.0) / n for group, n in samples.items()}
+
+
+def _tally(stacks: list[Stack], weights: dict[str, float], key: Any) -> Counter:
     counts: Counter = Counter()
     for s in stacks:
-        counts[category(s.frames)] += s.count
+        weight = s.count * weights[group_of(s.thread)]
+        for name in key(s):
+            counts[name] += weight
     return counts
 
 
+def _print_shares(title: str, counts: Counter, total: float, top: int, in_ms: bool) -> None:
+    print(f"  {title}:")
+    for name, n in counts.most_common(top):
+        cost = f"{n:7.3f} ms/req  " if in_ms else ""
+        print(f"    {100 * n / total:5.1f}%  {cost}{name}")
+
+
 def print_summary(stacks: list[Stack], top: int = 25,
-                  ms_per_request: float | None = None) -> None:
-    """Shares of all samples by thread, category and function; with
-    ``ms_per_request`` (the server's CPU per request) each share also in ms."""
+                  ms_by_group: dict[str, float] | None = None) -> None:
+    """Shares by thread, category and function: of the server's CPU per request
+    when ``ms_by_group`` (CPU ms per request by thread group) is given, else of
+    the samples."""
     total = sum(s.count for s in stacks)
     if not total:
         print("  (no samples)")
         return
-    by_thread: Counter = Counter()
-    self_time: Counter = Counter()
-    inclusive: Counter = Counter()
-    for s in stacks:
-        by_thread[s.thread] += s.count
-        if s.frames:
-            self_time[s.frames[-1]] += s.count
-        for frame in set(s.frames):
-            inclusive[frame] += s.count
-    print(f"  {total} samples, shares of all of them")
-    _print_shares("by thread", by_thread, total, top, ms_per_request)
-    _print_shares("by category (innermost matching frame)", by_category(stacks), total, top,
-                  ms_per_request)
-    _print_shares("self time by function", self_time, total, top, ms_per_request)
-    _print_shares("inclusive time by function", inclusive, total, top, ms_per_request)
+    weights = sample_weights(stacks, ms_by_group)
+    in_ms = ms_by_group is not None
+    print(f"  {total} samples; shares of the "
+          f"{'CPU per request (each thread group scaled to its measured CPU)' if in_ms else 'samples'}")
+    threads = _tally(stacks, weights, lambda s: [s.thread])
+    everything = sum(threads.values()) or 1.0
+    _print_shares("by thread", threads, everything, top, in_ms)
+    _print_shares("by category (innermost matching frame)",
+                  _tally(stacks, weights, lambda s: [category(s.frames)]), everything, top,
+                  in_ms)
+    _print_shares("self time by function",
+                  _tally(stacks, weights, lambda s: s.frames[-1:]), everything, top, in_ms)
+    _print_shares("inclusive time by function",
+                  _tally(stacks, weights, lambda s: set(s.frames)), everything, top, in_ms)
 
 
-def print_comparison(first: tuple[str, list[Stack], float],
-                     second: tuple[str, list[Stack], float]) -> None:
+def print_comparison(first: tuple[str, list[Stack], dict[str, float]],
+                     second: tuple[str, list[Stack], dict[str, float]]) -> None:
     """Server CPU per request by category for two profiled servers, side by side:
-    (name, stacks, CPU ms per request) each; the difference is what the first
-    spends that the second does not."""
+    (name, stacks, CPU ms per request by thread group) each; the difference is what
+    the first spends that the second does not."""
     (name1, stacks1, ms1), (name2, stacks2, ms2) = first, second
-    counts1, counts2 = by_category(stacks1), by_category(stacks2)
-    total1, total2 = sum(counts1.values()) or 1, sum(counts2.values()) or 1
-    rows = [(name, ms1 * counts1[name] / total1, ms2 * counts2[name] / total2)
-            for name in set(counts1) | set(counts2)]
-    rows.sort(key=lambda row: row[2] - row[1])
+    by_category = lambda s: [category(s.frames)]  # noqa: E731
+    cost1 = _tally(stacks1, sample_weights(stacks1, ms1), by_category)
+    cost2 = _tally(stacks2, sample_weights(stacks2, ms2), by_category)
+    rows = sorted(((name, cost1[name], cost2[name]) for name in set(cost1) | set(cost2)),
+                  key=lambda row: row[2] - row[1])
     print(f"  {name1[:8]:>8} {name2[:8]:>8} {'diff':>8}  (CPU ms per request)")
     for name, a, b in rows:
         print(f"  {a:8.3f} {b:8.3f} {a - b:+8.3f}  {name}")
-    print(f"  {ms1:8.3f} {ms2:8.3f} {ms1 - ms2:+8.3f}  all")
+    total1, total2 = sum(cost1.values()), sum(cost2.values())
+    print(f"  {total1:8.3f} {total2:8.3f} {total1 - total2:+8.3f}  all (live threads)")
 
 
 def main(argv: list[str]) -> int:

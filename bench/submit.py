@@ -672,14 +672,15 @@ def print_profiles(results: list[Result], directory: Path) -> None:
     profiled = []
     for r in results:
         raw = directory / ("bare.raw" if r.name.startswith("bare") else "easel.raw")
-        if not raw.exists():
+        if not raw.exists() or not r.accepted or r.server.threads is None:
             continue
         print(f"\nprofile of {r.name} under wrk load ({raw}; sampling perturbs the "
               "figures above):")
         loaded = stacks.load(raw)
-        stacks.print_summary(loaded, ms_per_request=r.cpu_per_request_ms)
-        if r.cpu_per_request_ms is not None:
-            profiled.append((r.name.split()[0], loaded, r.cpu_per_request_ms))
+        ms_by_group = {group: 1000 * cpu / r.accepted
+                       for group, (cpu, _) in r.server.threads.items()}
+        stacks.print_summary(loaded, ms_by_group=ms_by_group)
+        profiled.append((r.name.split()[0], loaded, ms_by_group))
     if len(profiled) == 2:
         print("\nserver CPU per accepted request by category (innermost frame), "
               "easel against bare:")
