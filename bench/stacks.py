@@ -102,10 +102,10 @@ def category(frames: tuple[str, ...]) -> str:
 def group_of(thread: str) -> str:
     """The thread group ``bench/submit.py`` measures CPU by, from py-spy's thread
     label: ``main`` (the trio thread), ``trio workers`` (trio's ``to_thread`` pool,
-    "Trio thread N"), ``other``."""
+    "Trio thread N", renamed "FUNCTION from TASK" while it runs a job), ``other``."""
     if thread.startswith("MainThread"):
         return "main"
-    if thread.startswith("Trio thread"):
+    if thread.startswith("Trio thread") or " from " in thread:
         return "trio workers"
     return "other"
 

@@ -292,19 +292,22 @@ class Server:
         """CPU seconds and context switches (voluntary + involuntary) of the server's
         live threads by group, from /proc (Linux): ``main`` (the trio thread, where
         every request is parsed, handled and answered), ``trio workers`` (trio's
-        ``to_thread`` pool, named "Trio thread N": the store's SQLite calls) and
-        ``other`` (such as the logging listener). A thread that ended meanwhile
-        takes its figures with it."""
+        ``to_thread`` pool: the store's SQLite calls) and ``other`` (such as the
+        logging listener). Trio names its workers at the OS level ("Trio thread N",
+        or the job's name while one runs); Python threads keep the process's name.
+        A thread that ended meanwhile takes its figures with it."""
         groups: dict[str, tuple[float, int]] = {}
+        tasks = Path(f"/proc/{self.proc.pid}/task")
         try:
-            for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            process_name = (tasks / str(self.proc.pid) / "comm").read_text()
+            for task in tasks.iterdir():
                 cpu = _stat_cpu(task / "stat")
                 status = (task / "status").read_text().splitlines()
-                comm = (task / "comm").read_text().strip()
+                comm = (task / "comm").read_text()
                 switches = sum(int(line.split()[1]) for line in status
                                if "ctxt_switches:" in line)
                 group = ("main" if task.name == str(self.proc.pid) else
-                         "trio workers" if comm.startswith("Trio thread") else "other")
+                         "other" if comm == process_name else "trio workers")
                 old_cpu, old_switches = groups.get(group, (0.0, 0))
                 groups[group] = (old_cpu + (cpu or 0.0), old_switches + switches)
         except (OSError, ValueError):
