@@ -32,8 +32,8 @@ Only 202 counts as accepted; anything else is reported as an error. Each target
 gets a warm-up, then a measured window; the server's CPU over the window comes
 from ``/proc/<pid>/stat`` (all its threads).
 
-``--profile`` instead samples Easel with py-spy under wrk load and prints where
-its CPU goes (see ``bench/stacks.py``).
+``--profile`` instead samples both servers with py-spy under wrk load and prints
+where their CPU goes, side by side (see ``bench/stacks.py``).
 
 Run: ``python bench/submit.py`` (``--help`` for the knobs). Figures only; nothing
 here asserts on speed.
@@ -828,8 +828,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="do not pin server and load generator to separate CPUs")
     parser.add_argument("--profile", type=Path, metavar="DIR", default=None,
-                        help="sample Easel with py-spy under wrk load instead; keep the "
-                             "raw stacks in DIR and print where the CPU goes")
+                        help="sample both servers with py-spy under wrk load instead; "
+                             "keep the raw stacks in DIR and print where the CPU goes")
     parser.add_argument("--easel", default=None, help="path of the `easel` console script")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary state dirs and server logs")
