@@ -3,9 +3,10 @@
 Why: every status check spends a provider request and a rate-limit token, and every
 second between a task's completion and the check that notices it is a second the
 user waits. A strategy is judged on both, per task. This bench computes them for
-the three strategies Easel offers (README "Polling") on the same tasks, by arithmetic: no
-sleeping, no clock, no HTTP. Each strategy is driven through the function the
-poller calls (``delay_before_check``; ``DurationHistory.delay`` for adaptive), one
+the three strategies a model's polling spec can name (``PollingStrategy`` in
+``actors/catalog.py``) on the same tasks, by arithmetic: no sleeping, no clock, no
+HTTP. Each strategy is driven through the function the poller calls
+(``delay_before_check``; ``DurationHistory.delay`` for adaptive), one
 check at a time, with the time elapsed since submission.
 
 The model: durations lognormal with median 360 s and sigma 0.5 (a six-minute video).
