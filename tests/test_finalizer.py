@@ -18,6 +18,7 @@ from trio.testing import MockClock
 from actors.finalizer import DOWNLOAD_RETRY, Finalizer
 from actors.jobs import Job, JobState, new_job_id
 from actors.lifecycle import Lifecycle
+from actors.messages import Finalize
 from actors.monitor import Monitor
 from actors.storage import LocalStorage
 from actors.store import Store, open_store
@@ -26,7 +27,7 @@ from tests.simulators.base import png_bytes, serve_simulator
 
 @pytest.fixture
 def clock() -> MockClock:
-    return MockClock(autojump_threshold=0.02)
+    return MockClock(autojump_threshold=0.1)
 
 
 @attrs.define
@@ -59,8 +60,9 @@ async def finalized(store: Store, tmp_path: Path, url: str, max_bytes: int = 1 <
     moved = await store.transition(job.id, JobState.QUEUED, JobState.FINALIZING,
                                    provider_outputs=[url])
     assert moved is not None
+    _, mailbox = trio.open_memory_channel[Finalize](1)
     finalizer = Finalizer(store, LocalStorage(tmp_path / "media"), Lifecycle(), Monitor(),
-                          max_bytes=max_bytes)
+                          mailbox=mailbox, max_bytes=max_bytes)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(finalizer.run)  # it takes up every job left in FINALIZING
         with trio.fail_after(3600):

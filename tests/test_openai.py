@@ -63,7 +63,9 @@ async def start_sim(nursery: trio.Nursery) -> Callable[..., Awaitable[Started]]:
 
 
 def sdk(url: str, key: str = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=10)
+    # A generous timeout: the simulator shares a loaded 2-core machine with the
+    # suite, and no test here is about the client giving up.
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
 
 
 async def in_thread(fn: Callable[[], Any]) -> Any:

@@ -131,7 +131,7 @@ def verify(received: Received, secret: str = SECRET) -> dict[str, Any]:
 def clock() -> MockClock:
     """Jumps only after some real idleness: the store's worker threads are real,
     and a jump while one is busy would cancel work the test means to finish."""
-    return MockClock(autojump_threshold=0.02)
+    return MockClock(autojump_threshold=0.1)
 
 
 def settings(**overrides: Any) -> OutboxSettings:

@@ -38,9 +38,9 @@ def new_job(prompt: str = "a slow zoom") -> Job:
 
 @pytest.fixture
 def clock() -> MockClock:
-    """Jumps only after 10 ms of real idleness: the store's worker threads are real,
+    """Jumps only after 100 ms of real idleness: the store's worker threads are real,
     and a jump while one is busy would cancel work the test means to finish."""
-    return MockClock(autojump_threshold=0.01)
+    return MockClock(autojump_threshold=0.1)
 
 
 async def wait_state(runtime: Runtime, job_id: str, done: Callable[[JobState], bool]) -> Job:
