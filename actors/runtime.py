@@ -49,6 +49,7 @@ from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, Store
 from actors.supervisor import (
     RESTART_BACKOFF,
     ChildSpec,
+    ChildState,
     Intensity,
     Strategy,
     Supervisor,
@@ -303,6 +304,12 @@ class Runtime:
             return f"job is {job.state.value}"
         await self._channels[provider].poller.send(Observed(job.id, event.status))
         return "applied"
+
+    def not_running(self) -> list[str]:
+        """Supervised actors (by path) that are not up now: starting and reloading
+        their state, or waiting to be restarted after a crash."""
+        return [child.path for child in self.supervisor.statistics().children
+                if child.state is not ChildState.RUNNING]
 
     def statistics(self) -> dict[str, Any]:
         """Every actor's snapshot; reading changes nothing."""

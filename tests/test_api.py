@@ -194,6 +194,7 @@ async def test_health_and_metrics(easel_daemon) -> None:
     await easel.wait(job.json()["id"])
     health = await easel.client.get("/api/health")
     assert health.status_code == 200 and health.json()["database"] == "ok"
+    assert health.json()["actors"] == "ok"
     metrics = await easel.client.get("/api/metrics")
     assert 'easel_jobs{state="SUCCEEDED"}' in metrics.text
     assert "easel_provider_calls_total" in metrics.text

@@ -76,6 +76,7 @@ async def test_started_means_every_actor_has_reloaded(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(runtime.run)
             assert runtime.statistics()["providers"]["sandbox"]["polling"] == 20
+            assert runtime.not_running() == []  # what /api/health reports as "actors"
             nursery.cancel_scope.cancel()
 
 
@@ -91,6 +92,9 @@ async def test_a_crashed_provider_restarts_with_its_poller_and_work_goes_on(
             "dispatch/providers/provider:sandbox/provider": 1,
             "dispatch/providers/provider:sandbox/poller": 1,
         })
+        with trio.fail_after(60):
+            while runtime.not_running():  # backing off, then reloading
+                await trio.sleep(0.01)
         # rest_for_one: the scheduler above it and the other actors were left alone.
         assert restarts.get("dispatch/scheduler", 0) == 0
         assert restarts.get("finalizer", 0) == 0

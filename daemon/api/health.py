@@ -1,7 +1,8 @@
 """The health and metrics family: is Easel up, what is it doing, Prometheus figures.
 
 ``GET /api/health`` is what load balancers and systemd-style checks poll: 200 with
-``status: ok``, or 503 while draining or when the database does not answer. Its
+``status: ok``, or 503 while draining, when the database does not answer, or while
+an actor is restarting and reloading its state (``actors`` names them). Its
 answer is cached for ``HEALTH_CACHE_SECONDS`` so frequent checks cost one database
 ping a second at most. ``/api/health/detailed`` adds the runtime's statistics and
 job counts; ``/api/metrics`` is the Prometheus registry, with the job and slot
@@ -42,12 +43,14 @@ async def _health_body() -> dict[str, Any]:
         database = "ok"
     except Exception as exc:  # a failing database is what health is for
         database = f"error: {exc}"
+    recovering = runtime.not_running()
     state = "draining" if runtime.lifecycle.draining else "ok"
-    if database != "ok":
+    if database != "ok" or recovering:
         state = "degraded"
     return {
         "status": state,
         "database": database,
+        "actors": f"restarting: {', '.join(recovering)}" if recovering else "ok",
         "uptimeSeconds": round(time.time() - api.started_at, 1),
         "providers": sorted(runtime.providers),
         "models": sorted(runtime.catalog),
