@@ -119,8 +119,8 @@ class ProviderActor:
     ) -> None:
         """``changes``: every job change the store commits (to free the slots of
         jobs that ended or moved away). ``callback_base``: the daemon's public
-        base URL; with it, providers that push webhooks are given
-        ``{callback_base}/api/providers/{name}/webhook``."""
+        base URL when the provider pushes webhooks (empty otherwise); with it,
+        submissions carry ``{callback_base}/api/providers/{name}/webhook``."""
         self.name = name
         self.adapter = adapter
         self.settings = settings
@@ -253,7 +253,7 @@ class ProviderActor:
 
     @property
     def callback_url(self) -> str | None:
-        if not self._callback_base or not hasattr(self.adapter, "parse_webhook"):
+        if not self._callback_base:
             return None
         return f"{self._callback_base.rstrip('/')}/api/providers/{self.name}/webhook"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -40,8 +40,8 @@ from actors.monitor import Monitor
 from actors.outbox import Outbox, OutboxSettings
 from actors.poller import Poller
 from actors.provider import ProviderActor
-from actors.providers import make_adapter, missing_settings, usable
-from actors.providers.base import Adapter, ProviderSettings
+from actors.providers import PROVIDERS, family, make_adapter, missing_settings, usable
+from actors.providers.base import Adapter, ProviderSettings, WebhookReceiver
 from actors.routing import Router
 from actors.scheduler import Scheduler
 from actors.storage import LocalStorage
@@ -125,6 +125,8 @@ class Runtime:
             mailbox=finalizer_mailbox, max_bytes=max_download_bytes,
         )
         self.adapters: dict[str, Adapter] = {}
+        #: Sections whose provider pushes task updates (``Capabilities.webhooks``).
+        self._receivers: dict[str, WebhookReceiver] = {}
         self.providers: dict[str, ProviderActor] = {}
         self.pollers: dict[str, Poller] = {}
         self._channels: dict[str, _ProviderChannels] = {}
@@ -134,6 +136,9 @@ class Runtime:
                 PROVIDER_MAILBOX)
             to_poller, poller_mailbox = trio.open_memory_channel[PollerMessage](POLLER_MAILBOX)
             self.adapters[name] = adapter
+            takes_webhooks = PROVIDERS[family(name, settings)].capabilities.webhooks
+            if takes_webhooks:
+                self._receivers[name] = cast(WebhookReceiver, adapter)
             self.providers[name] = ProviderActor(
                 name, adapter, settings, store=store, catalog=self.catalog,
                 lifecycle=self.lifecycle, monitor=self.monitor, mailbox=provider_mailbox,
@@ -141,7 +146,8 @@ class Runtime:
                 # fallback leaves its slot at a provider its row no longer names.
                 # Subscribed once, here: the feed outlives the actor's restarts.
                 changes=store.subscribe(), scheduler=to_scheduler, poller=to_poller,
-                finalizer=to_finalizer, callback_base=public_base_url,
+                finalizer=to_finalizer,
+                callback_base=public_base_url if takes_webhooks else "",
             )
             self.pollers[name] = Poller(
                 name, settings, catalog=self.catalog, store=store, lifecycle=self.lifecycle,
@@ -292,11 +298,10 @@ class Runtime:
         tasks are ignored, not refused: the webhook can outrun the recording of the
         task id, and polling covers that job anyway.
         """
-        adapter = self.adapters.get(provider)
-        parse = getattr(adapter, "parse_webhook", None)
-        if parse is None:
+        receiver = self._receivers.get(provider)
+        if receiver is None:
             raise EaselError(ErrorCode.NOT_FOUND, f"provider {provider!r} takes no webhooks")
-        event = parse(headers, body)
+        event = receiver.parse_webhook(headers, body)
         job = await self.store.job_by_task(provider, event.task_id)
         if job is None:
             return "unknown task"
