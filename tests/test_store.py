@@ -181,6 +181,27 @@ async def test_writes_after_close_are_refused(tmp_path: Path) -> None:
         await store.insert_job(make_job())
 
 
+async def test_a_dead_writer_ends_the_store_instead_of_hanging(tmp_path: Path) -> None:
+    """The writer task is not restarted: if it dies, ``open_store``'s block ends with
+    its error (in the daemon: the process exits non-zero and systemd restarts it),
+    rather than leaving every caller waiting. What it had committed is whole."""
+    db = tmp_path / "db"
+
+    def broken(jobs: Any) -> None:
+        raise RuntimeError("writer bug")
+
+    with pytest.raises(BaseExceptionGroup) as raised:  # noqa: PT012
+        async with open_store(db) as store:
+            job, _ = await store.insert_job(make_job())
+            store.engine._on_commit = broken  # type: ignore[attr-defined]
+            with trio.fail_after(60):
+                await store.transition(job.id, JobState.QUEUED, JobState.SUBMITTING)
+    assert raised.group_contains(RuntimeError, match="writer bug")
+    async with open_store(db) as store:
+        stored = await store.get_job(job.id)
+    assert stored is not None and stored.state is JobState.SUBMITTING
+
+
 # -- timestamps follow trio's clock (actors/clock.py) -----------------------
 
 
