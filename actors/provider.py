@@ -29,7 +29,7 @@ failed is handed back for the scheduler's routing (``Unaccepted``) only when
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -97,6 +97,21 @@ def not_accepted(exc: EaselError) -> bool:
 #: Submission failures after which the provider may hold the task.
 _DOUBTFUL = frozenset({ErrorCode.PROVIDER_TIMEOUT, ErrorCode.PROVIDER_UNAVAILABLE,
                        ErrorCode.PROVIDER_ERROR})
+
+
+@attrs.frozen
+class Lookup:
+    """What one walk of the provider's task list learned about a request.
+
+    ``found``: the ids of matching tasks, oldest first, kept even when a later page
+    failed. ``complete``: the walk reached the end of what the provider lists
+    within the lookup window, so a task missing from ``found`` is not listed (yet).
+    ``error``: why the walk stopped early, if it did.
+    """
+
+    found: tuple[str, ...] = ()
+    complete: bool = False
+    error: str | None = None
 
 
 class ProviderActor:
@@ -423,8 +438,8 @@ class ProviderActor:
             return False
         if await self._store.has_twin(job, [JobState.QUEUED, JobState.SUBMITTING]):
             return False
-        found, _ = await self._look_up(request)
-        return await self._adopt(job, found, {"after": exc.code.value})
+        lookup = await self._look_up(request)
+        return await self._adopt(job, lookup.found, {"after": exc.code.value})
 
     async def _refused_last(self, job: Job) -> bool:
         """Whether the provider refused ``job``'s last counted attempt."""
@@ -438,19 +453,20 @@ class ProviderActor:
             return  # cancelled meanwhile
         await self._send_submission(counted, attrs.evolve(request, submitting_at=wall_now()))
 
-    async def _look_up(self, request: JobRequest) -> tuple[list[str] | None, str | None]:
-        """The provider's tasks matching ``request`` (``None``: it cannot tell), and
-        why the lookup failed, if it did."""
+    async def _look_up(self, request: JobRequest) -> Lookup:
+        """Walk the provider's list for tasks matching ``request``."""
         try:
             found = await self.call("reconcile", lambda: self.adapter.reconcile(request), safe=True)
         except EaselError as exc:
             log.warning("reconciliation lookup failed: %s", exc.info.message)
-            return None, exc.info.message
-        return found, None
+            return Lookup(error=exc.info.message)
+        if found is None:
+            return Lookup(error="the provider offers no lookup")
+        return Lookup(found=tuple(found), complete=True)
 
-    async def _adopt(self, job: Job, found: list[str] | None, why: dict[str, Any]) -> bool:
+    async def _adopt(self, job: Job, found: Sequence[str], why: dict[str, Any]) -> bool:
         """Carry ``job`` on with the first of ``found`` no other job has claimed."""
-        for task_id in found or []:
+        for task_id in found:
             if await self._store.job_by_task(self.name, task_id) is None:
                 log.info("adopted provider task", extra={"task_id": task_id})
                 await self._store.add_event(job.id, "reconciled", {"task_id": task_id, **why})
@@ -516,16 +532,16 @@ class ProviderActor:
             log.info("resubmitting: the last attempt before the restart was refused")
             await self._resubmit(job, request, "refused before the restart")
             return
-        found, lookup_error = await self._look_up(request)
-        if await self._adopt(job, found, {"after": "restart"}):
+        lookup = await self._look_up(request)
+        if await self._adopt(job, lookup.found, {"after": "restart"}):
             return
         if request.spec.resubmit_on_uncertain:
             log.info("resubmitting uncertain submission (model is safe to resubmit)")
             await self._resubmit(job, request, "uncertain")
             return
-        detail = {"provider": self.name, "lookup": "unavailable" if found is None else "no match"}
-        if lookup_error:
-            detail["lookupError"] = lookup_error
+        detail = {"provider": self.name, "lookup": "no match" if lookup.complete else "unavailable"}
+        if lookup.error:
+            detail["lookupError"] = lookup.error
         await self._fail(job, JobState.SUBMITTING, ErrorInfo(
             ErrorCode.UNCERTAIN_SUBMISSION,
             "the daemon stopped while submitting this job and the provider cannot prove "
