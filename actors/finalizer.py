@@ -1,8 +1,9 @@
 """The media finalizer actor: fetches a job's outputs and stores them.
 
-Mailbox (``actors/messages.py``): ``Finalize(job)`` for a job that has just entered
-FINALIZING. On start it also takes every job left in FINALIZING (after a crash or a restart), since the
-provider's output URLs are stored on the job. Downloads are streamed and capped in
+It takes no messages: it follows the store's change feed, so every job that enters
+FINALIZING reaches it once committed, whoever moved it and whatever became of that
+actor after the commit. On start it also takes every job left in FINALIZING (after
+a crash or a restart), since the provider's output URLs are stored on the job. Downloads are streamed and capped in
 size, their content type is checked, and ``data:`` URIs (synchronous providers) are
 decoded in place. A download that fails in a way that may pass (a connection
 error, a 5xx, a 429) is retried per ``DOWNLOAD_RETRY``, never sooner than the
@@ -24,7 +25,6 @@ from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.fetch import FetchFailed, TooLarge, read_capped
 from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
-from actors.messages import Finalize
 from actors.monitor import Monitor
 from actors.retry import RetryPolicy, parse_retry_after
 from actors.storage import LocalStorage, extension_for
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Attempts at downloading one output, and the waits between them (about 1, 2, 4 s).
 DOWNLOAD_RETRY = RetryPolicy(max_attempts=4, base=1.0, cap=8.0, jitter=0.5)
+#: The longest wait a download takes from a ``Retry-After`` (seconds).
+DOWNLOAD_RETRY_AFTER_CAP = 60.0
 
 
 def decode_data_uri(uri: str) -> tuple[bytes, str]:
@@ -55,7 +57,7 @@ class Finalizer:
         lifecycle: Lifecycle,
         monitor: Monitor,
         *,
-        mailbox: trio.MemoryReceiveChannel[Finalize],
+        changes: trio.MemoryReceiveChannel[Job],
         max_bytes: int,
         concurrency: int = 8,
     ) -> None:
@@ -64,17 +66,36 @@ class Finalizer:
         self.lifecycle = lifecycle
         self.monitor = monitor
         self.max_bytes = max_bytes
-        self._mailbox = mailbox
+        self._changes = changes
+        #: Jobs being finalized now: the feed and a reload may both name one.
+        self._active: set[str] = set()
         self._limiter = trio.CapacityLimiter(concurrency)
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._active.clear()
+        await self.store.barrier()  # what a previous run sent is committed
         async with trio.open_nursery() as nursery:
             for job in await self.store.jobs_in([JobState.FINALIZING]):
-                nursery.start_soon(self._finalize, job)
+                self._start(nursery, job)
             task_status.started()
-            async for message in self._mailbox:
-                nursery.start_soon(self._finalize, message.job)
+            async for job in self._changes:
+                if job.state is JobState.FINALIZING:
+                    self._start(nursery, job)
+
+    def _start(self, nursery: trio.Nursery, job: Job) -> None:
+        if job.id not in self._active:
+            self._active.add(job.id)
+            nursery.start_soon(self._finalize_once, job)
+
+    async def _finalize_once(self, job: Job) -> None:
+        try:
+            # The feed may carry a change that a reload already took care of.
+            current = await self.store.get_job(job.id)
+            if current is not None and current.state is JobState.FINALIZING:
+                await self._finalize(current)
+        finally:
+            self._active.discard(job.id)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -124,7 +145,10 @@ class Finalizer:
                 except EaselError as exc:
                     if not exc.info.is_retryable or attempt == DOWNLOAD_RETRY.max_attempts:
                         raise
-                    await trio.sleep(DOWNLOAD_RETRY.delay(attempt, exc.retry_after))
+                    # Provider URLs expire within minutes: a longer Retry-After is
+                    # cut to DOWNLOAD_RETRY_AFTER_CAP rather than waited out.
+                    retry_after = min(exc.retry_after or 0.0, DOWNLOAD_RETRY_AFTER_CAP)
+                    await trio.sleep(DOWNLOAD_RETRY.delay(attempt, retry_after))
             path = await self.storage.save(job.id, index, data, content_type)
             kind = "video" if content_type.startswith("video/") else "image"
             results.append({"type": kind, "url": path, "contentType": content_type})

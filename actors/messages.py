@@ -71,9 +71,10 @@ class Returned:
 
 @attrs.frozen
 class Unaccepted:
-    """From a provider actor: the submission of ``job`` (in SUBMITTING) failed with
-    ``error`` and the provider provably holds nothing for it, so the job may move
-    to a fallback; the slot it held is free. The scheduler decides where it goes."""
+    """From a provider actor: the submission of ``job`` failed with ``error`` and
+    the provider provably holds nothing for it. The provider has put the job back
+    to QUEUED (durably, before sending this) and freed its slot; the scheduler
+    decides where it goes: a fallback, or failed with ``error``."""
 
     job: Job
     error: ErrorInfo
@@ -116,7 +117,13 @@ class CancelTask:
     job: Job
 
 
-ProviderMessage = Submit | CheckTask | CancelTask
+@attrs.frozen
+class Announce:
+    """From the scheduler as it starts: say ``ProviderReady`` again (a restarted
+    scheduler has lost every provider's credit and circuit)."""
+
+
+ProviderMessage = Submit | CheckTask | CancelTask | Announce
 
 # -- a poller's mailbox -------------------------------------------------------------
 
@@ -145,16 +152,6 @@ class Observed:
 
 
 PollerMessage = Track | Forget | Observed
-
-# -- the finalizer's mailbox ---------------------------------------------------------
-
-
-@attrs.frozen
-class Finalize:
-    """From a provider actor or a poller: ``job`` has just entered FINALIZING."""
-
-    job: Job
-
 
 def reply_nowait(channel: trio.MemorySendChannel[CheckResult], result: CheckResult) -> None:
     """Answer a request; an asker that is gone (or already answered) is ignored."""

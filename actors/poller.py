@@ -14,7 +14,8 @@ task past its deadline, so the provider's tokens and breaker stay its own.
 
 Mailbox (``actors/messages.py``): ``Track(job)`` for a job that has just become
 RUNNING; ``Forget(job_id)`` for a job cancelled by a client; ``Observed`` for a
-provider webhook. It sends ``Finalize`` to the finalizer.
+provider webhook. A task that succeeded is left FINALIZING for the finalizer, which
+follows the store's change feed.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from actors.messages import (
     CancelTask,
     CheckResult,
     CheckTask,
-    Finalize,
     Observed,
     PollerMessage,
     ProviderMessage,
@@ -77,7 +77,6 @@ class Poller:
         monitor: Monitor,
         mailbox: trio.MemoryReceiveChannel[PollerMessage],
         provider: trio.MemorySendChannel[ProviderMessage],
-        finalizer: trio.MemorySendChannel[Finalize],
     ) -> None:
         self.name = name
         self._settings = settings
@@ -87,7 +86,6 @@ class Poller:
         self._monitor = monitor
         self._mailbox = mailbox
         self._provider = provider
-        self._finalizer = finalizer
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, int, str, int]] = []
         self._counter = itertools.count()
@@ -166,6 +164,7 @@ class Poller:
             await self._store.add_duration(job.serving_model, seconds, seen_running)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._store.barrier()  # what a previous run sent is committed
         self._entries.clear()
         self._heap.clear()
         self.history = DurationHistory()
@@ -305,14 +304,14 @@ class Poller:
         job = await self._store.transition(entry.job.id, JobState.RUNNING, state, **fields)
         if job is None:
             return
-        if state is JobState.FINALIZING:
-            await self._finalizer.send(Finalize(job))
-        elif state is JobState.FAILED:
+        # FINALIZING needs no message: the finalizer follows the change feed, so
+        # a crash between this commit and a send cannot strand the job.
+        if state is JobState.FAILED:
             log.warning("job failed: %s", job.error.message if job.error else "")
-            self.monitor.emit("job.failed", self.name,
-                              code=job.error.code.value if job.error else "")
-        else:
-            self.monitor.emit("job.cancelled", self.name)
+            self._monitor.emit("job.failed", self.name,
+                               code=job.error.code.value if job.error else "")
+        elif state is JobState.CANCELLED:
+            self._monitor.emit("job.cancelled", self.name)
 
     async def _time_out(self, entry: _Entry) -> None:
         spec = self._catalog[entry.job.serving_model]

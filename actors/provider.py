@@ -16,7 +16,7 @@ child task, so a slow provider call never blocks the mailbox. It also follows th
 store's change feed, to free the slot of a job that ended or moved away. It tells
 the scheduler ``ProviderReady`` when it starts, ``Demand`` when a slot frees,
 ``CircuitChanged``, ``Returned`` and ``Unaccepted``; its poller ``Track`` and
-``Forget``; the finalizer ``Finalize``.
+``Forget``.
 
 The rule that keeps a job from being paid twice: a job is marked SUBMITTING, durably,
 *before* its request is sent, and a job found in SUBMITTING is never sent again
@@ -29,6 +29,7 @@ failed is handed back for the scheduler's routing (``Unaccepted``) only when
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -36,7 +37,7 @@ import attrs
 import trio
 
 from actors import context
-from actors.breaker import BreakerConfig, CircuitBreaker, CircuitState, classify
+from actors.breaker import BreakerConfig, CircuitBreaker, CircuitState, Outcome, classify
 from actors.catalog import ModelSpec
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
@@ -44,11 +45,11 @@ from actors.jobs import AT_PROVIDER, TERMINAL, Job, JobState
 from actors.lifecycle import Lifecycle
 from actors.limits import SlotPool, TokenBucket
 from actors.messages import (
+    Announce,
     CheckResult,
     CheckTask,
     CircuitChanged,
     Demand,
-    Finalize,
     Forget,
     PollerMessage,
     ProviderMessage,
@@ -68,7 +69,7 @@ from actors.providers.base import (
     ProviderSettings,
     Submitted,
 )
-from actors.retry import RetryPolicy
+from actors.retry import MAX_RETRY_AFTER, RetryPolicy
 from actors.store import Store
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,14 @@ def not_accepted(exc: EaselError) -> bool:
     falling back after those could pay twice, so they are final.
     """
     return not exc.sent or exc.info.details.get("status") in REFUSAL_STATUSES
+
+
+def _bounded(retry_after: float | None) -> float | None:
+    """A provider's ``Retry-After`` (however an adapter read it), finite and at most
+    ``MAX_RETRY_AFTER``: an absurd one must not stop every call for good."""
+    if retry_after is None or not math.isfinite(retry_after):
+        return None
+    return min(max(0.0, retry_after), MAX_RETRY_AFTER)
 
 
 #: Submission failures after which the provider may hold the task.
@@ -129,7 +138,6 @@ class ProviderActor:
         changes: trio.MemoryReceiveChannel[Job],
         scheduler: trio.MemorySendChannel[SchedulerMessage],
         poller: trio.MemorySendChannel[PollerMessage],
-        finalizer: trio.MemorySendChannel[Finalize],
         callback_base: str,
     ) -> None:
         """``changes``: every job change the store commits (to free the slots of
@@ -147,7 +155,6 @@ class ProviderActor:
         self._changes = changes
         self._scheduler = scheduler
         self._poller = poller
-        self._finalizer = finalizer
         self._callback_base = callback_base
         self._retry = RetryPolicy.from_settings(settings)
         self._reset()
@@ -216,8 +223,9 @@ class ProviderActor:
                     "provider.call", self.name, call=what, outcome=exc.code.value,
                     seconds=trio.current_time() - started,
                 )
-                if exc.code is ErrorCode.RATE_LIMITED and exc.retry_after:
-                    self._bucket.penalize(exc.retry_after)
+                retry_after = _bounded(exc.retry_after)
+                if exc.code is ErrorCode.RATE_LIMITED and retry_after:
+                    self._bucket.penalize(retry_after)
                 repeatable = safe or not_accepted(exc)
                 if not (exc.info.is_retryable and repeatable) or attempt >= self._retry.max_attempts:
                     exc.info.details["attempts"] = attempt
@@ -225,7 +233,7 @@ class ProviderActor:
                     raise
                 if not safe and on_refused is not None:
                     await on_refused(attempt)
-                delay = self._retry.delay(attempt, exc.retry_after)
+                delay = self._retry.delay(attempt, retry_after)
                 log.info("%s %s failed (%s); retry %d in %.1fs", self.name, what, exc.code.value,
                          attempt, delay)
                 await trio.sleep(delay)
@@ -281,12 +289,20 @@ class ProviderActor:
     async def _watch_circuit(self) -> None:
         """Apply the breaker's time-driven change (open -> half-open) when it is due,
         and tell the scheduler of every change, so metrics and held jobs see it even
-        when no call asks the breaker."""
+        when no call asks the breaker.
+
+        A change that happens while a send waits is not lost: the loop compares
+        the breaker's transition count with the one its last report carried, and
+        only waits when they agree (no await between that look and the wait).
+        """
+        reported = self._breaker.transitions
         while True:
-            due = self._breaker.next_change_at()
-            with trio.move_on_at(due if due is not None else float("inf")):
-                await self._breaker.wait_changed()
+            if self._breaker.transitions == reported:
+                due = self._breaker.next_change_at()
+                with trio.move_on_at(due if due is not None else float("inf")):
+                    await self._breaker.wait_changed()
             self._breaker.advance()
+            reported = self._breaker.transitions
             await self._scheduler.send(CircuitChanged(self.name, self._breaker.view()))
 
     async def _follow_changes(self) -> None:
@@ -308,6 +324,8 @@ class ProviderActor:
         crash is reloaded by the poller, which restarts with this actor.
         """
         self._reset()
+        # What our previous run sent before it was cancelled commits first.
+        await self._store.barrier()
         self._slots.retain(await self._store.job_ids_in(AT_PROVIDER, provider=self.name))
         # Read what a crash left in SUBMITTING *before* taking new work: a job we
         # mark SUBMITTING from here on is ours, never one to reconcile.
@@ -315,20 +333,28 @@ class ProviderActor:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_circuit)
             nursery.start_soon(self._follow_changes)
-            await self._scheduler.send(ProviderReady(self.name, self._slots.free,
-                                                     self._breaker.view()))
             nursery.start_soon(self._reconcile_all, stuck)
             task_status.started()
+            # After started(): a full scheduler mailbox must not hold up the tree.
+            await self._announce()
             async for message in self._mailbox:
                 if isinstance(message, Submit):
                     nursery.start_soon(self._submit, message.job)
                 elif isinstance(message, CheckTask):
                     nursery.start_soon(self._check, message)
+                elif isinstance(message, Announce):
+                    nursery.start_soon(self._announce)
                 else:
                     nursery.start_soon(self._cancel, message.job)
 
+    async def _announce(self) -> None:
+        """Tell the scheduler how many jobs we can take and how the circuit is."""
+        await self._scheduler.send(ProviderReady(self.name, self._slots.free,
+                                                 self._breaker.view()))
+
     async def _fail(self, job: Job, from_state: JobState, error: ErrorInfo) -> None:
-        failed = await self._store.transition(job.id, from_state, JobState.FAILED, error=error)
+        failed = await self._store.transition(job.id, from_state, JobState.FAILED, error=error,
+                                              where={"provider": self.name})
         if failed is not None:
             log.warning("job failed: %s %s", error.code.value, error.message)
             self._monitor.emit("job.failed", self.name, code=error.code.value)
@@ -354,35 +380,48 @@ class ProviderActor:
         if not self._slots.hold(job.id):
             await self._scheduler.send(Returned(job, None))
             return
-        if not self._breaker.allow():
-            # The circuit opened (or every half-open probe is out) since the
-            # scheduler last heard: nothing was sent, so it may hold or move it.
-            self._slots.release(job.id)
-            await self._scheduler.send(Returned(job, self._breaker.view()))
-            return
+        submitting: Job | None = None
         try:
-            request = self.request_for(job)
-        except EaselError as exc:
-            await self._fail(job, JobState.QUEUED, exc.info)
-            return
-        # The token first: a job marked SUBMITTING must be on the wire at once, or a
-        # crash while it waits for a token leaves it uncertain for nothing.
-        await self._bucket.take()
-        now = wall_now()
-        # Still ours: the scheduler may have rerouted it while we waited for the
-        # token (after a reload handed it over twice), and sending it here too
-        # would pay twice.
-        submitting = await self._store.transition(
-            job.id, JobState.QUEUED, JobState.SUBMITTING,
-            where={"provider": self.name, "served_model": job.served_model},
-            submitting_at=now, attempts=job.attempts + 1,
-        )
-        if submitting is None:  # cancelled or rerouted meanwhile
-            if self._slots.release(job.id):
-                await self._scheduler.send(Demand(self.name))
-            return
-        await self._send_submission(submitting, attrs.evolve(request, submitting_at=now),
-                                    token_taken=True)
+            try:
+                request = self.request_for(job)
+            except EaselError as exc:
+                await self._fail(job, JobState.QUEUED, exc.info)
+                return
+            # The token first: a job marked SUBMITTING must be on the wire at once,
+            # or a crash while it waits for a token leaves it uncertain for nothing.
+            await self._bucket.take()
+            if self._lifecycle.draining:
+                return  # QUEUED still: taken up again after the restart
+            if not self._breaker.allow():
+                # The circuit opened (or every half-open probe is out) since the
+                # scheduler last heard: nothing was sent, so it may hold or move it.
+                self._slots.release(job.id)
+                await self._scheduler.send(Returned(job, self._breaker.view()))
+                return
+            # From the mark to the recorded answer is one piece of work a drain
+            # waits for, so a drain never leaves a job SUBMITTING for nothing.
+            with self._lifecycle.busy():
+                now = wall_now()
+                # Still ours: the scheduler may have rerouted it while we waited for
+                # the token (after a reload handed it over twice), and sending it
+                # here too would pay twice.
+                submitting = await self._store.transition(
+                    job.id, JobState.QUEUED, JobState.SUBMITTING,
+                    where={"provider": self.name, "served_model": job.served_model},
+                    submitting_at=now, attempts=job.attempts + 1,
+                )
+                if submitting is None:  # cancelled or rerouted meanwhile
+                    self._breaker.record(Outcome.NEUTRAL)  # the probe, if any, goes back
+                    return
+                await self._send_submission(
+                    submitting, attrs.evolve(request, submitting_at=now), token_taken=True)
+        finally:
+            if submitting is None and self._slots.release(job.id):
+                # Never sent (failed, cancelled, rerouted, draining): the slot is
+                # free; ``Returned`` above already told the scheduler so.
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(5):
+                        await self._scheduler.send(Demand(self.name))
 
     async def _send_submission(self, job: Job, request: JobRequest, token_taken: bool = False) -> None:
         """Send ``job`` (in SUBMITTING, its first attempt already counted) and
@@ -409,10 +448,7 @@ class ProviderActor:
         except EaselError as exc:
             exc.info.details["attempts"] = first + exc.info.details.get("attempts", 1) - 1
             if exc.info.is_retryable and not_accepted(exc):
-                # Nothing is at the provider: the scheduler routes it (a fallback,
-                # or failed with this error). Its slot is free from here on.
-                self._slots.release(job.id)
-                await self._scheduler.send(Unaccepted(job, exc.info))
+                await self._hand_back(job, exc.info)
                 return
             if await self._adopt_after_doubt(job, request, exc):
                 return
@@ -424,6 +460,27 @@ class ProviderActor:
                              ErrorInfo(ErrorCode.INTERNAL_ERROR, f"submission failed: {exc!r}"))
             return
         await self._record(job, result)
+
+    async def _hand_back(self, job: Job, error: ErrorInfo) -> None:
+        """Nothing is at the provider: put the job back in the queue, durably, then
+        let the scheduler route it (a fallback, or failed with ``error``).
+
+        QUEUED before the message: if we or the scheduler crash before it is
+        handled, the job is a queued job like any other, never a SUBMITTING one a
+        restart would have to reconcile (and might resend while the scheduler,
+        handling a stale message, moves it to a fallback too).
+        """
+        attempts = error.details.get("attempts", job.attempts)
+        queued = await self._store.transition(
+            job.id, JobState.SUBMITTING, JobState.QUEUED, where={"provider": self.name},
+            submitting_at=None, attempts=attempts,
+            event={"reason": "refused", "code": error.code.value},
+        )
+        self._slots.release(job.id)
+        if queued is not None:
+            await self._scheduler.send(Unaccepted(queued, error))
+        else:  # cancelled meanwhile: the slot is free all the same
+            await self._scheduler.send(Demand(self.name))
 
     async def _adopt_after_doubt(self, job: Job, request: JobRequest, exc: EaselError) -> bool:
         """After a submission whose fate is unknown (a timeout, a dropped connection,
@@ -489,12 +546,11 @@ class ProviderActor:
             log.info("submitted", extra={"task_id": result.task_id})
             await self._poller.send(Track(running))
         else:
-            finalizing = await self._store.transition(
+            # Nothing to send: the finalizer follows the store's change feed.
+            await self._store.transition(
                 job.id, JobState.SUBMITTING, JobState.FINALIZING,
                 provider_outputs=list(result.outputs), started_at=now,
             )
-            if finalizing is not None:
-                await self._finalizer.send(Finalize(finalizing))
 
     async def _cancel(self, job: Job) -> None:
         context.job_id.set(job.id)

@@ -22,6 +22,7 @@ small pure type, and each caller keeps its loop.
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import time
 from typing import TYPE_CHECKING
@@ -94,17 +95,25 @@ class RetryPolicy(Backoff):
         )
 
 
+#: The longest ``Retry-After`` taken as asked: a peer that says ``inf`` or a date
+#: next year must not stop a provider, a download or a delivery for good.
+MAX_RETRY_AFTER = 3600.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """The seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP
-    date), or ``None`` when it is absent or unreadable."""
+    date), at most ``MAX_RETRY_AFTER``, or ``None`` when it is absent or
+    unreadable (``nan``, ``inf`` included)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)

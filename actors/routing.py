@@ -60,33 +60,27 @@ async def reroute(
     target: str,
     *,
     catalog: Mapping[str, ModelSpec],
-    from_state: JobState,
     reason: str,
     **detail: Any,
 ) -> Job | None:
-    """Move ``job`` (in ``from_state``) to catalog model ``target``, QUEUED there.
+    """Move QUEUED ``job`` to catalog model ``target``, QUEUED there.
 
-    The row gets the new provider and model and a ``fallback`` event (``from``,
-    ``to``, ``reason`` and ``detail``); the ``fallback`` monitor
-    event feeds ``easel_fallbacks_total{model,to,reason}``. Returns the moved job,
-    or ``None`` if it left ``from_state`` meanwhile (a client cancelled it).
+    Nothing is at the old provider (a queued job was never sent; a refused one was
+    put back to QUEUED by its provider), so the row changes provider in place,
+    with a ``fallback`` event (``from``, ``to``, ``reason`` and ``detail``) in the
+    same write; the ``fallback`` monitor event feeds
+    ``easel_fallbacks_total{model,to,reason}``. Conditional on the job being
+    QUEUED at its old provider still: returns ``None`` when it is not (a client
+    cancelled it, a provider took it first).
     """
     spec = catalog[target]
     current = job.serving_model
     data = {"from": current, "to": target, "reason": reason, **detail}
-    route = {"provider": spec.provider, "provider_model": spec.provider_model,
-             "served_model": target}
-    if from_state is JobState.QUEUED:
-        # Nothing was sent: the row changes provider in place, the event with it.
-        moved = await store.update(job.id, JobState.QUEUED, event={"kind": "fallback", **data},
-                                   **route)
-    else:
-        moved = await store.transition(
-            job.id, from_state, JobState.QUEUED, event={"reason": "fallback", "to": target},
-            submitting_at=None, attempts=detail.get("attempts", job.attempts), **route,
-        )
-        if moved is not None:
-            await store.add_event(job.id, "fallback", data)
+    moved = await store.update(
+        job.id, JobState.QUEUED, event={"kind": "fallback", **data},
+        where={"provider": job.provider},
+        provider=spec.provider, provider_model=spec.provider_model, served_model=target,
+    )
     if moved is None:
         return None
     monitor.emit("fallback", job.provider, model=job.model, to=target, reason=reason)

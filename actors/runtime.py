@@ -30,7 +30,6 @@ from actors.lifecycle import Lifecycle
 from actors.messages import (
     CancelTask,
     Enqueue,
-    Finalize,
     Observed,
     PollerMessage,
     ProviderMessage,
@@ -63,7 +62,6 @@ log = logging.getLogger(__name__)
 SCHEDULER_MAILBOX = 1024
 PROVIDER_MAILBOX = 256
 POLLER_MAILBOX = 1024
-FINALIZER_MAILBOX = 1024
 
 
 @attrs.frozen
@@ -118,11 +116,10 @@ class Runtime:
 
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX)
-        to_finalizer, finalizer_mailbox = trio.open_memory_channel[Finalize](FINALIZER_MAILBOX)
         self._to_scheduler = to_scheduler
         self.finalizer = Finalizer(
             store, self.storage, self.lifecycle, self.monitor,
-            mailbox=finalizer_mailbox, max_bytes=max_download_bytes,
+            changes=store.subscribe(), max_bytes=max_download_bytes,
         )
         self.adapters: dict[str, Adapter] = {}
         #: Sections whose provider pushes task updates (``Capabilities.webhooks``).
@@ -146,13 +143,11 @@ class Runtime:
                 # fallback leaves its slot at a provider its row no longer names.
                 # Subscribed once, here: the feed outlives the actor's restarts.
                 changes=store.subscribe(), scheduler=to_scheduler, poller=to_poller,
-                finalizer=to_finalizer,
                 callback_base=public_base_url if takes_webhooks else "",
             )
             self.pollers[name] = Poller(
                 name, settings, catalog=self.catalog, store=store, lifecycle=self.lifecycle,
                 monitor=self.monitor, mailbox=poller_mailbox, provider=to_provider,
-                finalizer=to_finalizer,
             )
             self._channels[name] = _ProviderChannels(to_provider, to_poller)
         self.scheduler = Scheduler(
@@ -171,16 +166,15 @@ class Runtime:
         """The supervision tree (``docs/architecture.md``, "Supervision")::
 
             easel (one_for_one)
-            ├── monitor, finalizer, outbox
-            └── dispatch (rest_for_one)
-                ├── scheduler
-                └── providers (one_for_one)
-                    └── provider:NAME (rest_for_one): provider, poller
+            ├── monitor, finalizer, outbox, scheduler
+            └── providers (one_for_one)
+                └── provider:NAME (rest_for_one): provider, poller
 
         rest_for_one where a later child depends on an earlier one's state: a
-        restarted scheduler has lost every provider's credit, which providers
-        re-announce only when they start (``ProviderReady``); a restarted provider
-        may have lost the replies its poller waits for. Each supervisor has the
+        restarted provider may have lost the replies its poller waits for. A
+        restarted scheduler asks every provider to announce itself again
+        (``Announce``), so the providers' calls in flight are not cut off by it.
+        Each supervisor has the
         configured intensity; one that exceeds it escalates to its parent, and the
         root's escalation ends the process non-zero. Every child reports started
         only once it has reloaded its state, so the root's ``started`` (READY=1,
@@ -199,15 +193,12 @@ class Runtime:
             ], Strategy.REST_FOR_ONE)
             for name in self.providers
         ]
-        dispatch = tree("dispatch", [
-            ChildSpec("scheduler", self.scheduler.run),
-            tree("providers", groups, Strategy.ONE_FOR_ONE),
-        ], Strategy.REST_FOR_ONE)
         return Supervisor("easel", [
             ChildSpec("monitor", started_on_entry(self.monitor.run)),
             ChildSpec("finalizer", self.finalizer.run),
             ChildSpec("outbox", started_on_entry(self.outbox.run)),
-            dispatch,
+            ChildSpec("scheduler", self.scheduler.run),
+            tree("providers", groups, Strategy.ONE_FOR_ONE),
         ], intensity=intensity, backoff=RESTART_BACKOFF, on_crash=self._crashed)
 
     def _crashed(self, path: str, exc: BaseException) -> None:
@@ -217,7 +208,9 @@ class Runtime:
         try:
             await self.supervisor.run(task_status=task_status)
         finally:
-            with trio.CancelScope(shield=True):
+            # Shielded, so a cancelled run still closes its connections, and
+            # bounded, so a connection that will not close cannot hang shutdown.
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
                 for adapter in self.adapters.values():
                     await adapter.aclose()
                 await self.finalizer.aclose()

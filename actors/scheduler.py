@@ -35,6 +35,7 @@ from actors.catalog import ModelSpec
 from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
 from actors.messages import (
+    Announce,
     CircuitChanged,
     Demand,
     Enqueue,
@@ -112,11 +113,16 @@ class Scheduler:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for queue in self._queues.values():
             queue.clear()
+        await self._store.barrier()  # what a previous run sent is committed
         await self._load()
         async with trio.open_nursery() as nursery:
             for name, queue in self._queues.items():
                 nursery.start_soon(self._dispatch, name, queue, name=f"dispatch:{name}")
             task_status.started()
+            # A restart lost every provider's credit and circuit: ask again (a
+            # provider starting now says it anyway; twice is harmless).
+            for queue in self._queues.values():
+                await queue.send.send(Announce())
             async for message in self._mailbox:
                 await self._handle(message)
 
@@ -239,30 +245,35 @@ class Scheduler:
         for job, target in moving:
             moved = await reroute(
                 self._store, self._monitor, job, target, catalog=self._catalog,
-                from_state=JobState.QUEUED, reason="circuit_open", provider=name, state=state,
+                reason="circuit_open", provider=name, state=state,
             )
             if moved is not None:
                 self._push(moved)
 
     async def _unaccepted(self, message: Unaccepted) -> None:
-        """A submission the provider provably refused: to a fallback, or failed."""
+        """A submission the provider provably refused (the job is QUEUED at it
+        again): to a fallback, or failed."""
         job, error = message.job, message.error
         queue = self._queues.get(job.provider)
         if queue is not None:
             queue.credit += 1  # the provider freed the job's slot
+            if job.id in queue.jobs:  # a reload pushed it meanwhile: decided here
+                del queue.jobs[job.id]
+                queue.heap = [entry for entry in queue.heap if entry[2] in queue.jobs]
+                heapq.heapify(queue.heap)
             queue.wake()
         target = self._router.fallback(job, self._circuits())
         if target is not None:
             moved = await reroute(
                 self._store, self._monitor, job, target, catalog=self._catalog,
-                from_state=JobState.SUBMITTING, reason="not_accepted", provider=job.provider,
-                code=error.code.value, attempts=error.details.get("attempts", job.attempts),
+                reason="not_accepted", provider=job.provider,
+                code=error.code.value, attempts=job.attempts,
             )
             if moved is not None:
                 self._push(moved)
             return
-        failed = await self._store.transition(job.id, JobState.SUBMITTING, JobState.FAILED,
-                                              error=error)
+        failed = await self._store.transition(job.id, JobState.QUEUED, JobState.FAILED,
+                                              error=error, where={"provider": job.provider})
         if failed is not None:
             log.warning("job %s failed: %s %s", job.id, error.code.value, error.message)
             self._monitor.emit("job.failed", job.provider, code=error.code.value)

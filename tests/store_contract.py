@@ -626,6 +626,23 @@ class StoreContract:
         with pytest.raises(trio.EndOfChannel):
             late.receive_nowait()
 
+    async def test_barrier_waits_for_writes_whose_senders_gave_up(
+        self, open_backend: OpenBackend
+    ) -> None:
+        """A restarted actor reloads after ``barrier``: the writes its previous run
+        sent before being cancelled have committed by then."""
+        async with open_backend() as store:
+            jobs = [await inserted(store) for _ in range(20)]
+            async with trio.open_nursery() as nursery:
+                for job in jobs:
+                    nursery.start_soon(store.transition, job.id, JobState.QUEUED,
+                                       JobState.SUBMITTING)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()  # the senders give up waiting
+            await store.barrier()
+            moved = await store.jobs_in([JobState.SUBMITTING])
+        assert {job.id for job in moved} == {job.id for job in jobs}
+
     async def test_watch_wakes_at_the_next_committed_move(
         self, open_backend: OpenBackend
     ) -> None:

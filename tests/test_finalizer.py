@@ -15,10 +15,9 @@ import trio
 from quart_trio import QuartTrio
 from trio.testing import MockClock
 
-from actors.finalizer import DOWNLOAD_RETRY, Finalizer
+from actors.finalizer import DOWNLOAD_RETRY, DOWNLOAD_RETRY_AFTER_CAP, Finalizer
 from actors.jobs import Job, JobState, new_job_id
 from actors.lifecycle import Lifecycle
-from actors.messages import Finalize
 from actors.monitor import Monitor
 from actors.storage import LocalStorage
 from actors.store import Store, open_store
@@ -60,9 +59,8 @@ async def finalized(store: Store, tmp_path: Path, url: str, max_bytes: int = 1 <
     moved = await store.transition(job.id, JobState.QUEUED, JobState.FINALIZING,
                                    provider_outputs=[url])
     assert moved is not None
-    _, mailbox = trio.open_memory_channel[Finalize](1)
     finalizer = Finalizer(store, LocalStorage(tmp_path / "media"), Lifecycle(), Monitor(),
-                          mailbox=mailbox, max_bytes=max_bytes)
+                          changes=store.subscribe(), max_bytes=max_bytes)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(finalizer.run)  # it takes up every job left in FINALIZING
         with trio.fail_after(3600):
@@ -80,14 +78,16 @@ async def finalized(store: Store, tmp_path: Path, url: str, max_bytes: int = 1 <
 async def test_a_download_waits_as_long_as_retry_after_asks(
     tmp_path: Path, nursery: trio.Nursery, clock: MockClock
 ) -> None:
-    output = Output([(503, {"retry-after": "120"}), (429, {})])
+    output = Output([(503, {"retry-after": "45"}), (429, {"retry-after": "7200"}), (429, {})])
     await serve_output(nursery, output)
     async with open_store(tmp_path / "db.sqlite") as store:
         job = await finalized(store, tmp_path, output.url)
     assert job.state is JobState.SUCCEEDED
-    first, second, third = output.times
-    assert 120 <= second - first <= 121  # not the schedule's second or so
-    assert DOWNLOAD_RETRY.ceiling(2) * (1 - DOWNLOAD_RETRY.jitter) <= third - second <= 3
+    first, second, third, fourth = output.times
+    assert 45 <= second - first <= 46  # not the schedule's second or so
+    # Two hours would outlive the provider's URL: cut to the cap.
+    assert DOWNLOAD_RETRY_AFTER_CAP <= third - second <= DOWNLOAD_RETRY_AFTER_CAP + 1
+    assert DOWNLOAD_RETRY.ceiling(3) * (1 - DOWNLOAD_RETRY.jitter) <= fourth - third <= 5
 
 
 async def test_an_output_over_the_cap_fails_without_retrying(

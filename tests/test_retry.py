@@ -10,7 +10,7 @@ import time
 import pytest
 
 from actors.providers.base import ProviderSettings
-from actors.retry import Backoff, RetryPolicy, parse_retry_after
+from actors.retry import MAX_RETRY_AFTER, Backoff, RetryPolicy, parse_retry_after
 
 
 def test_retry_delays_grow_to_the_cap_and_honour_retry_after() -> None:
@@ -68,3 +68,10 @@ def test_retry_after_header_in_seconds_or_as_a_date() -> None:
     in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
     assert 55 <= (parse_retry_after(in_a_minute) or 0) <= 60
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once
+
+
+def test_an_absurd_retry_after_is_bounded() -> None:
+    """``inf``, ``nan`` or a date next year must not stop calls for good."""
+    assert parse_retry_after("inf") is None and parse_retry_after("nan") is None
+    assert parse_retry_after("1e12") == MAX_RETRY_AFTER
+    assert parse_retry_after("Fri, 01 Jan 9999 00:00:00 GMT") == MAX_RETRY_AFTER

@@ -89,31 +89,33 @@ async def test_a_crashed_provider_restarts_with_its_poller_and_work_goes_on(
         # A Submit without a job: the provider's handler raises, the actor crashes.
         await runtime._channels["sandbox"].provider.send(Submit(None))  # type: ignore[arg-type]
         restarts = await restarts_reach(runtime, {
-            "dispatch/providers/provider:sandbox/provider": 1,
-            "dispatch/providers/provider:sandbox/poller": 1,
+            "providers/provider:sandbox/provider": 1,
+            "providers/provider:sandbox/poller": 1,
         })
         with trio.fail_after(60):
             while runtime.not_running():  # backing off, then reloading
                 await trio.sleep(0.01)
-        # rest_for_one: the scheduler above it and the other actors were left alone.
-        assert restarts.get("dispatch/scheduler", 0) == 0
+        # rest_for_one within its group only: the scheduler and the others were
+        # left alone.
+        assert restarts.get("scheduler", 0) == 0
         assert restarts.get("finalizer", 0) == 0
         job, _ = await runtime.submit(image_job())
         assert (await finished(runtime, job.id)).state is JobState.SUCCEEDED
         nursery.cancel_scope.cancel()
 
 
-async def test_a_crashed_scheduler_takes_the_providers_with_it(tmp_path: Path) -> None:
-    """A restarted scheduler has lost every provider's credit; the providers
-    restart after it and announce themselves again, so jobs still go out."""
+async def test_a_crashed_scheduler_restarts_alone_and_providers_announce_again(
+    tmp_path: Path,
+) -> None:
+    """A restarted scheduler has lost every provider's credit; it asks them to
+    announce themselves (``Announce``), so jobs still go out, and the providers'
+    calls in flight are not cut off by a restart of theirs."""
     async with open_store(tmp_path / "db.sqlite") as store, trio.open_nursery() as nursery:
         runtime = make_runtime(store, tmp_path)
         await nursery.start(runtime.run)
         await runtime._to_scheduler.send(Enqueue(None))  # type: ignore[arg-type]
-        restarts = await restarts_reach(runtime, {
-            "dispatch/scheduler": 1,
-            "dispatch/providers": 1,
-        })
+        restarts = await restarts_reach(runtime, {"scheduler": 1})
+        assert not any(path.startswith("providers") and n for path, n in restarts.items())
         assert restarts.get("monitor", 0) == 0 and restarts.get("outbox", 0) == 0
         jobs = [(await runtime.submit(image_job(f"after {i}")))[0] for i in range(5)]
         for job in jobs:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 import trio
 import trio.testing
 
@@ -25,6 +24,7 @@ from actors.errors import ErrorCode, ErrorInfo
 from actors.jobs import Job, JobState, new_job_id
 from actors.lifecycle import Lifecycle
 from actors.messages import (
+    Announce,
     CircuitChanged,
     Demand,
     Enqueue,
@@ -87,16 +87,24 @@ class Harness:
         return job
 
     async def next(self, provider: str = "p") -> Job:
+        """The next job handed to ``provider`` (the ``Announce`` a starting
+        scheduler sends is skipped: the test says ``ProviderReady`` itself)."""
         with trio.fail_after(60):
             message = await self.out[provider].receive()
+            while isinstance(message, Announce):
+                message = await self.out[provider].receive()
         assert isinstance(message, Submit)
         return message.job
 
     async def nothing_more(self, provider: str = "p") -> None:
         """Nothing is handed to ``provider`` now (the store's threads are real)."""
         await trio.testing.wait_all_tasks_blocked(0.02)
-        with pytest.raises(trio.WouldBlock):
-            self.out[provider].receive_nowait()
+        while True:
+            try:
+                message = self.out[provider].receive_nowait()
+            except trio.WouldBlock:
+                return
+            assert isinstance(message, Announce), message
 
     async def finish(self, provider: str = "p") -> None:
         """A job of ``provider``'s ended: its slot is free."""
@@ -153,6 +161,16 @@ async def test_queued_rows_are_loaded_and_handed_over_by_priority_then_age(
         assert order == [jobs[1].id, jobs[3].id, jobs[0].id, jobs[4].id, jobs[2].id]
         assert running.id not in order
         assert queued(h) == 0
+
+
+async def test_a_starting_scheduler_asks_every_provider_to_announce_itself(
+    tmp_path: Path,
+) -> None:
+    """A restarted scheduler has lost every provider's credit and circuit."""
+    async with harness(tmp_path) as h:
+        await h.start(ready={})
+        for name in ("p", "q"):
+            assert isinstance(h.out[name].receive_nowait(), Announce)
 
 
 async def test_nothing_goes_before_the_provider_says_it_is_ready(tmp_path: Path) -> None:
@@ -375,16 +393,25 @@ async def test_a_cancelled_held_job_is_not_moved(tmp_path: Path) -> None:
         assert stored.served_model is None
 
 
+async def refused_at_provider(h: Harness, job: Job, attempts: int) -> Job:
+    """What a provider does before it says ``Unaccepted``: the job was SUBMITTING,
+    every attempt was refused, and it is put back to QUEUED, durably."""
+    submitting = await h.store.transition(job.id, JobState.QUEUED, JobState.SUBMITTING,
+                                          attempts=1)
+    assert submitting is not None
+    queued = await h.store.transition(job.id, JobState.SUBMITTING, JobState.QUEUED,
+                                      attempts=attempts, submitting_at=None)
+    assert queued is not None
+    return queued
+
+
 async def test_an_unaccepted_submission_moves_to_a_closed_fallback(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         await h.start(ready={"p": 1, "q": 1})
         job = await h.enqueue(model="m")
         handed = await h.next("p")
-        submitting = await h.store.transition(handed.id, JobState.QUEUED, JobState.SUBMITTING,
-                                              attempts=1)
-        assert submitting is not None
         error = ErrorInfo(ErrorCode.PROVIDER_UNAVAILABLE, "connection refused", {"attempts": 3})
-        await h.tell.send(Unaccepted(submitting, error))
+        await h.tell.send(Unaccepted(await refused_at_provider(h, handed, 3), error))
         moved = await h.next("q")
         assert moved.id == job.id and moved.state is JobState.QUEUED
         assert moved.served_model == "f" and moved.attempts == 3
@@ -402,10 +429,8 @@ async def test_an_unaccepted_submission_without_a_fallback_fails(tmp_path: Path)
         await h.tell.send(CircuitChanged("q", OPEN))
         job = await h.enqueue(model="m")  # its fallback's circuit is open
         await h.next("p")
-        submitting = await h.store.transition(job.id, JobState.QUEUED, JobState.SUBMITTING)
-        assert submitting is not None
         error = ErrorInfo(ErrorCode.RATE_LIMITED, "429", {"attempts": 4})
-        await h.tell.send(Unaccepted(submitting, error))
+        await h.tell.send(Unaccepted(await refused_at_provider(h, job, 4), error))
         with trio.fail_after(5):
             while (stored := await h.store.get_job(job.id)) is None or not stored.state.terminal:
                 await trio.sleep(0.01)

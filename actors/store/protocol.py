@@ -98,6 +98,14 @@ class Store(Protocol):
         """Raise unless the store answers reads."""
         ...
 
+    async def barrier(self) -> None:
+        """Return once every write sent before the call has committed (or failed).
+
+        An actor awaits it before reloading its state at start: a write its
+        previous run sent just before being cancelled still commits, and a reload
+        that read before that commit would miss it for good."""
+        ...
+
     # -- jobs ---------------------------------------------------------------
 
     async def insert_job(

@@ -49,6 +49,11 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self.engine.read(lambda conn: conn.execute("SELECT 1").fetchone())
 
+    async def barrier(self) -> None:
+        # The writer commits in arrival order: an empty write commits after all
+        # that were sent before it.
+        await self.engine.write(lambda conn, write: None)
+
     # -- jobs ---------------------------------------------------------------
 
     async def insert_job(
