@@ -170,7 +170,8 @@ async def test_a_starting_scheduler_asks_every_provider_to_announce_itself(
     async with harness(tmp_path) as h:
         await h.start(ready={})
         for name in ("p", "q"):
-            assert isinstance(h.out[name].receive_nowait(), Announce)
+            with trio.fail_after(5):
+                assert isinstance(await h.out[name].receive(), Announce)
 
 
 async def test_nothing_goes_before_the_provider_says_it_is_ready(tmp_path: Path) -> None:
