@@ -23,6 +23,7 @@ it); an ``Unaccepted`` job moves to its fallback or fails with its error.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import logging
 from collections.abc import Mapping
@@ -52,6 +53,9 @@ from actors.store import Store
 
 log = logging.getLogger(__name__)
 
+#: How many recent hand-overs a queue remembers (per provider), to drop duplicates.
+HANDED_MEMORY = 10_000
+
 
 @attrs.define
 class _ProviderQueue:
@@ -70,12 +74,18 @@ class _ProviderQueue:
     #: Jobs already looked at for a fallback since the circuits last changed, so a
     #: storm of submissions to an open provider costs one look per job, not n².
     examined: set[str] = attrs.field(factory=set)
+    #: Jobs handed over lately: an ``Enqueue`` or a reload that names one of them
+    #: again (a reload can read a new job before its ``Enqueue`` arrives) does not
+    #: hand it over twice. Forgotten when the provider restarts (what it had may
+    #: be lost) and when it gives one back; bounded, oldest first.
+    handed: collections.OrderedDict[str, None] = attrs.field(factory=collections.OrderedDict)
 
     def clear(self) -> None:
         self.heap.clear()
         self.jobs.clear()
         self.held.clear()
         self.examined.clear()
+        self.handed.clear()
         self.credit = 0
         self.circuit = CircuitView(CircuitState.CLOSED)
         self.paused_until = None
@@ -144,6 +154,7 @@ class Scheduler:
         elif isinstance(message, ProviderReady):
             queue.credit = message.free
             self._circuit_moved(queue, message.circuit)
+            queue.handed.clear()  # a restarted provider may have lost what it had
             await self._load(message.provider)
         else:  # Returned
             if message.circuit is None:
@@ -153,7 +164,7 @@ class Scheduler:
                 self._circuit_moved(queue, message.circuit)
                 if message.circuit.state is CircuitState.HALF_OPEN:
                     queue.paused_until = message.circuit.next_change_at or float("inf")
-            self._push(message.job)
+            self._requeue(message.job)
         queue.wake()
 
     def _circuit_moved(self, queue: _ProviderQueue, circuit: CircuitView) -> None:
@@ -170,11 +181,18 @@ class Scheduler:
         if queue is None:
             log.error("job %s names unknown provider %s; left QUEUED", job.id, job.provider)
             return
-        if job.id in queue.jobs:
+        if job.id in queue.jobs or job.id in queue.handed:
             return
         queue.jobs[job.id] = job
         heapq.heappush(queue.heap, (-job.priority, job.seq or 0, job.id))
         queue.wake()
+
+    def _requeue(self, job: Job) -> None:
+        """Queue a job we decided to hand over again (given back, or moved)."""
+        queue = self._queues.get(job.provider)
+        if queue is not None:
+            queue.handed.pop(job.id, None)
+        self._push(job)
 
     async def _load(self, provider: str | None = None) -> None:
         for job in await self._store.jobs_in([JobState.QUEUED], provider=provider):
@@ -188,6 +206,9 @@ class Scheduler:
                 await trio.sleep_forever()
             job = await self._next_job(name, queue)
             queue.credit -= 1
+            queue.handed[job.id] = None
+            if len(queue.handed) > HANDED_MEMORY:
+                queue.handed.popitem(last=False)
             await queue.send.send(Submit(job))
 
     async def _next_job(self, name: str, queue: _ProviderQueue) -> Job:
@@ -248,7 +269,7 @@ class Scheduler:
                 reason="circuit_open", provider=name, state=state,
             )
             if moved is not None:
-                self._push(moved)
+                self._requeue(moved)
 
     async def _unaccepted(self, message: Unaccepted) -> None:
         """A submission the provider provably refused (the job is QUEUED at it
@@ -270,7 +291,7 @@ class Scheduler:
                 code=error.code.value, attempts=job.attempts,
             )
             if moved is not None:
-                self._push(moved)
+                self._requeue(moved)
             return
         failed = await self._store.transition(job.id, JobState.QUEUED, JobState.FAILED,
                                               error=error, where={"provider": job.provider})

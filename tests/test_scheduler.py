@@ -227,6 +227,23 @@ async def test_enqueueing_a_job_twice_hands_it_over_once(tmp_path: Path) -> None
         await h.nothing_more()
 
 
+async def test_a_job_handed_over_is_not_handed_again_by_a_late_enqueue(
+    tmp_path: Path,
+) -> None:
+    """A reload can read a new row before its ``Enqueue`` arrives: the scheduler
+    remembers what it handed over, until the provider restarts or gives it back."""
+    async with harness(tmp_path) as h:
+        await h.start(ready={"p": 2})
+        job = await h.insert()
+        await h.tell.send(ProviderReady("p", 2, CLOSED))  # the reload finds the row
+        assert (await h.next()).id == job.id
+        await h.tell.send(Enqueue(job))  # ... and its Enqueue comes after
+        await h.nothing_more()
+        await h.tell.send(Returned(job, None))  # given back: it may go again
+        await h.finish()
+        assert (await h.next()).id == job.id
+
+
 async def test_nothing_is_handed_over_while_draining(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         for _ in range(3):
