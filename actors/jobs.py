@@ -21,6 +21,9 @@ from actors.errors import ErrorInfo
 class JobState(str, enum.Enum):
     QUEUED = "QUEUED"
     SUBMITTING = "SUBMITTING"
+    #: The create's answer was lost (a timeout, a reset, a 5xx, a crash): the
+    #: provider may hold a task for the job, and Easel is looking for it.
+    RESOLVING = "RESOLVING"
     RUNNING = "RUNNING"
     FINALIZING = "FINALIZING"
     SUCCEEDED = "SUCCEEDED"
@@ -38,11 +41,13 @@ class JobState(str, enum.Enum):
 
 TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 #: States in which the job holds one of its provider's in-flight slots.
-AT_PROVIDER = frozenset({JobState.SUBMITTING, JobState.RUNNING, JobState.FINALIZING})
+AT_PROVIDER = frozenset({JobState.SUBMITTING, JobState.RESOLVING, JobState.RUNNING,
+                         JobState.FINALIZING})
 
 _STATUS = {
     JobState.QUEUED: "PENDING",
     JobState.SUBMITTING: "PENDING",
+    JobState.RESOLVING: "PENDING",
     JobState.RUNNING: "PROCESSING",
     JobState.FINALIZING: "PROCESSING",
     JobState.SUCCEEDED: "SUCCESS",
@@ -103,6 +108,8 @@ class Job:
     completed_at: float | None = None
     updated_at: float = 0.0
     seq: int | None = None
+    #: Why the job is in its stage, when that needs saying (RESOLVING: what was lost).
+    stage_reason: str | None = None
 
     @property
     def serving_model(self) -> str:
@@ -115,6 +122,7 @@ class Job:
             "id": self.id,
             "status": self.state.status,
             "stage": self.state.value,
+            "stageReason": self.stage_reason,
             "modelIdentifier": self.model,
             "servedBy": self.serving_model,
             "provider": self.provider,

@@ -64,12 +64,13 @@ from actors.messages import (
 from actors.monitor import Monitor
 from actors.providers.base import (
     Adapter,
+    Capabilities,
     Completed,
     JobRequest,
     ProviderSettings,
     Submitted,
 )
-from actors.retry import MAX_RETRY_AFTER, RetryPolicy
+from actors.retry import MAX_RETRY_AFTER, Backoff, RetryPolicy
 from actors.store import Store
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ def _bounded(retry_after: float | None) -> float | None:
         return None
     return min(max(0.0, retry_after), MAX_RETRY_AFTER)
 
+
+#: Between two lookups for a job whose create's answer was lost.
+RESOLVE_BACKOFF = Backoff(base=1.0, cap=30.0, jitter=1.0)
 
 #: Submission failures after which the provider may hold the task.
 _DOUBTFUL = frozenset({ErrorCode.PROVIDER_TIMEOUT, ErrorCode.PROVIDER_UNAVAILABLE,
@@ -138,6 +142,7 @@ class ProviderActor:
         changes: trio.MemoryReceiveChannel[Job],
         scheduler: trio.MemorySendChannel[SchedulerMessage],
         poller: trio.MemorySendChannel[PollerMessage],
+        capabilities: Capabilities,
         callback_base: str,
     ) -> None:
         """``changes``: every job change the store commits (to free the slots of
@@ -155,6 +160,7 @@ class ProviderActor:
         self._changes = changes
         self._scheduler = scheduler
         self._poller = poller
+        self._capabilities = capabilities
         self._callback_base = callback_base
         self._retry = RetryPolicy.from_settings(settings)
         self._reset()
@@ -163,6 +169,7 @@ class ProviderActor:
         """Fresh limits and breaker: what a (re)started actor begins with."""
         self._bucket = TokenBucket(self.settings.rate, self.settings.burst)
         self._slots = SlotPool(self.settings.max_in_flight)
+        self._adopting = trio.Lock()
         self._breaker = CircuitBreaker(
             self.name, BreakerConfig.from_settings(self.settings), on_transition=self._circuit_moved
         )
@@ -330,10 +337,11 @@ class ProviderActor:
         # Read what a crash left in SUBMITTING *before* taking new work: a job we
         # mark SUBMITTING from here on is ours, never one to reconcile.
         stuck = await self._store.jobs_in([JobState.SUBMITTING], provider=self.name)
+        resolving = await self._store.jobs_in([JobState.RESOLVING], provider=self.name)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_circuit)
             nursery.start_soon(self._follow_changes)
-            nursery.start_soon(self._reconcile_all, stuck)
+            await self._settle(nursery, stuck, resolving)
             task_status.started()
             # After started(): a full scheduler mailbox must not hold up the tree.
             await self._announce()
@@ -450,7 +458,8 @@ class ProviderActor:
             if exc.info.is_retryable and not_accepted(exc):
                 await self._hand_back(job, exc.info)
                 return
-            if await self._adopt_after_doubt(job, request, exc):
+            if exc.sent and exc.code in _DOUBTFUL:
+                await self._doubt(job, request, exc.info)
                 return
             await self._fail(job, JobState.SUBMITTING, exc.info)
             return
@@ -482,21 +491,89 @@ class ProviderActor:
         else:  # cancelled meanwhile: the slot is free all the same
             await self._scheduler.send(Demand(self.name))
 
-    async def _adopt_after_doubt(self, job: Job, request: JobRequest, exc: EaselError) -> bool:
-        """After a submission whose fate is unknown (a timeout, a dropped connection,
-        a 5xx or an unreadable answer after the request went out), look for the task
-        at once, as after a crash: if the provider shows it, the job carries on with
-        it instead of failing while its task runs, paid for and unseen.
+    async def _doubt(self, job: Job, request: JobRequest, cause: ErrorInfo | None) -> None:
+        """The provider may hold a task for ``job`` (SUBMITTING) and we cannot tell:
+        its create's answer was lost (``cause``) or the daemon stopped mid-create
+        (``None``). Never a retryable failure: a client that retried would pay twice.
 
-        Skipped while another job of ours with the same request is queued or being
-        submitted: a lookup by input could not tell their tasks apart.
+        A provider that can list its tasks: the job becomes RESOLVING and is looked
+        for until its lookup window ends. Otherwise, or once the window has passed
+        with nothing found: resent when its model is safe to resubmit, else failed
+        UNCERTAIN_SUBMISSION, not retryable.
         """
-        if not exc.sent or exc.code not in _DOUBTFUL:
-            return False
-        if await self._store.has_twin(job, [JobState.QUEUED, JobState.SUBMITTING]):
-            return False
-        lookup = await self._look_up(request)
-        return await self._adopt(job, lookup.found, {"after": exc.code.value})
+        if cause is None:
+            reason = "the daemon stopped while the create was in flight"
+        else:
+            reason = f"the create's answer was lost ({cause.code.value}: {cause.message})"
+        if not self._capabilities.lookup:
+            await self._uncertain(job, JobState.SUBMITTING, request, reason, Lookup(
+                error=f"{self.name} offers no way to list its tasks"))
+            return
+        resolving = await self._store.transition(
+            job.id, JobState.SUBMITTING, JobState.RESOLVING, where={"provider": self.name},
+            stage_reason=reason,
+            event={"reason": reason, "code": cause.code.value if cause else None,
+                   "lookupUntil": (job.submitting_at or wall_now())
+                   + self.settings.lookup_window},
+        )
+        if resolving is not None:
+            await self._resolve(resolving, request, cause.code.value if cause else "restart")
+
+    async def _resolve(self, job: Job, request: JobRequest, after: str) -> None:
+        """Look for ``job``'s task (RESOLVING) until it is found, the job leaves
+        RESOLVING (a client cancelled it), or the provider's lookup window ends.
+
+        Lookups are retried with backoff and jitter; while another job of ours with
+        the same request is queued or being submitted, none is made (a lookup by
+        input could not tell their tasks apart). Adoption is one at a time across
+        this provider's jobs, so two jobs can never adopt one task. The deadline is
+        on the job (its ``submitting_at``), so a restart resumes the same search.
+        """
+        context.job_id.set(job.id)
+        deadline = (job.submitting_at or wall_now()) + self.settings.lookup_window
+        last = Lookup()
+        attempt = 0
+        while True:
+            if not await self._store.has_twin(job, [JobState.QUEUED, JobState.SUBMITTING]):
+                last = await self._look_up(request)
+                if await self._adopt(job, last.found, {"after": after},
+                                     from_state=JobState.RESOLVING):
+                    return
+            if wall_now() >= deadline:
+                break
+            attempt += 1
+            await trio.sleep(min(RESOLVE_BACKOFF.delay(attempt), max(0.0, deadline - wall_now())))
+            current = await self._store.get_job(job.id)
+            if current is None or current.state is not JobState.RESOLVING:
+                return  # cancelled meanwhile
+        await self._uncertain(job, JobState.RESOLVING, request, job.stage_reason or "", last)
+
+    async def _uncertain(self, job: Job, from_state: JobState, request: JobRequest,
+                         reason: str, lookup: Lookup) -> None:
+        """Nothing proves the provider holds a task for ``job``, nor that it does not."""
+        if request.spec.resubmit_on_uncertain:
+            log.info("resubmitting uncertain submission (model is safe to resubmit)")
+            if from_state is JobState.RESOLVING:
+                moved = await self._store.transition(
+                    job.id, JobState.RESOLVING, JobState.SUBMITTING,
+                    where={"provider": self.name}, stage_reason=None)
+                if moved is None:
+                    return
+                job = moved
+            await self._resubmit(job, request, "uncertain")
+            return
+        detail: dict[str, Any] = {
+            "provider": self.name, "reason": reason,
+            "lookup": "no match" if lookup.complete else "unavailable",
+        }
+        if lookup.error:
+            detail["lookupError"] = lookup.error
+        await self._fail(job, from_state, ErrorInfo(
+            ErrorCode.UNCERTAIN_SUBMISSION,
+            f"{reason}; {self.name} may hold a task for this job, and none was found: it "
+            "was not resent, to avoid paying twice",
+            detail, retryable=False,
+        ))
 
     async def _refused_last(self, job: Job) -> bool:
         """Whether the provider refused ``job``'s last counted attempt."""
@@ -521,23 +598,31 @@ class ProviderActor:
             return Lookup(error="the provider offers no lookup")
         return Lookup(found=tuple(found), complete=True)
 
-    async def _adopt(self, job: Job, found: Sequence[str], why: dict[str, Any]) -> bool:
-        """Carry ``job`` on with the first of ``found`` no other job has claimed."""
-        for task_id in found:
-            if await self._store.job_by_task(self.name, task_id) is None:
-                log.info("adopted provider task", extra={"task_id": task_id})
-                await self._store.add_event(job.id, "reconciled", {"task_id": task_id, **why})
-                await self._record(job, Submitted(task_id))
-                return True
+    async def _adopt(self, job: Job, found: Sequence[str], why: dict[str, Any],
+                     from_state: JobState = JobState.SUBMITTING) -> bool:
+        """Carry ``job`` on with the first of ``found`` no other job has claimed.
+
+        One adoption at a time across this provider's jobs (``_adopting``): the
+        check that no job holds a task and the write that gives it one must not
+        interleave with another's, or two jobs could adopt the same task."""
+        async with self._adopting:
+            for task_id in found:
+                if await self._store.job_by_task(self.name, task_id) is None:
+                    log.info("adopted provider task", extra={"task_id": task_id})
+                    await self._store.add_event(job.id, "reconciled",
+                                                {"task_id": task_id, **why})
+                    await self._record(job, Submitted(task_id), from_state)
+                    return True
         return False
 
-    async def _record(self, job: Job, result: Submitted | Completed) -> None:
+    async def _record(self, job: Job, result: Submitted | Completed,
+                      from_state: JobState = JobState.SUBMITTING) -> None:
         """Store what the provider answered, then hand the job on."""
         now = wall_now()
         if isinstance(result, Submitted):
             running = await self._store.transition(
-                job.id, JobState.SUBMITTING, JobState.RUNNING,
-                provider_task_id=result.task_id, started_at=now,
+                job.id, from_state, JobState.RUNNING, where={"provider": self.name},
+                provider_task_id=result.task_id, started_at=now, stage_reason=None,
             )
             if running is None:
                 # Cancelled while we were submitting: the task exists remotely.
@@ -565,18 +650,18 @@ class ProviderActor:
 
     # -- reconciliation ------------------------------------------------------
 
-    async def _reconcile_all(self, stuck: list[Job]) -> None:
-        """Settle every job of ours found in SUBMITTING at start, one at a time.
-
-        One at a time, so two jobs with the same input cannot both adopt the same
-        provider task.
-        """
+    async def _settle(self, nursery: trio.Nursery, stuck: list[Job],
+                      resolving: list[Job]) -> None:
+        """Take up every job of ours a restart found SUBMITTING or RESOLVING, each in
+        its own task (a search may last the whole lookup window); adoption is one
+        at a time (``_adopting``), so two jobs cannot adopt the same task."""
         for job in stuck:
-            context.job_id.set(job.id)
-            await self._reconcile(job)
-        context.job_id.set(None)
+            nursery.start_soon(self._reconcile, job)
+        for job in resolving:
+            nursery.start_soon(self._resume, job)
 
     async def _reconcile(self, job: Job) -> None:
+        context.job_id.set(job.id)
         try:
             request = self.request_for(job)
         except EaselError as exc:
@@ -588,19 +673,13 @@ class ProviderActor:
             log.info("resubmitting: the last attempt before the restart was refused")
             await self._resubmit(job, request, "refused before the restart")
             return
-        lookup = await self._look_up(request)
-        if await self._adopt(job, lookup.found, {"after": "restart"}):
+        await self._doubt(job, request, None)
+
+    async def _resume(self, job: Job) -> None:
+        """Go on looking for the task of a job a restart found RESOLVING."""
+        try:
+            request = self.request_for(job)
+        except EaselError as exc:
+            await self._fail(job, JobState.RESOLVING, exc.info)
             return
-        if request.spec.resubmit_on_uncertain:
-            log.info("resubmitting uncertain submission (model is safe to resubmit)")
-            await self._resubmit(job, request, "uncertain")
-            return
-        detail = {"provider": self.name, "lookup": "no match" if lookup.complete else "unavailable"}
-        if lookup.error:
-            detail["lookupError"] = lookup.error
-        await self._fail(job, JobState.SUBMITTING, ErrorInfo(
-            ErrorCode.UNCERTAIN_SUBMISSION,
-            "the daemon stopped while submitting this job and the provider cannot prove "
-            "whether it received it; it was not resent to avoid paying twice",
-            detail,
-        ))
+        await self._resolve(job, request, "restart")

@@ -133,7 +133,8 @@ class Runtime:
                 PROVIDER_MAILBOX)
             to_poller, poller_mailbox = trio.open_memory_channel[PollerMessage](POLLER_MAILBOX)
             self.adapters[name] = adapter
-            takes_webhooks = PROVIDERS[family(name, settings)].capabilities.webhooks
+            capabilities = PROVIDERS[family(name, settings)].capabilities
+            takes_webhooks = capabilities.webhooks
             if takes_webhooks:
                 self._receivers[name] = cast(WebhookReceiver, adapter)
             self.providers[name] = ProviderActor(
@@ -143,6 +144,7 @@ class Runtime:
                 # fallback leaves its slot at a provider its row no longer names.
                 # Subscribed once, here: the feed outlives the actor's restarts.
                 changes=store.subscribe(), scheduler=to_scheduler, poller=to_poller,
+                capabilities=capabilities,
                 callback_base=public_base_url if takes_webhooks else "",
             )
             self.pollers[name] = Poller(

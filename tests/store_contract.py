@@ -93,6 +93,7 @@ def full_job() -> Job:
         completed_at=1_700_000_003.0,
         updated_at=1.0,  # overwritten by insert_job
         seq=None,
+        stage_reason="the create's answer was lost",
     )
 
 

@@ -54,8 +54,10 @@ max_in_flight = 64
 request_timeout = 1
 max_attempts = {MAX_ATTEMPTS}
 # About half the calls fail here: the breaker opens and closes again and again;
-# a short cool-down keeps the run short.
+# a short cool-down keeps the run short. A create whose answer is lost is looked
+# for 5 s before it ends uncertain.
 breaker_cooldown = 1
+lookup_window = 5
 
 [models.replicate-flux-schnell]
 provider = "replicate"

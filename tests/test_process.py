@@ -44,6 +44,8 @@ api_token = "{TOKEN}"
 rate = 40
 burst = 10
 max_in_flight = 100
+# A create caught by the kill is looked for this long before it ends uncertain.
+lookup_window = 20
 
 [models.replicate-flux-schnell]
 provider = "replicate"

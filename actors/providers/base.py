@@ -53,6 +53,10 @@ class ProviderSettings:
     retry_cap: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     retry_jitter: float = attrs.field(
         default=1.0, validator=[attrs.validators.ge(0), attrs.validators.le(1)])
+    #: Seconds after a create during which the provider's task list can still
+    #: show its task: a job whose create's answer was lost is looked for (RESOLVING)
+    #: until then, and only then ends UNCERTAIN_SUBMISSION (providers with lookup).
+    lookup_window: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
     #: Circuit breaker (actors/breaker.py): open at ``breaker_threshold`` failures
     #: among at least ``breaker_min_calls`` calls in ``breaker_window`` seconds;
     #: half-open after ``breaker_cooldown`` with ``breaker_probes`` trial submissions.

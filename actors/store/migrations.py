@@ -107,6 +107,10 @@ MIGRATIONS: list[str] = [
         WHERE state = 'PENDING';
     CREATE INDEX webhook_outbox_job ON webhook_outbox(job_id);
     """,
+    # 4: why a job is in its stage (RESOLVING: the create's answer that was lost).
+    """
+    ALTER TABLE generation_requests ADD COLUMN stage_reason TEXT;
+    """,
 ]
 
 
