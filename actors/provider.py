@@ -72,6 +72,7 @@ from actors.providers.base import (
 )
 from actors.retry import RetryPolicy
 from actors.store import Store
+from actors.sweep import OrphanSweep  # the orphan sweep (issue 9, item 3)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class ProviderActor:
         self._finalizer = finalizer
         self._callback_base = callback_base
         self._retry = RetryPolicy.from_settings(settings)
+        self._sweep = OrphanSweep(name, adapter, settings, store, self.call)  # orphan sweep
         self._reset()
 
     def _reset(self) -> None:
@@ -320,6 +322,7 @@ class ProviderActor:
             await self._scheduler.send(ProviderReady(self.name, self._slots.free,
                                                      self._breaker.view()))
             nursery.start_soon(self._reconcile_all, stuck)
+            nursery.start_soon(self._sweep.run)  # orphan sweep
             task_status.started()
             async for message in self._mailbox:
                 if isinstance(message, Submit):

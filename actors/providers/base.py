@@ -70,6 +70,10 @@ class ProviderSettings:
     #: image server on the same host or network). Off: a submitted URL must not
     #: make Easel reach inside the network it runs in.
     allow_private_inputs: bool = False
+    #: Seconds between sweeps of the provider's recent tasks for orphans (tasks
+    #: Easel caused that no job holds; ``actors/sweep.py``); 0 turns it off. Only
+    #: for providers that can list their tasks.
+    sweep_interval: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
     #: Polling for this provider's models that name none of their own.
     polling: PollingSpec | None = None
 
@@ -182,6 +186,32 @@ class LookupPage:
     next_cursor: str | None = None
 
 
+@attrs.frozen
+class ListedTask:
+    """One task in a provider's list: its handle (as ``submit`` would answer it),
+    the key the adapter matches jobs on (``TaskLister.match_keys``) and when it was
+    created (Unix seconds, when the list says)."""
+
+    handle: str
+    key: str
+    created: float | None = None
+
+
+@attrs.frozen
+class TaskPage:
+    """One page of a provider's task list: its tasks created since the time asked
+    for, and the cursor of the next page (``None``: nothing more since then)."""
+
+    tasks: tuple[ListedTask, ...] = ()
+    next_cursor: str | None = None
+
+    def matching(self, keys: tuple[str, ...]) -> LookupPage:
+        """This page as a lookup for the job whose ``match_keys`` are ``keys``."""
+        matches = sorted((task.created or 0.0, task.handle) for task in self.tasks
+                         if task.key in keys)
+        return LookupPage(tuple(handle for _, handle in matches), self.next_cursor)
+
+
 @runtime_checkable
 class TaskLister(Protocol):
     """Adapters whose provider can list its tasks (``Capabilities.lookup``).
@@ -200,6 +230,17 @@ class TaskLister(Protocol):
         or the job's id where the provider keeps one, created no earlier than
         ``job.submitting_at`` less the clock skew): the newest page when ``cursor``
         is ``None``, else the page ``cursor`` names."""
+        ...
+
+    async def recent_page(self, cursor: str | None, since: float) -> TaskPage:
+        """Read one page of every task the provider lists (all of its lists, where
+        it keeps several), newest first, keeping those created at or after
+        ``since``: what the orphan sweep compares with Easel's jobs."""
+        ...
+
+    def match_keys(self, job: JobRequest) -> tuple[str, ...]:
+        """The ``ListedTask.key`` values a task created for ``job`` may carry (its
+        exact input, or the job id where the provider keeps one)."""
         ...
 
 

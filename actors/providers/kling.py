@@ -48,10 +48,12 @@ from actors.providers import http, outcomes
 from actors.providers.base import (
     Capabilities,
     JobRequest,
+    ListedTask,
     LookupPage,
     Provider,
     ProviderSettings,
     Submitted,
+    TaskPage,
     TaskState,
     TaskStatus,
     WebhookEvent,
@@ -420,16 +422,34 @@ class KlingAdapter:
     async def lookup_page(self, job: JobRequest, cursor: str | None) -> LookupPage:
         """One page of the task list of ``job``'s endpoint (newest first): the
         handles of the tasks whose ``external_task_id`` is ``job``'s id. The cursor
-        is the next page number, or ``None`` after a short page or one reaching
-        tasks created before ``submitting_at`` less ``LOOKUP_SKEW``."""
-        endpoint = endpoint_for(job)
+        is the next page number."""
         number = int(cursor) if cursor else 1
+        page = await self._list_page(endpoint_for(job), number, job.submitting_at - LOOKUP_SKEW)
+        return page.matching(self.match_keys(job))
+
+    async def recent_page(self, cursor: str | None, since: float) -> TaskPage:
+        """One page of text2video's list, then of image2video's; the cursor is
+        ``"<endpoint> <page number>"``."""
+        endpoint, _, number = (cursor or f"{TEXT2VIDEO} 1").partition(" ")
+        page = await self._list_page(endpoint, int(number), since)
+        if page.next_cursor is not None:
+            return attrs.evolve(page, next_cursor=f"{endpoint} {page.next_cursor}")
+        if endpoint == TEXT2VIDEO:
+            return attrs.evolve(page, next_cursor=f"{IMAGE2VIDEO} 1")
+        return page
+
+    def match_keys(self, job: JobRequest) -> tuple[str, ...]:
+        return (job.job_id,)
+
+    async def _list_page(self, endpoint: str, number: int, since: float) -> TaskPage:
+        """Page ``number`` of ``endpoint``'s list: its tasks created at or after
+        ``since``, keyed by ``external_task_id``. The next cursor is the next page
+        number, or ``None`` after a short page or one reaching older tasks."""
         params = {"pageNum": number, "pageSize": LOOKUP_PAGE_SIZE}
         data = await self._call("GET", f"/v1/videos/{endpoint}", "list", params=params)
         if not isinstance(data, list):
             raise _malformed(self.name, "task list is not a list")
-        not_before = job.submitting_at - LOOKUP_SKEW
-        matches: list[tuple[float, str]] = []
+        tasks: list[ListedTask] = []
         oldest: float | None = None
         for task in data:
             if not isinstance(task, dict):
@@ -437,14 +457,16 @@ class KlingAdapter:
             created = _created_seconds(task)
             if created is not None:
                 oldest = created if oldest is None else min(oldest, created)
+                if created < since:
+                    continue
             info = task.get("task_info")
             external = info.get("external_task_id") if isinstance(info, dict) else None
             task_id = task.get("task_id")
-            if external == job.job_id and isinstance(task_id, str | int) and not isinstance(task_id, bool):
-                matches.append((created or 0.0, f"{task_id} {endpoint}"))
-        ended = len(data) < LOOKUP_PAGE_SIZE or (oldest is not None and oldest < not_before)
-        return LookupPage(tuple(handle for _, handle in sorted(matches)),
-                          None if ended else str(number + 1))
+            if isinstance(task_id, str | int) and not isinstance(task_id, bool):
+                key = external if isinstance(external, str) else ""
+                tasks.append(ListedTask(f"{task_id} {endpoint}", key, created))
+        ended = len(data) < LOOKUP_PAGE_SIZE or (oldest is not None and oldest < since)
+        return TaskPage(tuple(tasks), None if ended else str(number + 1))
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """A Kling callback: unsigned, so only a hint to check the task now.

@@ -36,10 +36,12 @@ from actors.providers import http, outcomes
 from actors.providers.base import (
     Capabilities,
     JobRequest,
+    ListedTask,
     LookupPage,
     Provider,
     ProviderSettings,
     Submitted,
+    TaskPage,
     TaskState,
     TaskStatus,
     WebhookEvent,
@@ -107,6 +109,11 @@ def prediction_input(job: JobRequest) -> dict[str, Any]:
         body["num_outputs"] = job.number_of_outputs
     body.update(job.parameters)
     return body
+
+
+def listed_key(model: Any, input: Any) -> str:
+    """What a listed prediction is matched on: its model and exact input."""
+    return json.dumps([model, input], sort_keys=True, separators=(",", ":"))
 
 
 def parse_time(value: str | None) -> float | None:
@@ -195,32 +202,42 @@ class ReplicateAdapter:
     async def lookup_page(self, job: JobRequest, cursor: str | None) -> LookupPage:
         """One page of ``GET /v1/predictions`` (newest first): the predictions of
         ``job``'s model with exactly its input, created since ``submitting_at`` less
-        ``LOOKUP_SKEW``. The next cursor is the page's ``next`` URL, or ``None`` once
-        the page reaches predictions older than that."""
+        ``LOOKUP_SKEW``."""
+        page = await self.recent_page(cursor, job.submitting_at - LOOKUP_SKEW)
+        return page.matching(self.match_keys(job))
+
+    async def recent_page(self, cursor: str | None, since: float) -> TaskPage:
+        """One page of ``GET /v1/predictions``: the predictions created at or after
+        ``since``. The next cursor is the page's ``next`` URL, or ``None`` once the
+        page reaches older predictions."""
         page = await self._call("GET", cursor or "/v1/predictions")
         if not isinstance(page, dict):
             raise EaselError(ErrorCode.PROVIDER_ERROR, f"{self.name}: malformed prediction list",
                              {"provider": self.name})
-        expected = prediction_input(job)
-        model = job.spec.provider_model
-        not_before = job.submitting_at - LOOKUP_SKEW
-        matches: list[tuple[float, str]] = []
+        tasks: list[ListedTask] = []
         reached_end = False
         for prediction in page.get("results") or ():
             created = parse_time(prediction.get("created_at")) if isinstance(prediction, dict) else None
-            if created is None:
+            if created is None or not isinstance(prediction.get("id"), str):
                 continue
-            if created < not_before:
+            if created < since:
                 reached_end = True
                 continue
-            same_model = prediction.get("model") in (None, model, model.split(":")[0])
             # The list may omit ``input`` (UNCONFIRMED in Replicate's docs); then
-            # the prediction proves nothing and is not adopted.
-            if same_model and prediction.get("input") == expected and isinstance(prediction.get("id"), str):
-                matches.append((created, prediction["id"]))
+            # the key matches no job and the prediction proves nothing.
+            key = listed_key(prediction.get("model"), prediction.get("input"))
+            tasks.append(ListedTask(prediction["id"], key, created))
         following = page.get("next")
         next_cursor = following if isinstance(following, str) and following and not reached_end else None
-        return LookupPage(tuple(task_id for _, task_id in sorted(matches)), next_cursor)
+        return TaskPage(tuple(tasks), next_cursor)
+
+    def match_keys(self, job: JobRequest) -> tuple[str, ...]:
+        """A prediction of ``job`` names its model with or without the version (or
+        not at all) and carries exactly its input."""
+        model = job.spec.provider_model
+        expected = prediction_input(job)
+        return tuple(dict.fromkeys(
+            listed_key(name, expected) for name in (model, model.split(":")[0], None)))
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """A Replicate webhook: Standard Webhooks signed, the body a prediction."""
