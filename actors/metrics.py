@@ -51,6 +51,10 @@ WEBHOOK_DELIVERIES = Counter(
     "easel_webhook_deliveries", "Client webhook attempts by outcome (delivered, retry, failed)",
     ["outcome", "reason"], registry=REGISTRY,
 )
+ORPHANS = Counter(
+    "easel_orphans", "Provider tasks no job holds, found by the sweep, by what was done "
+    "(cancelled, cancel_failed, kept)", ["provider", "action"], registry=REGISTRY,
+)
 FALLBACKS = Counter(
     "easel_fallbacks", "Jobs moved to a fallback model", ["model", "to", "reason"],
     registry=REGISTRY,

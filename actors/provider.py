@@ -28,6 +28,7 @@ failed is handed back for the scheduler's routing (``Unaccepted``) only when
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -69,9 +70,11 @@ from actors.providers.base import (
     JobRequest,
     ProviderSettings,
     Submitted,
+    TaskLister,
 )
 from actors.retry import MAX_RETRY_AFTER, Backoff, RetryPolicy
 from actors.store import Store
+from actors.sweep import OrphanSweep  # the orphan sweep (issue 9, item 3)
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,7 @@ class ProviderActor:
         self._capabilities = capabilities
         self._callback_base = callback_base
         self._retry = RetryPolicy.from_settings(settings)
+        self._sweep = OrphanSweep(name, adapter, settings, store, self.call)  # orphan sweep
         self._reset()
 
     def _reset(self) -> None:
@@ -342,6 +346,7 @@ class ProviderActor:
             nursery.start_soon(self._watch_circuit)
             nursery.start_soon(self._follow_changes)
             await self._settle(nursery, stuck, resolving)
+            nursery.start_soon(self._sweep.run)  # orphan sweep
             task_status.started()
             # After started(): a full scheduler mailbox must not hold up the tree.
             await self._announce()
@@ -588,15 +593,47 @@ class ProviderActor:
         await self._send_submission(counted, attrs.evolve(request, submitting_at=wall_now()))
 
     async def _look_up(self, request: JobRequest) -> Lookup:
-        """Walk the provider's list for tasks matching ``request``."""
-        try:
-            found = await self.call("reconcile", lambda: self.adapter.reconcile(request), safe=True)
-        except EaselError as exc:
-            log.warning("reconciliation lookup failed: %s", exc.info.message)
-            return Lookup(error=exc.info.message)
-        if found is None:
+        """Walk the provider's task list, newest page first, for tasks matching
+        ``request``.
+
+        Each page is its own call (one rate-limit token per request sent, and a
+        page that fails is retried alone per ``RetryPolicy``). The walk stops at
+        the first page holding a match no job has claimed yet: ``found`` then ends
+        with that page's matches, and the claimed matches of earlier pages come
+        before them (``_adopt`` skips those). A caller whose adoption still fails
+        (claimed in between) may call again; the walk starts over from the newest
+        page. It is ``complete`` when it reached the end of the provider's reach
+        (``LookupPage.next_cursor`` is ``None``) without stopping; a page that
+        still fails after its retries, or the adapter's page limit, ends it
+        incomplete with the matches found so far and the reason.
+        """
+        if not isinstance(self.adapter, TaskLister):
             return Lookup(error="the provider offers no lookup")
-        return Lookup(found=tuple(found), complete=True)
+        lister = self.adapter
+        found: list[str] = []
+        cursor: str | None = None
+        for _ in range(lister.lookup_pages):
+            try:
+                page = await self.call(
+                    "lookup", functools.partial(lister.lookup_page, request, cursor), safe=True)
+            except EaselError as exc:
+                log.warning("lookup stopped at a failing page: %s", exc.info.message)
+                return Lookup(found=tuple(found), error=exc.info.message)
+            found.extend(task_id for task_id in page.matches if task_id not in found)
+            if page.next_cursor is None:
+                return Lookup(found=tuple(found), complete=True)
+            if await self._unclaimed(page.matches):
+                return Lookup(found=tuple(found))
+            cursor = page.next_cursor
+        return Lookup(found=tuple(found),
+                      error=f"the list holds more than {lister.lookup_pages} pages to look through")
+
+    async def _unclaimed(self, task_ids: Sequence[str]) -> bool:
+        """Whether one of ``task_ids`` is no job's task yet (one ``_adopt`` may take)."""
+        for task_id in task_ids:
+            if await self._store.job_by_task(self.name, task_id) is None:
+                return True
+        return False
 
     async def _adopt(self, job: Job, found: Sequence[str], why: dict[str, Any],
                      from_state: JobState = JobState.SUBMITTING) -> bool:

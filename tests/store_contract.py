@@ -442,6 +442,18 @@ class StoreContract:
             elsewhere = await store.has_twin(job, [JobState.SUBMITTING])
         assert (alone, unrelated, queued, elsewhere) == (False, False, True, False)
 
+    async def test_jobs_submitted_since_are_the_providers_in_any_state(
+        self, open_backend: OpenBackend
+    ) -> None:
+        async with open_backend() as store:
+            await inserted(store, submitting_at=99.0)  # before
+            ended = await inserted(store, state=JobState.FAILED, submitting_at=100.0)
+            running = await inserted(store, state=JobState.RUNNING, submitting_at=150.0)
+            await inserted(store, provider="q", submitting_at=150.0)  # another provider
+            await inserted(store)  # never submitted
+            found = await store.jobs_submitted_since("p", 100.0)
+        assert [job.id for job in found] == [ended.id, running.id]
+
     async def test_job_by_task_matches_the_handle_by_its_id(
         self, open_backend: OpenBackend
     ) -> None:

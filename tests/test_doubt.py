@@ -4,10 +4,11 @@ it runs and bills. Embedded daemon, Replicate simulator on loopback."""
 
 from __future__ import annotations
 
+import httpx
 import trio
 
 from tests.conftest import free_port
-from tests.simulators.base import Knobs, serve_simulator
+from tests.simulators.base import Fault, Knobs, serve_simulator
 from tests.simulators.replicate import ReplicateSimulator
 from tests.test_cancel import TOKEN, provider_toml
 
@@ -28,6 +29,34 @@ async def test_timed_out_create_is_adopted_from_the_list(easel_daemon, nursery: 
     assert sim.stats().submissions == 1  # adopted, never sent again
     [adopted] = [e for e in events["events"] if e["kind"] == "reconciled"]
     assert adopted["after"] == "PROVIDER_TIMEOUT"
+
+
+async def test_a_lost_answer_is_found_on_the_first_page_after_a_failing_one(
+    easel_daemon, nursery: trio.Nursery
+) -> None:
+    """The list holds others' predictions over several pages; the lost one is the
+    newest. The first list request fails (503) and is retried alone; the answer
+    holds the match, so no further page is read."""
+    sim = ReplicateSimulator(Knobs(token=TOKEN, duration=0.2), page_size=2)
+    url = await nursery.start(serve_simulator, sim)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        for n in range(5):
+            created = await http.post("/v1/models/someone/else/predictions",
+                                      json={"input": {"prompt": f"not ours {n}"}})
+            assert created.status_code == 201
+    sim.knobs = Knobs(token=TOKEN, duration=0.2, timeout_rate=1.0, hang_seconds=5,
+                      fault_routes=("create",))
+    sim.script_faults("list", Fault.SERVER_ERROR)
+    toml = provider_toml("replicate", url, "flux", "owner/flux").replace(
+        f'api_token = "{TOKEN}"', f'api_token = "{TOKEN}"\nrequest_timeout = 0.5')
+    easel = await easel_daemon(toml)
+    response = await easel.submit({"modelIdentifier": "flux", "prompt": "a lost answer"})
+    job = await easel.wait(response.json()["id"])
+
+    assert job["status"] == "SUCCESS", job
+    assert sim.stats().submissions == 6
+    assert sim.stats().list_calls == 2  # page 1 failed, page 1 again: nothing more
+    assert [e["kind"] for e in await events_of(easel, job["id"])].count("reconciled") == 1
 
 
 async def test_crash_while_waiting_to_retry_a_refusal_resubmits(

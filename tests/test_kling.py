@@ -23,7 +23,14 @@ from quart_trio import QuartTrio
 from actors.catalog import MediaKind, ModelSpec
 from actors.errors import EaselError, ErrorCode
 from actors.providers import kling, make_adapter
-from actors.providers.base import JobRequest, ProviderSettings, Submitted, TaskState, WebhookEvent
+from actors.providers.base import (
+    JobRequest,
+    LookupPage,
+    ProviderSettings,
+    Submitted,
+    TaskState,
+    WebhookEvent,
+)
 from actors.providers.kling import JwtSigner, KlingAdapter, KlingSettings, encode_jwt
 from tests.conftest import free_port, write_config
 from tests.fakes import FakeClock
@@ -287,7 +294,7 @@ async def test_sim_sends_unsigned_callbacks_on_each_change(
     assert event == WebhookEvent(handle.split()[0], None)
 
 
-# -- the adapter: submit, check, reconcile -------------------------------------------------
+# -- the adapter: submit, check, lookup ----------------------------------------------------
 
 
 async def test_text2video_submit_and_check(
@@ -343,25 +350,45 @@ async def test_task_failures_map_to_task_failed_or_moderated(
     assert failed.error.code is ErrorCode.TASK_FAILED and "simulated failure" in failed.error.message
 
 
-async def test_reconcile_finds_the_task_by_external_task_id(
+async def test_lookup_pages_search_by_external_task_id(
     start_sim: Callable[..., Awaitable[Started]], adapters: Callable[..., KlingAdapter],
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sim, url = await start_sim()
     adapter = adapters(url)
-    monkeypatch.setattr(kling, "RECONCILE_PAGE_SIZE", 1)  # make it page
+    monkeypatch.setattr(kling, "LOOKUP_PAGE_SIZE", 1)  # make it page
     lost = job("lost answer", job_id="gen_lost", submitting_at=clock())
     handle = (await adapter.submit(lost)).task_id
     for index in range(2):
         await adapter.submit(job(f"later {index}", job_id=f"gen_later{index}"))
     before = sim.stats().list_calls
-    assert await adapter.reconcile(lost) == [handle]
-    assert sim.stats().list_calls - before == 4  # three full pages, then an empty one
-    assert await adapter.reconcile(job("never sent", job_id="gen_never", submitting_at=clock())) == []
+    # Newest first: two later tasks, then the lost one; each call is one request.
+    assert await adapter.lookup_page(lost, None) == LookupPage((), "2")
+    assert await adapter.lookup_page(lost, "2") == LookupPage((), "3")
+    assert await adapter.lookup_page(lost, "3") == LookupPage((handle,), "4")
+    assert await adapter.lookup_page(lost, "4") == LookupPage((), None)  # a short page ends it
+    assert sim.stats().list_calls - before == 4
+    never = job("never sent", job_id="gen_never", submitting_at=clock())
+    assert (await adapter.lookup_page(never, "3")).matches == ()
     i2v = job(images=("https://x/a.png",), job_id="gen_i2v", submitting_at=clock())
-    assert await adapter.reconcile(i2v) == []  # image2video is a separate list
+    assert await adapter.lookup_page(i2v, None) == LookupPage((), None)  # image2video is its own list
     handle_i2v = (await adapter.submit(i2v)).task_id
-    assert await adapter.reconcile(i2v) == [handle_i2v]
+    assert await adapter.lookup_page(i2v, None) == LookupPage((handle_i2v,), "2")
+
+
+async def test_lookup_ends_at_tasks_older_than_the_skew(
+    start_sim: Callable[..., Awaitable[Started]], adapters: Callable[..., KlingAdapter],
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim, url = await start_sim()
+    adapter = adapters(url)
+    monkeypatch.setattr(kling, "LOOKUP_PAGE_SIZE", 1)
+    await adapter.submit(job("long ago", job_id="gen_old"))
+    clock.advance(kling.LOOKUP_SKEW + 1)
+    lost = job("lost answer", job_id="gen_lost", submitting_at=clock())
+    await adapter.submit(job("other", job_id="gen_other"))
+    assert await adapter.lookup_page(lost, None) == LookupPage((), "2")
+    assert await adapter.lookup_page(lost, "2") == LookupPage((), None)  # older than its reach
 
 
 async def test_cancel_is_a_no_op(

@@ -27,7 +27,7 @@ from PIL import Image
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode
 from actors.finalizer import decode_data_uri
-from actors.providers.base import Completed, JobRequest, ProviderSettings
+from actors.providers.base import Completed, JobRequest, ProviderSettings, TaskLister
 from actors.providers.openai import OpenaiAdapter, code_for, outputs_of
 from tests.conftest import free_port, write_config
 from tests.process import DaemonProcess
@@ -374,13 +374,13 @@ def test_code_for_each_documented_status(status: int, error: dict[str, Any], cod
     assert code_for(status, error) is code
 
 
-async def test_no_tasks_no_webhooks_no_reconcile(adapter_for: Callable[..., OpenaiAdapter]) -> None:
+async def test_no_tasks_no_webhooks_no_lookup(adapter_for: Callable[..., OpenaiAdapter]) -> None:
     adapter = adapter_for("http://127.0.0.1:9")
     for call in (adapter.check, adapter.cancel):
         with pytest.raises(EaselError) as caught:
             await call("anything")
         assert caught.value.code is ErrorCode.INTERNAL_ERROR and not caught.value.info.is_retryable
-    assert await adapter.reconcile(job()) is None
+    assert not isinstance(adapter, TaskLister)
     # Without parse_webhook the provider actor passes no callback URL.
     assert not hasattr(adapter, "parse_webhook")
 

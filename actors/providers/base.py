@@ -2,8 +2,9 @@
 
 An adapter holds a provider's wire protocol: ``submit`` answers ``Submitted`` (a
 remote task to poll) or ``Completed`` (the outputs at once), ``check`` answers a
-``TaskStatus``, ``cancel`` asks the provider to stop, and ``reconcile`` tries to
-find a task that a crash left us unsure about. Failures are raised as
+``TaskStatus`` and ``cancel`` asks the provider to stop. An adapter whose provider
+lists its tasks is also a ``TaskLister``: ``lookup_page`` reads one page of that
+list for tasks matching a job whose create went unanswered. Failures are raised as
 ``EaselError`` with a code; the actor around the adapter decides about retries,
 tokens and slots.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -73,6 +74,10 @@ class ProviderSettings:
     #: image server on the same host or network). Off: a submitted URL must not
     #: make Easel reach inside the network it runs in.
     allow_private_inputs: bool = False
+    #: Seconds between sweeps of the provider's recent tasks for orphans (tasks
+    #: Easel caused that no job holds; ``actors/sweep.py``); 0 turns it off. Only
+    #: for providers that can list their tasks.
+    sweep_interval: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
     #: Polling for this provider's models that name none of their own.
     polling: PollingSpec | None = None
 
@@ -167,18 +172,80 @@ class Adapter(Protocol):
 
     async def cancel(self, task_id: str) -> None: ...
 
-    async def reconcile(self, job: JobRequest) -> list[str] | None:
-        """Find the provider task that a crash left us unsure about.
+    async def aclose(self) -> None: ...
 
-        Returns the ids of the provider's tasks that match the job (same input,
-        created after the job entered SUBMITTING), oldest first; ``None`` when the
-        provider offers no way to look. The actor adopts a match no other job has
-        claimed; with none, nothing is proven and the job fails
-        UNCERTAIN_SUBMISSION unless its model is safe to resubmit.
-        """
+
+@attrs.frozen
+class LookupPage:
+    """One page of a provider's task list, as read for one job.
+
+    ``matches``: the handles (as ``submit`` would answer them) of this page's tasks
+    that match the job, oldest first. ``next_cursor``: what to pass for the next
+    page; ``None`` when the list holds nothing more within the lookup's reach (the
+    page reached tasks created before the job's ``submitting_at`` less the
+    provider's clock skew, or the list ended).
+    """
+
+    matches: tuple[str, ...] = ()
+    next_cursor: str | None = None
+
+
+@attrs.frozen
+class ListedTask:
+    """One task in a provider's list: its handle (as ``submit`` would answer it),
+    the key the adapter matches jobs on (``TaskLister.match_keys``) and when it was
+    created (Unix seconds, when the list says)."""
+
+    handle: str
+    key: str
+    created: float | None = None
+
+
+@attrs.frozen
+class TaskPage:
+    """One page of a provider's task list: its tasks created since the time asked
+    for, and the cursor of the next page (``None``: nothing more since then)."""
+
+    tasks: tuple[ListedTask, ...] = ()
+    next_cursor: str | None = None
+
+    def matching(self, keys: tuple[str, ...]) -> LookupPage:
+        """This page as a lookup for the job whose ``match_keys`` are ``keys``."""
+        matches = sorted((task.created or 0.0, task.handle) for task in self.tasks
+                         if task.key in keys)
+        return LookupPage(tuple(handle for _, handle in matches), self.next_cursor)
+
+
+@runtime_checkable
+class TaskLister(Protocol):
+    """Adapters whose provider can list its tasks (``Capabilities.lookup``).
+
+    One call is one request, so the provider actor spends one rate-limit token on
+    it, retries it alone when it fails and keeps the matches of the pages before.
+    """
+
+    #: At most this many pages are read for one lookup: a walk that gets this far
+    #: without reaching the end of its reach is left incomplete rather than spend
+    #: the provider's rate limit on an unbounded list.
+    lookup_pages: int
+
+    async def lookup_page(self, job: JobRequest, cursor: str | None) -> LookupPage:
+        """Read one page of the task list for tasks matching ``job`` (same input,
+        or the job's id where the provider keeps one, created no earlier than
+        ``job.submitting_at`` less the clock skew): the newest page when ``cursor``
+        is ``None``, else the page ``cursor`` names."""
         ...
 
-    async def aclose(self) -> None: ...
+    async def recent_page(self, cursor: str | None, since: float) -> TaskPage:
+        """Read one page of every task the provider lists (all of its lists, where
+        it keeps several), newest first, keeping those created at or after
+        ``since``: what the orphan sweep compares with Easel's jobs."""
+        ...
+
+    def match_keys(self, job: JobRequest) -> tuple[str, ...]:
+        """The ``ListedTask.key`` values a task created for ``job`` may carry (its
+        exact input, or the job id where the provider keeps one)."""
+        ...
 
 
 # -- what a provider module declares ----------------------------------------------------
@@ -191,8 +258,8 @@ class Capabilities:
     #: A task can be stopped (``cancel`` sends something); without it, a cancelled
     #: job's task runs to its end at the provider (and is paid for).
     cancel: bool = False
-    #: Tasks can be listed or looked up, so ``reconcile`` can prove whether a
-    #: submission that a crash interrupted reached the provider.
+    #: Tasks can be listed or looked up (the adapter is a ``TaskLister``), so a
+    #: create whose answer was lost can be proven to have reached the provider.
     lookup: bool = False
     #: The provider pushes task updates; the adapter implements ``WebhookReceiver``.
     webhooks: bool = False

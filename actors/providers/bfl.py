@@ -28,8 +28,8 @@ input images), its wire protocol, and its ``PROVIDER`` record:
   4). ``image_inputs`` is the one table of this, for checking and for the body.
 
 Not offered by BFL, so not here: cancel (a no-op) and any way to list or find tasks
-(``reconcile`` returns ``None``: a submission a crash left uncertain cannot be
-proven either way).
+(no ``lookup_page``: a submission whose answer was lost cannot be proven either
+way).
 """
 
 from __future__ import annotations
@@ -408,10 +408,6 @@ class BflAdapter:
 
     async def cancel(self, task_id: str) -> None:
         """BFL has no cancel endpoint: a task runs to its end (and is paid for)."""
-
-    async def reconcile(self, job: JobRequest) -> None:
-        """BFL cannot list or look up tasks by input: nothing can be proven."""
-        return None
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """A BFL completion webhook, verified by the echoed ``X-Webhook-Secret``.

@@ -18,8 +18,8 @@ or an error: model errors are ``{detail: [{loc, msg, type}]}`` (422 = validation
 
 Cancel: ``PUT cancel_url`` (202 ``CANCELLATION_REQUESTED``; 400 ``ALREADY_COMPLETED``
 is not an error). Auth: ``Authorization: Key <FAL_KEY>`` (``KEY_ID:KEY_SECRET`` is
-accepted as the key too). fal has no API to list requests, so ``reconcile`` proves
-nothing (``None``). Webhooks are signed with Ed25519 against fal's JWKS, which
+accepted as the key too). fal has no API to list requests, so a lost create's answer
+cannot be looked up (no ``lookup_page``). Webhooks are signed with Ed25519 against fal's JWKS, which
 Easel does not verify: a delivery is only a hint to check the request at once.
 """
 
@@ -378,10 +378,6 @@ class FalAdapter:
         if isinstance(body, dict) and body.get("status") in ("ALREADY_COMPLETED", "NOT_FOUND"):
             return
         raise error_for_response(response, self.name)
-
-    async def reconcile(self, job: JobRequest) -> None:
-        """fal offers no way to list or look up requests by input: nothing to prove."""
-        return None
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """A fal webhook, taken as a hint only.

@@ -20,10 +20,11 @@ error codes to Easel's.
 - Webhooks: Kling POSTs the task to ``callback_url`` on each status change but signs
   nothing, so a delivery is only a hint (``WebhookEvent(task_id, None)``): Easel then
   checks the task with Kling instead of believing the body.
-- Reconcile: every create carries Easel's job id as ``external_task_id`` (Kling keeps
-  it unique per account and echoes it in ``task_info``); after a crash the task list
-  (``GET /v1/videos/<endpoint>?pageNum&pageSize``, newest first) is searched for it,
-  which proves whether Kling got the job.
+- Lookup: every create carries Easel's job id as ``external_task_id`` (Kling keeps
+  it unique per account and echoes it in ``task_info``); when a create's answer was
+  lost, the task list (``GET /v1/videos/<endpoint>?pageNum&pageSize``, newest
+  first; one page per ``lookup_page`` call, the cursor being the page number) is
+  searched for it, which proves whether Kling got the job.
 """
 
 from __future__ import annotations
@@ -47,9 +48,12 @@ from actors.providers import http, outcomes
 from actors.providers.base import (
     Capabilities,
     JobRequest,
+    ListedTask,
+    LookupPage,
     Provider,
     ProviderSettings,
     Submitted,
+    TaskPage,
     TaskState,
     TaskStatus,
     WebhookEvent,
@@ -67,11 +71,11 @@ TOKEN_REFRESH_MARGIN = 300
 #: ``nbf`` is set this far in the past, so small clock skew does not reject the token.
 TOKEN_NOT_BEFORE_SKEW = 5
 
-#: Reconciliation looks through at most this many list pages of this size.
-RECONCILE_PAGES = 5
-RECONCILE_PAGE_SIZE = 100
+#: A lookup reads at most this many list pages of this size.
+LOOKUP_PAGES = 5
+LOOKUP_PAGE_SIZE = 100
 #: How far before SUBMITTING a task may have been created and still be looked at.
-RECONCILE_SKEW = 120.0
+LOOKUP_SKEW = 120.0
 
 _STATES = {
     "submitted": TaskState.RUNNING,
@@ -348,6 +352,8 @@ def _created_seconds(task: dict[str, Any]) -> float | None:
 class KlingAdapter:
     """Kling's video API; see the module docstring."""
 
+    lookup_pages = LOOKUP_PAGES
+
     def __init__(
         self, settings: KlingSettings, name: str = "kling", *, clock: Callable[[], float] = time.time
     ) -> None:
@@ -413,31 +419,54 @@ class KlingAdapter:
     async def cancel(self, task_id: str) -> None:
         """Kling has no cancel API: the task runs (and is paid for) to its end."""
 
-    async def reconcile(self, job: JobRequest) -> list[str]:
-        """Handles of the tasks whose ``external_task_id`` is this job's id, oldest first."""
-        endpoint = endpoint_for(job)
-        not_before = job.submitting_at - RECONCILE_SKEW
-        matches: list[tuple[float, str]] = []
-        for page in range(1, RECONCILE_PAGES + 1):
-            params = {"pageNum": page, "pageSize": RECONCILE_PAGE_SIZE}
-            data = await self._call("GET", f"/v1/videos/{endpoint}", "list", params=params)
-            if not isinstance(data, list):
-                raise _malformed(self.name, "task list is not a list")
-            oldest: float | None = None
-            for task in data:
-                if not isinstance(task, dict):
+    async def lookup_page(self, job: JobRequest, cursor: str | None) -> LookupPage:
+        """One page of the task list of ``job``'s endpoint (newest first): the
+        handles of the tasks whose ``external_task_id`` is ``job``'s id. The cursor
+        is the next page number."""
+        number = int(cursor) if cursor else 1
+        page = await self._list_page(endpoint_for(job), number, job.submitting_at - LOOKUP_SKEW)
+        return page.matching(self.match_keys(job))
+
+    async def recent_page(self, cursor: str | None, since: float) -> TaskPage:
+        """One page of text2video's list, then of image2video's; the cursor is
+        ``"<endpoint> <page number>"``."""
+        endpoint, _, number = (cursor or f"{TEXT2VIDEO} 1").partition(" ")
+        page = await self._list_page(endpoint, int(number), since)
+        if page.next_cursor is not None:
+            return attrs.evolve(page, next_cursor=f"{endpoint} {page.next_cursor}")
+        if endpoint == TEXT2VIDEO:
+            return attrs.evolve(page, next_cursor=f"{IMAGE2VIDEO} 1")
+        return page
+
+    def match_keys(self, job: JobRequest) -> tuple[str, ...]:
+        return (job.job_id,)
+
+    async def _list_page(self, endpoint: str, number: int, since: float) -> TaskPage:
+        """Page ``number`` of ``endpoint``'s list: its tasks created at or after
+        ``since``, keyed by ``external_task_id``. The next cursor is the next page
+        number, or ``None`` after a short page or one reaching older tasks."""
+        params = {"pageNum": number, "pageSize": LOOKUP_PAGE_SIZE}
+        data = await self._call("GET", f"/v1/videos/{endpoint}", "list", params=params)
+        if not isinstance(data, list):
+            raise _malformed(self.name, "task list is not a list")
+        tasks: list[ListedTask] = []
+        oldest: float | None = None
+        for task in data:
+            if not isinstance(task, dict):
+                continue
+            created = _created_seconds(task)
+            if created is not None:
+                oldest = created if oldest is None else min(oldest, created)
+                if created < since:
                     continue
-                created = _created_seconds(task)
-                if created is not None:
-                    oldest = created if oldest is None else min(oldest, created)
-                info = task.get("task_info")
-                external = info.get("external_task_id") if isinstance(info, dict) else None
-                task_id = task.get("task_id")
-                if external == job.job_id and isinstance(task_id, str | int) and not isinstance(task_id, bool):
-                    matches.append((created or 0.0, f"{task_id} {endpoint}"))
-            if len(data) < RECONCILE_PAGE_SIZE or (oldest is not None and oldest < not_before):
-                break
-        return [handle for _, handle in sorted(matches)]
+            info = task.get("task_info")
+            external = info.get("external_task_id") if isinstance(info, dict) else None
+            task_id = task.get("task_id")
+            if isinstance(task_id, str | int) and not isinstance(task_id, bool):
+                key = external if isinstance(external, str) else ""
+                tasks.append(ListedTask(f"{task_id} {endpoint}", key, created))
+        ended = len(data) < LOOKUP_PAGE_SIZE or (oldest is not None and oldest < since)
+        return TaskPage(tuple(tasks), None if ended else str(number + 1))
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """A Kling callback: unsigned, so only a hint to check the task now.

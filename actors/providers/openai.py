@@ -13,7 +13,7 @@ The API is synchronous: ``submit`` answers ``Completed`` with the images, each a
 for dall-e models asked for ``response_format = "url"``, the provider's URL (valid
 for an hour; the finalizer fetches it at once). There is no task id, so nothing
 is polled or cancelled, no webhook exists, and a submission caught by a crash
-cannot be looked up (``reconcile`` answers ``None``).
+cannot be looked up (no ``lookup_page``).
 
 Timeouts matter here more than anywhere: a gpt-image-1 call routinely takes 30 to
 90 s, and the whole generation happens inside the one HTTP request, so the
@@ -432,10 +432,6 @@ class OpenaiAdapter:
     async def cancel(self, task_id: str) -> None:
         """Never called: the API has no task to cancel (a generation cannot be stopped)."""
         raise _no_task(self.name, "cancel", task_id)
-
-    async def reconcile(self, job: JobRequest) -> None:
-        """The API keeps no list of generations: nothing can be proven after a crash."""
-        return None
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -22,7 +22,7 @@ shapes, so the reader here is deliberately tolerant (UNCONFIRMED points):
 
 Pollo has no cancel endpoint (``cancel`` does nothing: the remote task runs to the
 end and is charged at submit anyway) and no way to list or find tasks
-(``reconcile`` returns ``None``: a crash mid-submission cannot be resolved).
+(no ``lookup_page``: a create whose answer was lost cannot be resolved).
 """
 
 from __future__ import annotations
@@ -377,7 +377,7 @@ def webhook_status(payload: dict[str, Any], provider: str) -> TaskStatus | None:
 
 
 class PolloAdapter:
-    """Pollo AI: submit, check, webhooks. No cancel, no reconcile (see module doc)."""
+    """Pollo AI: submit, check, webhooks. No cancel, no lookup (see module doc)."""
 
     def __init__(self, settings: ProviderSettings, name: str = "pollo") -> None:
         self.name = name
@@ -423,10 +423,6 @@ class PolloAdapter:
 
     async def cancel(self, task_id: str) -> None:
         """Pollo documents no cancel: nothing is sent, the task runs to its end."""
-        return None
-
-    async def reconcile(self, job: JobRequest) -> list[str] | None:
-        """Pollo documents no way to list or find tasks: nothing can be proven."""
         return None
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:

@@ -8,9 +8,11 @@ succeeded, failed, canceled. ``output`` is a URL or a list of them. Auth:
 ``Authorization: Bearer <token>``.
 
 Replicate takes no idempotency key, so a crash between sending a create and
-recording its id is reconciled by listing recent predictions
-(``GET /v1/predictions``, newest first, cursor-paginated) and matching the exact
-input and a creation time after the job entered SUBMITTING.
+recording its id is looked up in the list of recent predictions
+(``GET /v1/predictions``, newest first, cursor-paginated; one page per
+``lookup_page`` call, the cursor being the page's ``next`` URL) by the exact input,
+the model and a creation time after the job entered SUBMITTING (less
+``LOOKUP_SKEW``).
 
 Webhooks are Standard Webhooks signed with the section's ``webhook_secret``
 (``actors/signing.py``). API tokens look like ``r8_...``; they are masked in logs.
@@ -34,9 +36,12 @@ from actors.providers import http, outcomes
 from actors.providers.base import (
     Capabilities,
     JobRequest,
+    ListedTask,
+    LookupPage,
     Provider,
     ProviderSettings,
     Submitted,
+    TaskPage,
     TaskState,
     TaskStatus,
     WebhookEvent,
@@ -53,9 +58,9 @@ _STATES = {
 }
 
 #: How far back of SUBMITTING a matching creation may lie (clock skew with Replicate).
-RECONCILE_SKEW = 120.0
-#: Pages of the prediction list looked through when reconciling.
-RECONCILE_PAGES = 10
+LOOKUP_SKEW = 120.0
+#: Pages of the prediction list (100 predictions each) one lookup reads at most.
+LOOKUP_PAGES = 10
 
 
 # -- parameters -----------------------------------------------------------------------
@@ -98,12 +103,17 @@ def rules(provider_model: str) -> Rules:
 
 
 def prediction_input(job: JobRequest) -> dict[str, Any]:
-    """The ``input`` object sent for ``job``; reconciliation matches on it exactly."""
+    """The ``input`` object sent for ``job``; a lookup matches on it exactly."""
     body: dict[str, Any] = {"prompt": job.prompt}
     if job.number_of_outputs != 1:
         body["num_outputs"] = job.number_of_outputs
     body.update(job.parameters)
     return body
+
+
+def listed_key(model: Any, input: Any) -> str:
+    """What a listed prediction is matched on: its model and exact input."""
+    return json.dumps([model, input], sort_keys=True, separators=(",", ":"))
 
 
 def parse_time(value: str | None) -> float | None:
@@ -144,6 +154,8 @@ def status_of(prediction: dict[str, Any], provider: str = "replicate") -> TaskSt
 
 
 class ReplicateAdapter:
+    lookup_pages = LOOKUP_PAGES
+
     def __init__(self, settings: ProviderSettings, name: str = "replicate") -> None:
         self.name = name
         self.webhook_secret = settings.webhook_secret
@@ -187,34 +199,45 @@ class ReplicateAdapter:
     async def cancel(self, task_id: str) -> None:
         await self._call("POST", f"/v1/predictions/{task_id}/cancel")
 
-    async def reconcile(self, job: JobRequest) -> list[str]:
-        expected = prediction_input(job)
+    async def lookup_page(self, job: JobRequest, cursor: str | None) -> LookupPage:
+        """One page of ``GET /v1/predictions`` (newest first): the predictions of
+        ``job``'s model with exactly its input, created since ``submitting_at`` less
+        ``LOOKUP_SKEW``."""
+        page = await self.recent_page(cursor, job.submitting_at - LOOKUP_SKEW)
+        return page.matching(self.match_keys(job))
+
+    async def recent_page(self, cursor: str | None, since: float) -> TaskPage:
+        """One page of ``GET /v1/predictions``: the predictions created at or after
+        ``since``. The next cursor is the page's ``next`` URL, or ``None`` once the
+        page reaches older predictions."""
+        page = await self._call("GET", cursor or "/v1/predictions")
+        if not isinstance(page, dict):
+            raise EaselError(ErrorCode.PROVIDER_ERROR, f"{self.name}: malformed prediction list",
+                             {"provider": self.name})
+        tasks: list[ListedTask] = []
+        reached_end = False
+        for prediction in page.get("results") or ():
+            created = parse_time(prediction.get("created_at")) if isinstance(prediction, dict) else None
+            if created is None or not isinstance(prediction.get("id"), str):
+                continue
+            if created < since:
+                reached_end = True
+                continue
+            # The list may omit ``input`` (UNCONFIRMED in Replicate's docs); then
+            # the key matches no job and the prediction proves nothing.
+            key = listed_key(prediction.get("model"), prediction.get("input"))
+            tasks.append(ListedTask(prediction["id"], key, created))
+        following = page.get("next")
+        next_cursor = following if isinstance(following, str) and following and not reached_end else None
+        return TaskPage(tuple(tasks), next_cursor)
+
+    def match_keys(self, job: JobRequest) -> tuple[str, ...]:
+        """A prediction of ``job`` names its model with or without the version (or
+        not at all) and carries exactly its input."""
         model = job.spec.provider_model
-        not_before = job.submitting_at - RECONCILE_SKEW
-        matches: list[tuple[float, str]] = []
-        url: str | None = "/v1/predictions"
-        for _ in range(RECONCILE_PAGES):
-            if url is None:
-                break
-            page = await self._call("GET", url)
-            results = page.get("results", []) if isinstance(page, dict) else []
-            oldest_seen = None
-            for prediction in results:
-                created = parse_time(prediction.get("created_at"))
-                if created is None:
-                    continue
-                oldest_seen = created if oldest_seen is None else min(oldest_seen, created)
-                if created < not_before:
-                    continue
-                same_model = prediction.get("model") in (None, model, model.split(":")[0])
-                # The list may omit ``input`` (UNCONFIRMED in Replicate's docs); then
-                # the prediction proves nothing and is not adopted.
-                if same_model and prediction.get("input") == expected:
-                    matches.append((created, prediction["id"]))
-            if oldest_seen is not None and oldest_seen < not_before:
-                break
-            url = page.get("next") if isinstance(page, dict) else None
-        return [task_id for _, task_id in sorted(matches)]
+        expected = prediction_input(job)
+        return tuple(dict.fromkeys(
+            listed_key(name, expected) for name in (model, model.split(":")[0], None)))
 
     def parse_webhook(self, headers: Mapping[str, str], body: bytes) -> WebhookEvent:
         """A Replicate webhook: Standard Webhooks signed, the body a prediction."""

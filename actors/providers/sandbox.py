@@ -181,9 +181,6 @@ class SandboxAdapter:
     async def cancel(self, task_id: str) -> None:
         self._videos.pop(task_id, None)
 
-    async def reconcile(self, job: JobRequest) -> list[str] | None:
-        return None  # nothing remote to ask; the sandbox models are safe to resubmit
-
     async def aclose(self) -> None:
         pass
 

@@ -156,6 +156,11 @@ def select_in(
     return [from_row(r) for r in conn.execute(sql, args)]
 
 
+def submitted_since(conn: sqlite3.Connection, provider: str, since: float) -> list[Job]:
+    sql = "SELECT * FROM generation_requests WHERE provider=? AND submitting_at>=? ORDER BY seq"
+    return [from_row(r) for r in conn.execute(sql, (provider, since))]
+
+
 def ids_in(conn: sqlite3.Connection, states: Iterable[JobState], provider: str) -> list[str]:
     clause, args = in_states(states, provider)
     return [r[0] for r in conn.execute(f"SELECT id FROM generation_requests WHERE {clause}", args)]

@@ -180,6 +180,12 @@ class Store(Protocol):
         """Ids of the provider's jobs in any of ``states`` (cheaper than ``jobs_in``)."""
         ...
 
+    async def jobs_submitted_since(self, provider: str, since: float) -> list[Job]:
+        """The provider's jobs, in any state, that entered SUBMITTING at or after
+        ``since`` (Unix seconds), oldest first: what the orphan sweep compares the
+        provider's recent tasks with."""
+        ...
+
     async def has_twin(self, job: Job, states: Iterable[JobState]) -> bool:
         """Whether another job of ``job``'s provider with the same ``request_hash`` is
         in any of ``states``."""

@@ -130,6 +130,9 @@ class SQLiteStore:
     async def job_ids_in(self, states: Iterable[JobState], provider: str) -> list[str]:
         return await self.engine.read(jobs.ids_in, list(states), provider)
 
+    async def jobs_submitted_since(self, provider: str, since: float) -> list[Job]:
+        return await self.engine.read(jobs.submitted_since, provider, since)
+
     async def has_twin(self, job: Job, states: Iterable[JobState]) -> bool:
         return await self.engine.read(jobs.has_twin, job, list(states))
 

@@ -61,7 +61,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -546,6 +546,7 @@ class Simulator:
         #: build absolute URLs outside a request, e.g. in webhook bodies.
         self.url: str | None = None
         self._per_input: Counter[str] = Counter()
+        self._scripted: dict[str, deque[Fault | None]] = {}
         self._app: QuartTrio | None = None
         self._time_moved_event: trio.Event | None = None
         self._generated_secret: str | None = None
@@ -572,11 +573,20 @@ class Simulator:
         self.fault_rng = random.Random(None if seed is None else f"{seed}:faults")
         self.task_rng = random.Random(None if seed is None else f"{seed}:tasks")
 
+    def script_faults(self, kind: str, *faults: Fault | None) -> None:
+        """Make the next requests on routes of ``kind`` meet ``faults`` in order
+        (``None``: no fault), whatever the knobs say; then the draws resume. For
+        tests that need one given request to fail, e.g. the second list page."""
+        self._scripted.setdefault(kind, deque()).extend(faults)
+
     def draw_fault(self, kind: str) -> Fault | None:
         """The request fault for one request on a route of ``kind``, or ``None``.
 
-        One uniform draw per request (none when every rate is 0 or the kind is not
-        in ``Knobs.fault_routes``), compared against the stacked rates."""
+        A scripted fault first (``script_faults``); else one uniform draw per
+        request (none when every rate is 0 or the kind is not in
+        ``Knobs.fault_routes``), compared against the stacked rates."""
+        if self._scripted.get(kind):
+            return self._scripted[kind].popleft()
         knobs = self.knobs
         if kind not in knobs.fault_routes:
             return None
