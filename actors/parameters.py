@@ -179,7 +179,7 @@ def check_parameters(
     stored: dict[str, Any] = dict(parameters)
     outputs = number_of_outputs
     if rules.parameters is None:
-        if len(json.dumps(parameters)) > rules.max_bytes:
+        if parameters and len(json.dumps(parameters)) > rules.max_bytes:
             problems.append(f"parameters: must be at most {rules.max_bytes} bytes of JSON")
     else:
         fields = [f.name for f in attrs.fields(rules.parameters)]

@@ -79,7 +79,11 @@ def parse_json(raw: bytes) -> Any:
     """
     try:
         body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-        json.dumps(body, ensure_ascii=False).encode()  # lone surrogates raise here
+        # A lone surrogate comes only from a \u escape or from bytes beyond ASCII
+        # (the parser decodes with surrogatepass); ASCII text without an escape
+        # cannot hold one.
+        if b"\\u" in raw or not raw.isascii():
+            json.dumps(body, ensure_ascii=False).encode()  # lone surrogates raise here
     except RecursionError:
         raise EaselError(ErrorCode.INVALID_REQUEST, "body is nested too deeply") from None
     except UnicodeError as exc:
