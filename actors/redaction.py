@@ -100,12 +100,28 @@ def _provider_filters() -> tuple[re.Pattern[str], ...]:
     return tuple(filters)
 
 
+#: Short texts found to hold nothing to mask (a method, a path, an address, a
+#: message): the same ones come back on every request. Only clean texts are kept,
+#: so no secret stays in memory because it was logged.
+_CLEAN: dict[str, None] = {}
+_CLEAN_MAX = 4096
+_CLEAN_LONGEST = 256
+
+
 def redact_text(text: str) -> str:
     """Mask secret-looking substrings (bearer tokens, ``whsec_…``, providers' keys)."""
-    if _GENERIC_HINT.search(text.lower()) is None and not any(
-        search.search(text) for search in _provider_filters()
-    ):
+    if text in _CLEAN:
         return text
+    if _GENERIC_HINT.search(text.lower()) is None:
+        for search in _provider_filters():
+            if search.search(text) is not None:
+                break
+        else:
+            if len(text) <= _CLEAN_LONGEST:
+                if len(_CLEAN) >= _CLEAN_MAX:
+                    _CLEAN.clear()
+                _CLEAN[text] = None
+            return text
     for pattern, replacement in _patterns():
         text = pattern.sub(replacement, text)
     return text
