@@ -41,6 +41,7 @@ import queue
 import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,6 +100,9 @@ _RECORD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__
 ) | {"message", "asctime", "taskName"}
 
+#: Types of extras that are written as they are: ``redact`` would return them.
+_PLAIN = frozenset({int, float, bool, type(None)})
+
 # --------------------------------------------------------------------------- records
 
 
@@ -150,11 +154,15 @@ def _capture(record: logging.LogRecord) -> dict[str, Any]:
         if value is not None:
             fields[name] = value
     for key, value in record.__dict__.items():
-        if key in _RECORD_ATTRS or key.startswith("_"):
+        if key in _RECORD_ATTRS or key[:1] == "_":
             continue
         name = f"extra_{key}" if key in _CORE_KEYS else key
-        secret = is_secret_field(key, value)
-        fields[name] = MASK if secret else redact(value)
+        if is_secret_field(key, value):
+            fields[name] = MASK
+        elif type(value) in _PLAIN:  # nothing to mask or copy (the common extras)
+            fields[name] = value
+        else:
+            fields[name] = redact(value)
     if record.exc_info and record.exc_info[0] is not None:
         fields["exc"] = redact_text("".join(traceback.format_exception(*record.exc_info)))
     elif record.exc_text:
@@ -299,6 +307,9 @@ class LineFile:
 
 _STOP = object()
 
+#: How long the writer lets lines gather after each write, in seconds.
+GATHER_SECONDS = 0.05
+
 
 class _Writer:
     """The logging thread: takes every line queued so far, makes each text once, and
@@ -334,6 +345,10 @@ class _Writer:
             self._write([fields for fields in batch if fields is not _STOP])
             if stop:
                 return
+            # Let the next lines gather: under load this thread then wakes a few
+            # times a second, not once a line, and each wake-up takes the GIL
+            # from the trio thread. A line waits at most this long to be written.
+            time.sleep(GATHER_SECONDS)
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         if not batch:
