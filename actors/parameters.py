@@ -23,6 +23,7 @@ camelCase (``negative_prompt`` or ``negativePrompt``); giving both is refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -52,8 +53,11 @@ converter = make_converter()
 _HUMP = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)
 def snake_case(name: str) -> str:
-    """``numberOfOutputs`` -> ``number_of_outputs``; a snake_case name is unchanged."""
+    """``numberOfOutputs`` -> ``number_of_outputs``; a snake_case name is unchanged.
+
+    Cached: every request spells the same few field names."""
     return _HUMP.sub(r"_\1", name).lower()
 
 
