@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import functools
 import json
 import logging
+import math
 import queue
 import re
 import sys
@@ -106,10 +108,27 @@ _PLAIN = frozenset({int, float, bool, type(None)})
 # --------------------------------------------------------------------------- records
 
 
+@functools.lru_cache(maxsize=8)
+def _second(whole: int) -> str:
+    """``2025-01-01T12:00:00``: the part of a timestamp that lines of one second share."""
+    when = datetime.datetime.fromtimestamp(whole, tz=datetime.UTC)
+    return when.replace(tzinfo=None).isoformat(timespec="seconds")
+
+
 def _timestamp(created: float) -> str:
-    """ISO 8601 in UTC with milliseconds, ``Z`` suffix: sorts as text, parses anywhere."""
-    when = datetime.datetime.fromtimestamp(created, tz=datetime.UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 in UTC with milliseconds, ``Z`` suffix: sorts as text, parses anywhere.
+
+    The text of ``datetime.fromtimestamp(created).isoformat(timespec="milliseconds")``
+    (microseconds rounded as it rounds them, then truncated to milliseconds), with
+    the date and time of the second made once per second.
+    """
+    fraction, whole = math.modf(created)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return f"{_second(int(whole))}.{micros // 1000:03d}Z"
 
 
 def _message(record: logging.LogRecord) -> str:
