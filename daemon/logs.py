@@ -14,8 +14,9 @@ Secrets are masked at the same point, so no later queue or thread ever holds the
 
 The writer does the rest, off the request path: the timestamp's text, the JSON (made
 once per line, for the file and for stderr alike), and the writes: it takes every
-line queued so far and writes them with one call per destination, so a burst of
-requests costs a few writes, not two per line. The file is rotated by size
+line queued so far and writes them with one call per destination, then lets the
+next ones gather for ``GATHER_SECONDS`` (50 ms), so a burst of requests costs a few
+writes and a few wake-ups of the thread, not two of each per line. The file is rotated by size
 (``LineFile``, the same rotation as the stdlib's ``RotatingFileHandler``).
 
 Shape: ``configure_logging(...)`` installs the set-up at once and returns a
