@@ -300,6 +300,20 @@ def test_rotation_by_size(tmp_path: Path) -> None:
     assert read_lines(path)[-1]["msg"].startswith("padding line 199")
 
 
+def test_rotation_counts_what_the_file_already_holds(tmp_path: Path) -> None:
+    # The writer counts its own bytes; after a restart it starts from the file's size.
+    for _ in range(2):
+        handle, path, _ = start(tmp_path, max_bytes=2000, backup_count=3)
+        for i in range(10):  # about 1400 bytes: the second run's lines rotate the file
+            log.info("padding line %03d %s", i, "x" * 40)
+        handle.stop()
+
+    sizes = [p.stat().st_size for p in path.parent.iterdir()]
+    assert len(sizes) == 2 and max(sizes) <= 2000
+    lines = read_lines(path.with_name("easel.log.1")) + read_lines(path)
+    assert [line["msg"][:16] for line in lines] == [f"padding line {i:03d}" for i in range(10)] * 2
+
+
 def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="log level"):
         configure_logging("LOUD", None)
