@@ -506,7 +506,9 @@ def _parse_count(value: str) -> int:
 #: What ``configure_logging`` turns off while it is installed: where each call came
 #: from (a walk up the stack per record) and the thread and process names, none of
 #: which a line shows. The logging HOWTO's "Optimization" section names these.
-_RECORD_EXTRAS = ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing")
+_RECORD_EXTRAS: dict[str, Any] = {
+    "_srcfile": None, "logThreads": False, "logProcesses": False, "logMultiprocessing": False,
+}
 
 
 class LoggingHandle:
@@ -616,8 +618,8 @@ def configure_logging(
     extras = {name: getattr(logging, name) for name in _RECORD_EXTRAS}
     handle = LoggingHandle(handler, writer, root.level, extras)
     writer.start()
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    for name, value in _RECORD_EXTRAS.items():
+        setattr(logging, name, value)
     root.addHandler(handler)
     root.setLevel(numeric_level)
     with _active_lock:
