@@ -23,6 +23,7 @@ camelCase (``negative_prompt`` or ``negativePrompt``); giving both is refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -52,8 +53,11 @@ converter = make_converter()
 _HUMP = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
 
+@functools.lru_cache(maxsize=4096)
 def snake_case(name: str) -> str:
-    """``numberOfOutputs`` -> ``number_of_outputs``; a snake_case name is unchanged."""
+    """``numberOfOutputs`` -> ``number_of_outputs``; a snake_case name is unchanged.
+
+    Cached: every request spells the same few field names."""
     return _HUMP.sub(r"_\1", name).lower()
 
 
@@ -179,7 +183,7 @@ def check_parameters(
     stored: dict[str, Any] = dict(parameters)
     outputs = number_of_outputs
     if rules.parameters is None:
-        if len(json.dumps(parameters)) > rules.max_bytes:
+        if parameters and len(json.dumps(parameters)) > rules.max_bytes:
             problems.append(f"parameters: must be at most {rules.max_bytes} bytes of JSON")
     else:
         fields = [f.name for f in attrs.fields(rules.parameters)]

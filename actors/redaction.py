@@ -52,10 +52,18 @@ _SECRET_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), "whsec_" + MASK),  # webhook secrets
 )
 
+#: A word every match of a ``_SECRET_TEXT`` pattern contains, in lower case (it is
+#: searched in the lower-cased text: a case-insensitive alternation is several times
+#: slower). Most text holds none (a path, "job accepted"), and one search for them is
+#: far cheaper than running every pattern; keep it in step with the patterns above.
+_GENERIC_HINT = re.compile(r"auth|key|token|secret|passw|bearer|signature|credential|whsec_")
+
 _MAX_DEPTH = 8
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_secret_key(key: str) -> bool:
+    # Cached: the same few keys (a log call's extras, an answer's fields) recur.
     return bool(_SECRET_KEY.search(key.lower().replace("-", "_")))
 
 
@@ -72,8 +80,48 @@ def _patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
     return _SECRET_TEXT + tuple(p for provider in PROVIDERS.values() for p in provider.redactions)
 
 
+@functools.cache
+def _provider_filters() -> tuple[re.Pattern[str], ...]:
+    """Searches that find something in any text a provider's pattern would change:
+    their patterns joined into one alternation per set of flags (exact: a text none
+    of them matches is left as it is by every one)."""
+    from actors.providers import PROVIDERS
+
+    sources: dict[int, list[str]] = {}
+    for provider in PROVIDERS.values():
+        for pattern, _ in provider.redactions:
+            sources.setdefault(pattern.flags, []).append(pattern.pattern)
+    filters: list[re.Pattern[str]] = []
+    for flags, texts in sources.items():
+        try:
+            filters.append(re.compile("|".join(f"(?:{text})" for text in texts), flags))
+        except re.error:  # a pattern with leading inline flags cannot be nested
+            filters.extend(re.compile(text, flags) for text in texts)
+    return tuple(filters)
+
+
+#: Short texts found to hold nothing to mask (a method, a path, an address, a
+#: message): the same ones come back on every request. Only clean texts are kept,
+#: so no secret stays in memory because it was logged.
+_CLEAN: dict[str, None] = {}
+_CLEAN_MAX = 4096
+_CLEAN_LONGEST = 256
+
+
 def redact_text(text: str) -> str:
     """Mask secret-looking substrings (bearer tokens, ``whsec_…``, providers' keys)."""
+    if text in _CLEAN:
+        return text
+    if _GENERIC_HINT.search(text.lower()) is None:
+        for search in _provider_filters():
+            if search.search(text) is not None:
+                break
+        else:
+            if len(text) <= _CLEAN_LONGEST:
+                if len(_CLEAN) >= _CLEAN_MAX:
+                    _CLEAN.clear()
+                _CLEAN[text] = None
+            return text
     for pattern, replacement in _patterns():
         text = pattern.sub(replacement, text)
     return text

@@ -230,7 +230,10 @@ class Runtime:
         """Store ``job`` durably, then queue it. Returns ``(job, created)``."""
         stored, created = await self.store.insert_job(job, self.idempotency_window)
         if created:
-            await self._to_scheduler.send(Enqueue(stored))
+            try:  # no scheduling point per submission while the mailbox has room
+                self._to_scheduler.send_nowait(Enqueue(stored))
+            except trio.WouldBlock:
+                await self._to_scheduler.send(Enqueue(stored))
         return stored, created
 
     async def cancel(self, job_id: str) -> Job:

@@ -185,7 +185,11 @@ class Scheduler:
             return
         queue.jobs[job.id] = job
         heapq.heappush(queue.heap, (-job.priority, job.seq or 0, job.id))
-        queue.wake()
+        # A new job changes what the dispatcher does only when it could hand one over
+        # or must move jobs off an open circuit; a full provider is woken by its
+        # Demand, not by every submission while it is full.
+        if queue.credit > 0 or queue.circuit.state is CircuitState.OPEN:
+            queue.wake()
 
     def _requeue(self, job: Job) -> None:
         """Queue a job we decided to hand over again (given back, or moved)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import re
@@ -211,7 +212,7 @@ def parse_submission(
     except cattrs.BaseValidationError as exc:
         problems += problems_of(exc)
     for field in ("parameters", "metadata"):
-        if depth(body.get(field)) > MAX_DEPTH:
+        if body.get(field) and depth(body[field]) > MAX_DEPTH:
             problems.append(f"{field}: nested deeper than {MAX_DEPTH} levels")
     checked = None
     parameters = body.get("parameters", {})
@@ -264,8 +265,12 @@ def job_from(
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def rules_for(family: str, provider_model: str) -> Rules:
-    """The rules of ``provider_model`` served by the provider named ``family``."""
+    """The rules of ``provider_model`` served by the provider named ``family``.
+
+    Made once per model: a provider's rules are fixed in its module, and the same
+    few models are asked about on every submission."""
     provider = PROVIDERS.get(family)
     return provider.rules(provider_model) if provider is not None else Rules(None)
 

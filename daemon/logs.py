@@ -1,25 +1,31 @@
 """Logging set-up: JSON lines to a rotating file and stderr, written off the trio thread.
 
-Logging handlers do blocking I/O (a disk write, a full pipe to journald), and a
+Writing a log line is blocking I/O (a disk write, a full pipe to journald), and a
 blocking call on the trio thread stalls every actor. So the root logger gets only a
-``QueueHandler``, which appends the record to an in-memory queue, and a
-``QueueListener`` thread behind it does the formatting and writing.
+handler that captures the record's fields and appends them to an in-memory queue;
+a writer thread behind it turns them into text and writes them.
 
 Everything that depends on *when and where* a record was made is captured on the
-calling thread, in ``QueueHandler.prepare``: the message is formatted with its
-arguments (they may change later), the traceback is rendered, and the job / request
-/ provider context variables (``actors.context``) are read. Read in the listener
-thread they would always be ``None``: context variables belong to the task and
-thread that set them. Secrets are masked at the same point, so no later handler,
-queue or thread ever holds them.
+calling thread: the message is formatted with its arguments (they may change
+later), the traceback is rendered, and the job / request / provider context
+variables (``actors.context``) are read. Read in the writer thread they would
+always be ``None``: context variables belong to the task and thread that set them.
+Secrets are masked at the same point, so no later queue or thread ever holds them.
+
+The writer does the rest, off the request path: the timestamp's text, the JSON (made
+once per line, for the file and for stderr alike), and the writes: it takes every
+line queued so far and writes them with one call per destination, then lets the
+next ones gather for ``GATHER_SECONDS`` (50 ms), so a burst of requests costs a few
+writes and a few wake-ups of the thread, not two of each per line. The file is rotated by size
+(``LineFile``, the same rotation as the stdlib's ``RotatingFileHandler``).
 
 Shape: ``configure_logging(...)`` installs the set-up at once and returns a
 ``LoggingHandle``; ``handle.stop()`` (idempotent) flushes the queue, joins the
-listener thread and removes the handler. The handle is also a context manager, so
+writer thread and removes the handler. The handle is also a context manager, so
 both ``with configure_logging(...):`` and a plain call followed by ``stop()`` work,
 like ``open()`` and its file. A second ``configure_logging`` stops the first one, so
 handlers never stack, and an ``atexit`` hook stops the last one, so a crash's final
-lines reach the file instead of dying with the (daemon) listener thread.
+lines reach the file instead of dying with the (daemon) writer thread.
 
 Environment overrides (``LOG_LEVEL``, ``LOG_FORMAT``, ``LOG_FILE_PATH``,
 ``LOG_FILE_MAX_SIZE``, ``LOG_FILE_MAX_FILES``) are applied by the caller with the pure
@@ -29,15 +35,16 @@ Environment overrides (``LOG_LEVEL``, ``LOG_FORMAT``, ``LOG_FILE_PATH``,
 from __future__ import annotations
 
 import atexit
-import copy
 import datetime
+import functools
 import json
 import logging
-import logging.handlers
+import math
 import queue
 import re
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,11 +62,14 @@ __all__ = [
     "LoggingHandle",
     "LoggingOptions",
     "PrettyFormatter",
+    "LineFile",
     "capture_fields",
     "configure_logging",
+    "json_line",
     "logging_settings_from_env",
     "parse_level",
     "parse_size",
+    "pretty_line",
     "redact",
     "redact_text",
 ]
@@ -77,9 +87,6 @@ _LEVELS = {
     "DEBUG": logging.DEBUG,
 }
 
-#: The attribute under which ``prepare`` leaves the captured, redacted fields.
-_FIELDS_ATTR = "easel_fields"
-
 #: The core fields of every JSON line; an ``extra`` of the same name is kept as
 #: ``extra_<name>`` rather than silently overwriting them.
 _CORE_KEYS = frozenset({"ts", "level", "logger", "msg", "exc", "stack"})
@@ -94,15 +101,35 @@ _CONTEXT_VARS = (
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__
-) | {"message", "asctime", "taskName", _FIELDS_ATTR}
+) | {"message", "asctime", "taskName"}
+
+#: Types of extras that are written as they are: ``redact`` would return them.
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 # --------------------------------------------------------------------------- records
 
 
+@functools.lru_cache(maxsize=8)
+def _second(whole: int) -> str:
+    """``2025-01-01T12:00:00``: the part of a timestamp that lines of one second share."""
+    when = datetime.datetime.fromtimestamp(whole, tz=datetime.UTC)
+    return when.replace(tzinfo=None).isoformat(timespec="seconds")
+
+
 def _timestamp(created: float) -> str:
-    """ISO 8601 in UTC with milliseconds, ``Z`` suffix: sorts as text, parses anywhere."""
-    when = datetime.datetime.fromtimestamp(created, tz=datetime.UTC)
-    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """ISO 8601 in UTC with milliseconds, ``Z`` suffix: sorts as text, parses anywhere.
+
+    The text of ``datetime.fromtimestamp(created).isoformat(timespec="milliseconds")``
+    (microseconds rounded as it rounds them, then truncated to milliseconds), with
+    the date and time of the second made once per second.
+    """
+    fraction, whole = math.modf(created)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return f"{_second(int(whole))}.{micros // 1000:03d}Z"
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -112,28 +139,50 @@ def _message(record: logging.LogRecord) -> str:
         return f"{record.msg!r} % {record.args!r} (could not format: {exc!r})"
 
 
-def capture_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The redacted fields of one JSON line, read *now*, on the current thread.
+#: Redacted messages of records logged without arguments ("job accepted"): the same
+#: few texts come back on every request, and scanning one again finds what it found.
+_CONSTANT_MESSAGES: dict[str, str] = {}
+_CONSTANT_MESSAGES_MAX = 1024
 
-    Called from ``QueueHandler.prepare`` (the logging call's thread); the
-    formatters call it too for records that did not come through the queue.
+
+def _redacted_message(record: logging.LogRecord) -> str:
+    msg = record.msg
+    if record.args or type(msg) is not str:
+        return redact_text(_message(record))
+    redacted = _CONSTANT_MESSAGES.get(msg)
+    if redacted is None:
+        if len(_CONSTANT_MESSAGES) >= _CONSTANT_MESSAGES_MAX:
+            _CONSTANT_MESSAGES.clear()  # an f-string logger would grow it without end
+        redacted = _CONSTANT_MESSAGES[msg] = redact_text(msg)
+    return redacted
+
+
+def _capture(record: logging.LogRecord) -> dict[str, Any]:
+    """``capture_fields`` with ``ts`` left as the record's ``created`` (a float).
+
+    Turning it into text is left to the writing thread: it does not depend on when
+    or where it is done, and it is the dearest part of a line's fields.
     """
     fields: dict[str, Any] = {
-        "ts": _timestamp(record.created),
+        "ts": record.created,
         "level": record.levelname,
         "logger": record.name,
-        "msg": redact_text(_message(record)),
+        "msg": _redacted_message(record),
     }
     for name, var in _CONTEXT_VARS:
         value = var.get()
         if value is not None:
             fields[name] = value
     for key, value in record.__dict__.items():
-        if key in _RECORD_ATTRS or key.startswith("_"):
+        if key in _RECORD_ATTRS or key[:1] == "_":
             continue
         name = f"extra_{key}" if key in _CORE_KEYS else key
-        secret = is_secret_field(key, value)
-        fields[name] = MASK if secret else redact(value)
+        if is_secret_field(key, value):
+            fields[name] = MASK
+        elif type(value) in _PLAIN:  # nothing to mask or copy (the common extras)
+            fields[name] = value
+        else:
+            fields[name] = redact(value)
     if record.exc_info and record.exc_info[0] is not None:
         fields["exc"] = redact_text("".join(traceback.format_exception(*record.exc_info)))
     elif record.exc_text:
@@ -143,16 +192,48 @@ def capture_fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields
 
 
-def _fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    fields = getattr(record, _FIELDS_ATTR, None)
-    return fields if isinstance(fields, dict) else capture_fields(record)
+def capture_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The redacted fields of one JSON line, read *now*, on the current thread.
+
+    The queue's handler captures the same fields on the logging call's thread (its
+    ``ts`` made text later, by the writer); the formatters call this for records
+    that did not come through the queue.
+    """
+    fields = _capture(record)
+    fields["ts"] = _timestamp(record.created)
+    return fields
+
+
+def json_line(fields: Mapping[str, Any]) -> str:
+    """The JSON line of captured fields (without its newline)."""
+    return json.dumps(fields, ensure_ascii=False, default=repr)
+
+
+def pretty_line(fields: Mapping[str, Any]) -> str:
+    """The line (and traceback lines) a person reads for captured fields."""
+    rest_fields = dict(fields)
+    head = "{} {:<8} {}: {}".format(
+        rest_fields.pop("ts"), rest_fields.pop("level"), rest_fields.pop("logger"),
+        rest_fields.pop("msg"),
+    )
+    exc = rest_fields.pop("exc", None)
+    stack = rest_fields.pop("stack", None)
+    rest = " ".join(
+        f"{key}={value if isinstance(value, str) else json.dumps(value, default=repr)}"
+        for key, value in rest_fields.items()
+    )
+    line = f"{head} {rest}" if rest else head
+    for block in (exc, stack):
+        if block:
+            line += "\n" + block.rstrip("\n")
+    return line
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg``, context, extras."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields_of(record), ensure_ascii=False, default=repr)
+        return json_line(capture_fields(record))
 
 
 class PrettyFormatter(logging.Formatter):
@@ -163,41 +244,162 @@ class PrettyFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = dict(_fields_of(record))
-        head = "{} {:<8} {}: {}".format(
-            fields.pop("ts"), fields.pop("level"), fields.pop("logger"), fields.pop("msg")
-        )
-        exc = fields.pop("exc", None)
-        stack = fields.pop("stack", None)
-        rest = " ".join(
-            f"{key}={value if isinstance(value, str) else json.dumps(value, default=repr)}"
-            for key, value in fields.items()
-        )
-        line = f"{head} {rest}" if rest else head
-        for block in (exc, stack):
-            if block:
-                line += "\n" + block.rstrip("\n")
-        return line
+        return pretty_line(capture_fields(record))
 
 
-class _CapturingQueueHandler(logging.handlers.QueueHandler):
-    """A QueueHandler whose ``prepare`` captures fields on the logging thread.
+class _CapturingHandler(logging.Handler):
+    """The root logger's one handler: captures a record's fields and queues them.
 
-    The stdlib ``prepare`` folds the traceback into ``msg``; this one keeps it in its
-    own field, and drops ``exc_info`` and ``args`` so the queued copy holds no
-    frames or caller-owned objects.
+    Only the fields dict is queued (no record, no copy of one), so the queue holds
+    no frames or caller-owned objects. ``handle`` takes no lock: the queue is
+    thread-safe and the capture touches nothing shared.
     """
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        fields = capture_fields(record)
-        prepared = copy.copy(record)
-        prepared.msg = prepared.message = fields["msg"]
-        prepared.args = None
-        prepared.exc_info = None
-        prepared.exc_text = None
-        prepared.stack_info = None
-        setattr(prepared, _FIELDS_ATTR, fields)
-        return prepared
+    def __init__(self, records: queue.SimpleQueue[Any]) -> None:
+        super().__init__()
+        self._records = records
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        if not self.filter(record):
+            return False
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._records.put(_capture(record))
+        except Exception:
+            self.handleError(record)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class LineFile:
+    """A log file written a batch of lines at a time, rotated by size.
+
+    Rotation is ``RotatingFileHandler``'s: when a line would take the file past
+    ``max_bytes`` (0: never), ``name.N`` becomes ``name.N+1`` (the oldest,
+    ``name.<backup_count>``, is dropped), the file becomes ``name.1`` and a new one
+    is started; so every file holds whole lines and at most ``max_bytes``, unless a
+    single line is longer. Unlike the stdlib handler, which formats each record
+    twice and asks the file its size twice per record, it counts the bytes it
+    writes and writes each batch with one call.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backup_count: int) -> None:
+        self.path = path
+        self._max_bytes = max_bytes
+        self._backup_count = backup_count
+        self._file = path.open("ab")
+        self._size = self._file.tell()
+
+    def write_lines(self, lines: list[bytes]) -> None:
+        pending: list[bytes] = []
+        for line in lines:
+            if self._max_bytes and self._size and self._size + len(line) > self._max_bytes:
+                self._write(pending)
+                pending = []
+                self._rotate()
+            pending.append(line)
+            self._size += len(line)
+        self._write(pending)
+
+    def _write(self, lines: list[bytes]) -> None:
+        if lines:
+            self._file.write(b"".join(lines))
+            self._file.flush()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for i in range(self._backup_count - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{i}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
+        if self._backup_count > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        self._file = self.path.open("wb")
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_STOP = object()
+
+#: How long the writer lets lines gather after each write, in seconds.
+GATHER_SECONDS = 0.05
+
+
+class _Writer:
+    """The logging thread: takes every line queued so far, makes each text once, and
+    writes the batch with one write to the file and one to stderr."""
+
+    def __init__(self, records: queue.SimpleQueue[Any], file: LineFile | None,
+                 stream: TextIO, pretty: bool) -> None:
+        self._records = records
+        self.file = file
+        self.stream = stream
+        self._pretty = pretty
+        self._thread = threading.Thread(target=self._run, name="easel-logging", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write out everything queued, then end the thread and close the file."""
+        self._records.put(_STOP)
+        self._thread.join()
+        if self.file is not None:
+            self.file.close()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._records.get()]
+            while True:
+                try:
+                    batch.append(self._records.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(fields is _STOP for fields in batch)
+            self._write([fields for fields in batch if fields is not _STOP])
+            if stop:
+                return
+            # Let the next lines gather: under load this thread then wakes a few
+            # times a second, not once a line, and each wake-up takes the GIL
+            # from the trio thread. A line waits at most this long to be written.
+            time.sleep(GATHER_SECONDS)
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        if not batch:
+            return
+        json_lines = []
+        for fields in batch:
+            fields["ts"] = _timestamp(fields["ts"])
+            json_lines.append(json_line(fields) + "\n")
+        if self.file is not None:
+            try:
+                self.file.write_lines([line.encode("utf-8", "backslashreplace")
+                                       for line in json_lines])
+            except Exception:  # a full disk must not end the thread that writes stderr
+                _report_failure("log file")
+        text = ("".join(pretty_line(f) + "\n" for f in batch) if self._pretty
+                else "".join(json_lines))
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:
+            _report_failure("stderr")
+
+
+def _report_failure(where: str) -> None:
+    """What ``logging.Handler.handleError`` does: say so on the real stderr, if any."""
+    if logging.raiseExceptions and sys.__stderr__ is not None:
+        try:
+            sys.__stderr__.write(f"--- logging error writing to {where} ---\n")
+            traceback.print_exc(file=sys.__stderr__)
+        except Exception:  # stderr itself is gone: nowhere left to say it
+            return
 
 
 # --------------------------------------------------------------------------- settings
@@ -301,27 +503,31 @@ def _parse_count(value: str) -> int:
 # --------------------------------------------------------------------------- set-up
 
 
+#: What ``configure_logging`` turns off while it is installed: where each call came
+#: from (a walk up the stack per record) and the thread and process names, none of
+#: which a line shows. The logging HOWTO's "Optimization" section names these.
+_RECORD_EXTRAS: dict[str, Any] = {
+    "_srcfile": None, "logThreads": False, "logProcesses": False, "logMultiprocessing": False,
+}
+
+
 class LoggingHandle:
     """The installed set-up: ``stop()`` it, or use it as a context manager."""
 
-    def __init__(
-        self,
-        queue_handler: logging.handlers.QueueHandler,
-        listener: logging.handlers.QueueListener,
-        handlers: list[logging.Handler],
-        previous_level: int,
-    ) -> None:
-        self._queue_handler = queue_handler
-        self._listener = listener
-        self._handlers = handlers
+    def __init__(self, handler: _CapturingHandler, writer: _Writer, previous_level: int,
+                 previous_extras: dict[str, Any]) -> None:
+        self._handler = handler
+        self._writer = writer
         self._previous_level = previous_level
+        self._previous_extras = previous_extras
         self._stopped = False
         self._lock = threading.Lock()
 
     @property
-    def handlers(self) -> tuple[logging.Handler, ...]:
-        """The handlers behind the queue (file first, if any; stderr last)."""
-        return tuple(self._handlers)
+    def destinations(self) -> tuple[LineFile | TextIO, ...]:
+        """Where lines go (the file first, if any; stderr last)."""
+        writer = self._writer
+        return (writer.stream,) if writer.file is None else (writer.file, writer.stream)
 
     @property
     def stopped(self) -> bool:
@@ -339,15 +545,12 @@ class LoggingHandle:
                 return
             self._stopped = True
         root = logging.getLogger()
-        root.removeHandler(self._queue_handler)
-        self._listener.stop()  # enqueues a sentinel, then joins after the backlog
-        for handler in self._handlers:
-            try:
-                handler.flush()
-            finally:
-                handler.close()  # a StreamHandler leaves sys.stderr open
-        self._queue_handler.close()
+        root.removeHandler(self._handler)
+        self._writer.stop()  # the backlog is written first; the stream stays open
+        self._handler.close()
         root.setLevel(self._previous_level)
+        for name, value in self._previous_extras.items():
+            setattr(logging, name, value)
         with _active_lock:
             if _active is self:
                 _active = None
@@ -391,22 +594,15 @@ def configure_logging(
     if max_bytes < 0:
         raise ValueError(f"max_bytes must be 0 or more, got {max_bytes}")
     if max_bytes > 0 and backup_count < 1:
-        # RotatingFileHandler with backupCount=0 never truncates: it reopens the
-        # same file on every record once the size is reached and grows forever.
+        # A rotating file that keeps no old file could only be emptied in place,
+        # losing every line at each rotation.
         raise ValueError("backup_count must be at least 1 when max_bytes is set")
 
-    handlers: list[logging.Handler] = []
+    line_file: LineFile | None = None
     if file is not None:
         path = Path(file)
         path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
-            path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
-        )
-        file_handler.setFormatter(JsonFormatter())
-        handlers.append(file_handler)
-    stderr_handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    stderr_handler.setFormatter(PrettyFormatter() if fmt == "pretty" else JsonFormatter())
-    handlers.append(stderr_handler)
+        line_file = LineFile(path, max_bytes, backup_count)
 
     global _active
     with _active_lock:
@@ -415,12 +611,16 @@ def configure_logging(
         previous.stop()
 
     records: queue.SimpleQueue[Any] = queue.SimpleQueue()  # unbounded: never blocks
-    queue_handler = _CapturingQueueHandler(records)
-    listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    writer = _Writer(records, line_file, stream if stream is not None else sys.stderr,
+                     pretty=fmt == "pretty")
+    handler = _CapturingHandler(records)
     root = logging.getLogger()
-    handle = LoggingHandle(queue_handler, listener, handlers, previous_level=root.level)
-    listener.start()
-    root.addHandler(queue_handler)
+    extras = {name: getattr(logging, name) for name in _RECORD_EXTRAS}
+    handle = LoggingHandle(handler, writer, root.level, extras)
+    writer.start()
+    for name, value in _RECORD_EXTRAS.items():
+        setattr(logging, name, value)
+    root.addHandler(handler)
     root.setLevel(numeric_level)
     with _active_lock:
         _active = handle

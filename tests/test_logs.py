@@ -185,6 +185,18 @@ def test_secrets_are_redacted(tmp_path: Path) -> None:
     assert "whsec_***" in second["exc"] and "Bearer ***" in second["exc"]
 
 
+@pytest.mark.parametrize("text", [
+    "AUTHORIZATION: abc", "Api-Key=abc", "ACCESS_TOKEN: abc", "Client_Secret=abc",
+    "PassWD: abc", "GET /x?X-Amz-Signature=abc", "/x?X-Amz-Credential=abc",
+    "BEARER abcdefgh", "whsec_abc", "r8_abc", "eyJa.b.c", "Key id:secret",
+    "sk-aaaaaaaaaaaaaaaaaaaa",
+])
+def test_the_quick_check_lets_every_secret_through_to_the_patterns(text: str) -> None:
+    # redact_text returns text unchanged when a cheap search finds no word any
+    # pattern needs; each generic pattern and each provider's must still mask.
+    assert logs.MASK in logs.redact_text(f"before {text} after")
+
+
 def test_redact_leaves_ordinary_text_alone() -> None:
     text = "max_tokens=512 idempotency_key=abc bearer of news, basic usage"
     assert logs.redact_text(text) == text
@@ -268,7 +280,7 @@ def test_pretty_stderr_and_json_file(tmp_path: Path) -> None:
 def test_stderr_only_when_no_file(tmp_path: Path) -> None:
     stream = io.StringIO()
     handle = configure_logging("INFO", None, stream=stream)
-    assert len(handle.handlers) == 1
+    assert len(handle.destinations) == 1
     log.info("only stderr")
     handle.stop()
     assert json.loads(stream.getvalue())["msg"] == "only stderr"
@@ -286,6 +298,20 @@ def test_rotation_by_size(tmp_path: Path) -> None:
         assert p.stat().st_size <= 2000
         read_lines(p)  # every file holds whole JSON lines
     assert read_lines(path)[-1]["msg"].startswith("padding line 199")
+
+
+def test_rotation_counts_what_the_file_already_holds(tmp_path: Path) -> None:
+    # The writer counts its own bytes; after a restart it starts from the file's size.
+    for _ in range(2):
+        handle, path, _ = start(tmp_path, max_bytes=2000, backup_count=3)
+        for i in range(10):  # about 1400 bytes: the second run's lines rotate the file
+            log.info("padding line %03d %s", i, "x" * 40)
+        handle.stop()
+
+    sizes = [p.stat().st_size for p in path.parent.iterdir()]
+    assert len(sizes) == 2 and max(sizes) <= 2000
+    lines = read_lines(path.with_name("easel.log.1")) + read_lines(path)
+    assert [line["msg"][:16] for line in lines] == [f"padding line {i:03d}" for i in range(10)] * 2
 
 
 def test_bad_arguments_are_rejected(tmp_path: Path) -> None:

@@ -84,7 +84,14 @@ class Engine:
     async def write(self, fn: Callable[[sqlite3.Connection, Write], T]) -> T:
         """Run ``fn`` in the next transaction; its result once that has committed."""
         write = Write(fn)
-        await self._send.send(write)
+        # A cancelled caller's write is not sent, as before; but there is no
+        # scheduling point of its own when the channel has room (nearly always):
+        # the wait below is the one this write needs.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._send.send_nowait(write)
+        except trio.WouldBlock:
+            await self._send.send(write)
         await write.done.wait()
         if write.error is not None:
             raise write.error
@@ -104,6 +111,9 @@ class Engine:
     async def _run_writer(self) -> None:
         async with self._receive:
             async for first in self._receive:
+                # Let the tasks that are ready now send theirs too, so they share
+                # this transaction rather than wait for the next one.
+                await trio.lowlevel.checkpoint()
                 batch = [first]
                 while len(batch) < MAX_BATCH:
                     try:

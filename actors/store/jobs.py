@@ -8,6 +8,7 @@ trio side by the caller, so the thread does only the database work.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -25,6 +26,11 @@ COLUMNS = [f.name for f in attrs.fields(Job)]
 def encode(name: str, value: Any) -> Any:
     """A ``Job`` attribute as its column holds it."""
     if name in JSON_COLUMNS:
+        # Most jobs have no input images, metadata or results yet: skip the encoder.
+        if value == []:
+            return "[]"
+        if value == {}:
+            return "{}"
         return json.dumps(value)
     if name == "error":
         return json.dumps(value.to_json()) if value is not None else None
@@ -56,13 +62,26 @@ def from_row(row: sqlite3.Row) -> Job:
     return Job(**data)
 
 
+@functools.lru_cache(maxsize=64)
+def _insert_sql(names: tuple[str, ...]) -> str:
+    return (f"INSERT INTO generation_requests ({', '.join(names)})"
+            f" VALUES ({', '.join('?' for _ in names)})")
+
+
 def insert(conn: sqlite3.Connection, job: Job) -> Job:
-    """Insert ``job`` (its timestamps already set); stamps its ``seq``."""
-    row = to_row(job)
-    row.pop("seq")
-    names = ", ".join(row)
-    marks = ", ".join(f":{n}" for n in row)
-    cursor = conn.execute(f"INSERT INTO generation_requests ({names}) VALUES ({marks})", row)
+    """Insert ``job`` (its timestamps already set); stamps its ``seq``.
+
+    Only the columns that are set are named: an unset one is NULL, its default.
+    """
+    names: list[str] = []
+    values: list[Any] = []
+    for name in COLUMNS:
+        value = getattr(job, name)
+        if value is None or name == "seq":
+            continue
+        names.append(name)
+        values.append(encode(name, value))
+    cursor = conn.execute(_insert_sql(tuple(names)), values)
     job.seq = cursor.lastrowid
     return job
 

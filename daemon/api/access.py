@@ -22,8 +22,8 @@ logging call whose formatting and writing happen on the logging thread.
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 import time
 from typing import Any
 
@@ -41,11 +41,16 @@ _SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
 def request_id_from(headers: Any) -> str:
-    """The client's ``X-Request-Id`` if it is sane, else a fresh 16-hex-digit id."""
+    """The client's ``X-Request-Id`` if it is sane, else a fresh 16-hex-digit id.
+
+    A fresh id only has to be unique enough to tell requests apart in the logs (a
+    client may send any id it likes), so it comes from ``random``, not from the
+    system's entropy source: one system call fewer per request.
+    """
     for name, value in headers:
         if name == _HEADER and _SANE_ID.fullmatch(value):
             return value.decode("ascii")
-    return secrets.token_hex(8)
+    return f"{random.getrandbits(64):016x}"
 
 
 class AccessLog:

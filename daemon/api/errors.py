@@ -69,6 +69,11 @@ def _finite(text: str) -> float:
     return number
 
 
+#: One strict decoder for every body: ``json.loads`` with hooks makes a new one
+#: (and its scanner) per call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 def parse_json(raw: bytes) -> Any:
     """Strict JSON from a request body, or INVALID_REQUEST saying what is wrong.
 
@@ -78,8 +83,13 @@ def parse_json(raw: bytes) -> Any:
     escape yields a string SQLite cannot store. All are refused here.
     """
     try:
-        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
-        json.dumps(body, ensure_ascii=False).encode()  # lone surrogates raise here
+        # What json.loads does with bytes: UTF-8, -16 or -32, told by the first bytes.
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        # A lone surrogate comes only from a \u escape or from bytes beyond ASCII
+        # (the parser decodes with surrogatepass); ASCII text without an escape
+        # cannot hold one.
+        if b"\\u" in raw or not raw.isascii():
+            json.dumps(body, ensure_ascii=False).encode()  # lone surrogates raise here
     except RecursionError:
         raise EaselError(ErrorCode.INVALID_REQUEST, "body is nested too deeply") from None
     except UnicodeError as exc:

@@ -56,7 +56,21 @@ def wait_seconds(text: str | None) -> float:
 
 def _absolute(job: Job) -> dict[str, Any]:
     """The job as the API shows it, its ``/media/`` URLs made absolute."""
-    return absolutise(job.to_api(), services().public_base_url or request.host_url)
+    data = job.to_api()
+    if not job.results:  # nothing to resolve (every new job): no base URL to work out
+        return data
+    return absolutise(data, services().public_base_url or request.host_url)
+
+
+#: ``easel_jobs_submitted_total``'s child per model, looked up once.
+_submitted: dict[str, Any] = {}
+
+
+def _count_submitted(model: str) -> None:
+    child = _submitted.get(model)
+    if child is None:
+        child = _submitted[model] = metrics.JOBS_SUBMITTED.labels(model=model)
+    child.inc()
 
 
 @blueprint.post("")
@@ -78,7 +92,7 @@ async def submit() -> Response:
     context.job_id.set(job.id)
     job, created = await runtime.submit(job)
     if created:
-        metrics.JOBS_SUBMITTED.labels(model=job.model).inc()
+        _count_submitted(job.model)
         log.info("job accepted", extra={"model": job.model})
     return json_response(_absolute(job), 202 if created else 200)
 
