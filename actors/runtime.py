@@ -227,13 +227,25 @@ class Runtime:
     # -- what the HTTP layer calls -------------------------------------------
 
     async def submit(self, job: Job) -> tuple[Job, bool]:
-        """Store ``job`` durably, then queue it. Returns ``(job, created)``."""
-        stored, created = await self.store.insert_job(job, self.idempotency_window)
-        if created:
+        """Store ``job`` durably, then queue it. Returns ``(job, created)``.
+
+        The insert and the hand-over to the scheduler are shielded together: a
+        client that hangs up while its row commits must not leave a QUEUED job the
+        scheduler never hears of. A replay of a key whose job is still QUEUED
+        enqueues it again (the scheduler drops what it already has), which also
+        recovers the one case left: a scheduler mailbox so full that the send had
+        to wait, and the waiting client hung up.
+        """
+        with trio.CancelScope(shield=True):
+            stored, created = await self.store.insert_job(job, self.idempotency_window)
+            if stored.state is not JobState.QUEUED:
+                return stored, created
             try:  # no scheduling point per submission while the mailbox has room
                 self._to_scheduler.send_nowait(Enqueue(stored))
+                return stored, created
             except trio.WouldBlock:
-                await self._to_scheduler.send(Enqueue(stored))
+                pass
+        await self._to_scheduler.send(Enqueue(stored))
         return stored, created
 
     async def cancel(self, job_id: str) -> Job:

@@ -19,7 +19,7 @@ from actors.lifecycle import Lifecycle
 from actors.limits import TokenBucket
 from actors.monitor import Monitor
 from actors.provider import Lookup, ProviderActor
-from actors.providers import kling, make_adapter
+from actors.providers import PROVIDERS, kling, make_adapter
 from actors.providers.base import Adapter, JobRequest, ProviderSettings
 from actors.providers.kling import KlingSettings
 from actors.store import Store, open_store
@@ -71,12 +71,12 @@ async def actor_for(nursery: trio.Nursery, store: Store) -> AsyncIterator[ActorF
         adapters.append(adapter)
         to_scheduler, _ = trio.open_memory_channel[Any](100)
         to_poller, _ = trio.open_memory_channel[Any](100)
-        to_finalizer, _ = trio.open_memory_channel[Any](100)
         _, mailbox = trio.open_memory_channel[Any](0)
         actor = ProviderActor(
             family, adapter, settings, store=store, catalog={}, lifecycle=Lifecycle(),
             monitor=Monitor(), mailbox=mailbox, changes=store.subscribe(),
-            scheduler=to_scheduler, poller=to_poller, finalizer=to_finalizer, callback_base="",
+            scheduler=to_scheduler, poller=to_poller,
+            capabilities=PROVIDERS[family].capabilities, callback_base="",
         )
         actor._bucket = CountingBucket(settings.rate, settings.burst)
         return actor

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from actors.catalog import ModelSpec, PollingSpec, PollingStrategy
 from actors.jobs import Job, JobState, new_job_id
@@ -120,4 +121,22 @@ async def test_a_crashed_scheduler_restarts_alone_and_providers_announce_again(
         jobs = [(await runtime.submit(image_job(f"after {i}")))[0] for i in range(5)]
         for job in jobs:
             assert (await finished(runtime, job.id)).state is JobState.SUCCEEDED
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_submitter_that_gives_up_mid_commit_still_gets_its_job_run(
+    tmp_path: Path,
+) -> None:
+    """A client that hangs up while its row commits: the row commits anyway, so
+    the job must reach the scheduler too, or it would sit QUEUED unseen."""
+    async with open_store(tmp_path / "db.sqlite") as store, trio.open_nursery() as nursery:
+        runtime = make_runtime(store, tmp_path)
+        await nursery.start(runtime.run)
+        job = image_job("hung up")
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as request:
+                request.start_soon(runtime.submit, job)
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()  # the handler is cancelled while the insert commits
+        assert (await finished(runtime, job.id)).state is JobState.SUCCEEDED
         nursery.cancel_scope.cancel()
