@@ -204,10 +204,12 @@ async def test_held_jobs_go_once_the_circuit_closes(
 ) -> None:
     sim = ReplicateSimulator(Knobs(token=TOKEN, duration=0.1, error_5xx_rate=1.0, seed=3))
     url = await nursery.start(serve_simulator, sim)
+    # A cool-down long enough that the jobs below are submitted while it is open
+    # even on a loaded machine (a job dispatched as a half-open probe would fail).
     easel = await start(easel_daemon, url, fallbacks=False,
-                        breaker=BreakerConfig(min_calls=2, cooldown=1.0))
-    for _ in range(2):
-        assert (await run_job(easel))["status"] == "FAILED"
+                        breaker=BreakerConfig(min_calls=2, cooldown=5.0))
+    # Its create and the lookups after it (all 5xx) open the circuit.
+    assert (await run_job(easel))["status"] == "FAILED"
     await wait_metric(easel, 2, "easel_circuit_state", provider="replicate")
     ids = []
     for i in range(5):
@@ -222,7 +224,7 @@ async def test_held_jobs_go_once_the_circuit_closes(
         assert [(e["action"], e["state"]) for e in held] == [("held", "open")]
     sim.knobs = attrs.evolve(sim.knobs, error_5xx_rate=0.0)
     for job_id in ids:
-        job = await easel.wait(job_id, 10)
+        job = await easel.wait(job_id, 30)
         assert job["status"] == "SUCCESS" and job["servedBy"] == "primary", job
 
 

@@ -13,13 +13,14 @@ retry policy allows; and the daemon is healthy at the end, with no actor restart
 from __future__ import annotations
 
 import collections
+import time
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import free_port, write_config
 from tests.process import DaemonProcess, submit_many, wait_all_terminal
-from tests.simulators.base import fetch_stats, start_simulator_process
+from tests.simulators.base import fetch_stats, set_knobs, start_simulator_process
 
 TOKEN = "r8_faults_token"
 JOBS = 300
@@ -58,6 +59,8 @@ max_attempts = {MAX_ATTEMPTS}
 # for 5 s before it ends uncertain.
 breaker_cooldown = 1
 lookup_window = 5
+# The orphan sweep runs every second here (its default is five minutes).
+sweep_interval = 1
 
 [models.replicate-flux-schnell]
 provider = "replicate"
@@ -74,6 +77,13 @@ polling = {{ strategy = "fixed", interval = 0.2 }}
                 jobs = wait_all_terminal(client, ids, timeout=180)
                 health = client.get("/api/health")
                 detailed = client.get("/api/health/detailed").json()
+                # The storm is over: every prediction Replicate holds is a job's
+                # own, or the sweep reports it as an orphan (and cancels it).
+                set_knobs(sim_url, error_5xx_rate=0.0, rate_limit_rate=0.0,
+                          timeout_rate=0.0, reset_rate=0.0, malformed_rate=0.0)
+                unowned = predictions(sim_url) - {
+                    job["providerTaskId"] for job in jobs.values() if job["providerTaskId"]}
+                orphans = wait_reported(client, ids, unowned)
         finally:
             daemon.stop()
         stats = fetch_stats(sim_url)
@@ -95,6 +105,39 @@ polling = {{ strategy = "fixed", interval = 0.2 }}
     # Exactly once at the provider, and retries within the policy.
     assert stats.max_submissions_per_input == 1
     assert stats.requests["create"] <= JOBS * MAX_ATTEMPTS
+    # No billed task left behind unseen.
+    assert orphans == unowned, (len(orphans), len(unowned))
+    for job in jobs.values():
+        if job["status"] != "SUCCESS":
+            assert job["error"]["code"] != "UNCERTAIN_SUBMISSION" or not job["error"]["isRetryable"]
+    print("predictions owned by no job, reported as orphans:", len(orphans))
     # Healthy at the end: serving, no actor crashed.
     assert health.status_code == 200
     assert not any(detailed["restarts"].values()), detailed["restarts"]
+
+
+def predictions(sim_url: str) -> set[str]:
+    """Every prediction the simulator holds, through Replicate's own list API."""
+    found: set[str] = set()
+    url: str | None = f"{sim_url}/v1/predictions"
+    with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+        while url:
+            page = client.get(url).raise_for_status().json()
+            found.update(prediction["id"] for prediction in page["results"])
+            url = page.get("next")
+    return found
+
+
+def wait_reported(client: httpx.Client, ids: list[str], unowned: set[str],
+                  timeout: float = 120) -> set[str]:
+    """The task ids the sweep has reported as orphans, once it has reported every
+    one of ``unowned`` (or ``timeout`` has passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reported = set()
+        for job_id in ids:
+            events = client.get(f"/api/external/generation/{job_id}/events").json()["events"]
+            reported.update(e["taskId"] for e in events if e["kind"] == "orphan")
+        if unowned <= reported or time.monotonic() > deadline:
+            return reported
+        time.sleep(1)
