@@ -19,11 +19,14 @@ the scheduler ``ProviderReady`` when it starts, ``Demand`` when a slot frees,
 ``Forget``.
 
 The rule that keeps a job from being paid twice: a job is marked SUBMITTING, durably,
-*before* its request is sent, and a job found in SUBMITTING is never sent again
-unless the provider proves it never got it (``reconcile``) or its model is
-configured as safe to resubmit. The same rule decides fallbacks: a submission that
-failed is handed back for the scheduler's routing (``Unaccepted``) only when
-``not_accepted`` proves the provider holds nothing for it.
+*before* its request is sent, and a job whose create's answer was lost (or that a
+restart found SUBMITTING) is never sent again nor failed as retryable unless the
+provider proves it never got it: it becomes RESOLVING and its task is looked for in
+the provider's list (``_resolve``) until the section's ``lookup_window`` ends, and
+only then is it failed UNCERTAIN_SUBMISSION (or resent, for a model configured as
+safe to resubmit). The same rule decides fallbacks: a submission that failed is
+handed back for the scheduler's routing (``Unaccepted``) only when ``not_accepted``
+proves the provider holds nothing for it.
 """
 
 from __future__ import annotations
