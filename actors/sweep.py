@@ -11,8 +11,8 @@ A listed task no job holds is an *orphan* when every job it matches has ended or
 holds another task: it is recorded once (an ``orphan`` event on the job with the
 provider, task handle, input hash and action; a warning; the counter
 ``easel_orphans_total{provider,action}``) and cancelled where the provider can
-cancel. A task that matches a job still queued or being submitted is left alone
-(the submission or its lookup will claim it), and a task that matches no job is
+cancel. A task that matches a job still queued, being submitted or RESOLVING is
+left alone (the submission or its lookup will claim it), and a task that matches no job is
 never touched: it may be someone else's on the same account.
 
 Owned by the provider actor, which runs it as a child task and lends it ``call``
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 SWEEP_WINDOW = 3600.0
 
 #: A job in one of these states may still claim a task that matches it.
-_UNSETTLED = frozenset({JobState.QUEUED, JobState.SUBMITTING})
+_UNSETTLED = frozenset({JobState.QUEUED, JobState.SUBMITTING, JobState.RESOLVING})
 
 Call = Callable[..., Awaitable[Any]]
 
