@@ -21,7 +21,7 @@ import trio.testing
 from actors.breaker import CircuitState, CircuitView
 from actors.catalog import ModelSpec
 from actors.errors import ErrorCode, ErrorInfo
-from actors.jobs import Job, JobState, new_job_id
+from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
 from actors.messages import (
     Announce,
@@ -39,6 +39,7 @@ from actors.monitor import Monitor
 from actors.routing import Router
 from actors.scheduler import Scheduler
 from actors.store import Store, open_store
+from tests.store_contract import make_job
 
 CLOSED = CircuitView(CircuitState.CLOSED)
 OPEN = CircuitView(CircuitState.OPEN)
@@ -48,18 +49,6 @@ CATALOG = {
     "lonely": ModelSpec(provider="p", provider_model="pm"),
     "f": ModelSpec(provider="q", provider_model="qm"),
 }
-
-
-def make_job(**fields: Any) -> Job:
-    values: dict[str, Any] = {
-        "id": new_job_id(),
-        "model": "m",
-        "provider": "p",
-        "provider_model": "pm",
-        "prompt": "x",
-    }
-    values.update(fields)
-    return Job(**values)
 
 
 @attrs.define
