@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -75,7 +74,7 @@ from actors.providers.base import (
     Submitted,
     TaskLister,
 )
-from actors.retry import MAX_RETRY_AFTER, Backoff, RetryPolicy
+from actors.retry import Backoff, RetryPolicy, bounded_retry_after
 from actors.store import Store
 from actors.sweep import OrphanSweep  # the orphan sweep (issue 9, item 3)
 
@@ -100,14 +99,6 @@ def not_accepted(exc: EaselError) -> bool:
     falling back after those could pay twice, so they are final.
     """
     return not exc.sent or exc.info.details.get("status") in REFUSAL_STATUSES
-
-
-def _bounded(retry_after: float | None) -> float | None:
-    """A provider's ``Retry-After`` (however an adapter read it), finite and at most
-    ``MAX_RETRY_AFTER``: an absurd one must not stop every call for good."""
-    if retry_after is None or not math.isfinite(retry_after):
-        return None
-    return min(max(0.0, retry_after), MAX_RETRY_AFTER)
 
 
 #: Between two lookups for a job whose create's answer was lost.
@@ -237,7 +228,9 @@ class ProviderActor:
                     "provider.call", self.name, call=what, outcome=exc.code.value,
                     seconds=trio.current_time() - started,
                 )
-                retry_after = _bounded(exc.retry_after)
+                # However the adapter read it: an absurd one must not stop every
+                # call for good.
+                retry_after = bounded_retry_after(exc.retry_after)
                 if exc.code is ErrorCode.RATE_LIMITED and retry_after:
                     self._bucket.penalize(retry_after)
                 repeatable = safe or not_accepted(exc)

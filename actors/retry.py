@@ -114,6 +114,12 @@ def parse_retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError, OverflowError):
             return None
         seconds = when.timestamp() - time.time()
-    if not math.isfinite(seconds):
+    return bounded_retry_after(seconds)
+
+
+def bounded_retry_after(seconds: float | None) -> float | None:
+    """A wait a peer asked for, however it was read (a header, an adapter's own
+    field): ``None`` unless finite, else clamped to ``[0, MAX_RETRY_AFTER]``."""
+    if seconds is None or not math.isfinite(seconds):
         return None
     return min(max(0.0, seconds), MAX_RETRY_AFTER)

@@ -17,7 +17,7 @@ import httpx
 from actors.errors import EaselError, ErrorCode
 from actors.providers.base import ProviderSettings
 from actors.redaction import redact_text
-from actors.retry import parse_retry_after  # noqa: F401  (adapters call http.parse_retry_after)
+from actors.retry import parse_retry_after
 
 _CREDIT_PHRASES = ("insufficient credit", "out of credit", "not enough credit")
 

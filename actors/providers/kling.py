@@ -60,6 +60,7 @@ from actors.providers.base import (
     missing_of,
 )
 from actors.redaction import MASK
+from actors.retry import parse_retry_after
 
 TEXT2VIDEO = "text2video"
 IMAGE2VIDEO = "image2video"
@@ -256,7 +257,7 @@ def error_for(response: httpx.Response, body: dict[str, Any] | None, provider: s
     }
     if body is not None and isinstance(body.get("request_id"), str):
         details["requestId"] = body["request_id"]
-    retry_after = http.parse_retry_after(response.headers.get("retry-after"))
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
     if kling_code in (1302, 1303):
         retry_after = max(retry_after or 0.0, 1.0)  # Kling asks for backoff from >= 1 s
     # A refusal in Kling's own envelope with a 4xx status proves no task was made

@@ -49,6 +49,7 @@ from actors.providers.base import (
     missing_of,
 )
 from actors.redaction import MASK
+from actors.retry import parse_retry_after
 from actors.targets import TargetRefused
 
 #: Error ``code`` values OpenAI uses for safety rejections (dall-e answers
@@ -256,7 +257,7 @@ def retry_after(response: httpx.Response) -> float | None:
             return max(0.0, float(millis) / 1000)
         except ValueError:
             pass
-    return http.parse_retry_after(response.headers.get("retry-after"))
+    return parse_retry_after(response.headers.get("retry-after"))
 
 
 def code_for(status: int, error: dict[str, Any]) -> ErrorCode:
