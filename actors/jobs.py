@@ -110,6 +110,9 @@ class Job:
     seq: int | None = None
     #: Why the job is in its stage, when that needs saying (RESOLVING: what was lost).
     stage_reason: str | None = None
+    #: The id of the API key that created the job; None without keys. Not shown to
+    #: clients: a key sees only its own jobs, so the owner says nothing new.
+    owner: str | None = None
 
     @property
     def serving_model(self) -> str:

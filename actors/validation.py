@@ -245,6 +245,7 @@ def job_from(
     *,
     idempotency_key: str | None,
     body_hash: str,
+    owner: str | None = None,
 ) -> Job:
     spec = catalog[request.modelIdentifier]
     return Job(
@@ -262,6 +263,7 @@ def job_from(
         metadata=dict(request.metadata),
         idempotency_key=idempotency_key,
         request_hash=body_hash,
+        owner=owner,
     )
 
 

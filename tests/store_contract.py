@@ -94,6 +94,7 @@ def full_job() -> Job:
         updated_at=1.0,  # overwritten by insert_job
         seq=None,
         stage_reason="the create's answer was lost",
+        owner="key_full",
     )
 
 

@@ -111,6 +111,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE generation_requests ADD COLUMN stage_reason TEXT;
     """,
+    # 5: who a job belongs to: the id of the API key that created it (NULL when the
+    # daemon runs without keys). Another key's job is "no such job".
+    """
+    ALTER TABLE generation_requests ADD COLUMN owner TEXT;
+    CREATE INDEX generation_requests_owner ON generation_requests(owner, state)
+        WHERE owner IS NOT NULL;
+    """,
 ]
 
 

@@ -24,6 +24,7 @@ from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job
 from actors.outbox import absolutise
 from actors.validation import job_from, parse_submission, request_hash
+from daemon.api.auth import caller
 from daemon.api.errors import error_response, json_body, json_response
 from daemon.api.services import services
 
@@ -88,7 +89,8 @@ async def submit() -> Response:
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise EaselError(ErrorCode.INVALID_REQUEST,
                          f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters")
-    job = job_from(parsed, runtime.catalog, idempotency_key=key, body_hash=request_hash(body))
+    job = job_from(parsed, runtime.catalog, idempotency_key=key, body_hash=request_hash(body),
+                   owner=caller().owner)
     context.job_id.set(job.id)
     job, created = await runtime.submit(job)
     if created:
