@@ -27,6 +27,7 @@ import trio.testing
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job, JobState, new_job_id
+from actors.keys import KeyLimits, Scope, new_key
 from actors.store.policy import Delivery, StorePolicy, outbox_id
 from actors.store.protocol import (
     OUTBOX_DELIVERED,
@@ -688,3 +689,50 @@ class StoreContract:
                 await trio.testing.wait_all_tasks_blocked()
                 await store.transition(job.id, JobState.QUEUED, JobState.CANCELLED)
         assert woken == [JobState.CANCELLED]
+
+    # -- API keys -------------------------------------------------------------
+
+    async def test_keys_round_trip_and_revoke_once(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        limits = KeyLimits(rate=2.5, burst=3, max_active_jobs=4, daily_spend=9.5)
+        first, _ = new_key("ci", frozenset({Scope.SUBMIT, Scope.READ}), limits, 100.0)
+        second, _ = new_key("admin", frozenset({Scope.ADMIN}), KeyLimits(), 200.0)
+        async with open_backend() as store:
+            assert not await store.has_keys()
+            await store.create_key(second)
+            await store.create_key(first)
+            assert await store.has_keys()
+            assert await store.get_key(first.id) == first
+            assert await store.get_key("0" * 12) is None
+            assert await store.list_keys() == [first, second]
+            revoked = await store.revoke_key(first.id)
+            assert revoked is not None and revoked.revoked_at == pytest.approx(wall_now())
+            await trio.sleep(10)
+            again = await store.revoke_key(first.id)
+            assert again == revoked  # the first revocation's time is kept
+            assert await store.revoke_key("0" * 12) is None
+        async with open_backend() as store:
+            assert await store.get_key(first.id) == revoked
+            assert await store.has_keys()
+
+    async def test_unfinished_jobs_by_owner_and_spend(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async with open_backend() as store:
+            assert await store.unfinished_by_owner() == {}
+            await inserted(store, owner="a", cost=1.5)
+            done = await inserted(store, owner="a", cost=2.0)
+            await store.transition(done.id, JobState.QUEUED, JobState.CANCELLED)
+            await inserted(store, owner="b", state=JobState.RUNNING)
+            await inserted(store)
+            await inserted(store)
+            assert await store.unfinished_by_owner() == {"a": 1, "b": 1, None: 2}
+            since = wall_now()
+            await trio.sleep(5)
+            await inserted(store, owner="a", cost=4.0)
+            await inserted(store, owner="b", cost=8.0)
+            # Finished jobs spent too; another owner's do not count.
+            assert await store.spend_since("a", 0) == 7.5
+            assert await store.spend_since("a", since + 1) == 4.0
+            assert await store.spend_since("c", 0) == 0.0

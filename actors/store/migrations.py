@@ -118,6 +118,23 @@ MIGRATIONS: list[str] = [
     CREATE INDEX generation_requests_owner ON generation_requests(owner, state)
         WHERE owner IS NOT NULL;
     """,
+    # 6: API keys (actors/keys.py): the SHA-256 of each key, never the key; its
+    # scopes (comma-separated); its own limits, NULL where the configured defaults
+    # apply; revoked_at set once revoked (the row stays: its jobs still name it).
+    """
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL,
+        rate REAL,
+        burst INTEGER,
+        max_active_jobs INTEGER,
+        daily_spend REAL
+    );
+    """,
 ]
 
 

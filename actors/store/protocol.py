@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from actors.jobs import Job, JobState
+from actors.keys import ApiKey
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW
 
 #: Seconds within which a ``Store.note_poll`` is written.
@@ -68,7 +69,7 @@ class StoreStatistics:
 
 class Store(Protocol):
     """Durable job state: jobs and their events, idempotency keys, the client webhook
-    outbox, and task durations."""
+    outbox, task durations, and API keys."""
 
     # -- committed changes ------------------------------------------------
 
@@ -249,4 +250,36 @@ class Store(Protocol):
     ) -> dict[str, list[tuple[float, float | None]]]:
         """The last ``limit`` durations of each model, oldest first:
         ``(seconds, seen_running)`` pairs."""
+        ...
+
+    # -- API keys (actors/keys.py) and the figures their limits read -------
+
+    async def create_key(self, key: ApiKey) -> None:
+        """Store a new key (its id must be new)."""
+        ...
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        """The key ``key_id``, revoked or not."""
+        ...
+
+    async def list_keys(self) -> list[ApiKey]:
+        """Every key, revoked ones too, oldest first."""
+        ...
+
+    async def revoke_key(self, key_id: str) -> ApiKey | None:
+        """Revoke ``key_id`` now (a key already revoked keeps its time); the key, or
+        None when there is no such key."""
+        ...
+
+    async def has_keys(self) -> bool:
+        """Whether any key was ever made (revoked ones count)."""
+        ...
+
+    async def unfinished_by_owner(self) -> dict[str | None, int]:
+        """How many jobs are not finished (queued or at a provider) per ``owner``
+        (``None`` for jobs made without a key); owners with none are left out."""
+        ...
+
+    async def spend_since(self, owner: str, since: float) -> float:
+        """The sum of the ``cost`` of ``owner``'s jobs created at or after ``since``."""
         ...

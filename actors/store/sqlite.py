@@ -19,7 +19,8 @@ import trio
 
 from actors.clock import wall_now
 from actors.jobs import Job, JobState
-from actors.store import durations, idempotency, jobs, outbox
+from actors.keys import ApiKey
+from actors.store import durations, idempotency, jobs, keys, outbox
 from actors.store.changes import Changes
 from actors.store.engine import Engine, Write, open_engine
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_POLICY, StorePolicy
@@ -182,6 +183,30 @@ class SQLiteStore:
         self, models: Iterable[str], limit: int
     ) -> dict[str, list[tuple[float, float | None]]]:
         return await self.engine.read(durations.recent, list(models), limit)
+
+    # -- API keys -----------------------------------------------------------
+
+    async def create_key(self, key: ApiKey) -> None:
+        await self.engine.write(lambda conn, write: keys.insert(conn, key))
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        return await self.engine.read(keys.get, key_id)
+
+    async def list_keys(self) -> list[ApiKey]:
+        return await self.engine.read(keys.every)
+
+    async def revoke_key(self, key_id: str) -> ApiKey | None:
+        now = wall_now()
+        return await self.engine.write(lambda conn, write: keys.revoke(conn, key_id, now))
+
+    async def has_keys(self) -> bool:
+        return await self.engine.read(keys.exist)
+
+    async def unfinished_by_owner(self) -> dict[str | None, int]:
+        return await self.engine.read(keys.unfinished_by_owner)
+
+    async def spend_since(self, owner: str, since: float) -> float:
+        return await self.engine.read(keys.spend_since, owner, since)
 
 
 @asynccontextmanager
