@@ -61,6 +61,9 @@ class ModelSpec:
     #: order, when its provider's circuit is open or a submission provably never
     #: reached it (see ``ProviderActor`` and the scheduler).
     fallbacks: list[str] = attrs.field(factory=list)
+    #: What one output costs, in the operator's own units (cents, credits): a job
+    #: costs this times its outputs, and a key's ``daily_spend`` limit adds them up.
+    cost: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
 
 
 def fallback_chain(catalog: Mapping[str, ModelSpec], model: str) -> list[str]:

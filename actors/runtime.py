@@ -26,6 +26,7 @@ from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.finalizer import Finalizer
 from actors.jobs import Job, JobState
+from actors.keys import KeyRing
 from actors.lifecycle import Lifecycle
 from actors.messages import (
     CancelTask,
@@ -41,6 +42,7 @@ from actors.poller import Poller
 from actors.provider import ProviderActor
 from actors.providers import PROVIDERS, family, make_adapter, missing_settings, usable
 from actors.providers.base import Adapter, ProviderSettings, WebhookReceiver
+from actors.quotas import Quotas, QuotaSettings
 from actors.routing import Router
 from actors.scheduler import Scheduler
 from actors.storage import LocalStorage
@@ -87,10 +89,14 @@ class Runtime:
         idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
         webhooks: OutboxSettings | None = None,
         webhook_base_url: str = "",
+        limits: QuotaSettings | None = None,
+        key_cache_seconds: float = 1.0,
     ) -> None:
         """``webhooks`` configures client webhook delivery (its ``secret`` must be
         set: the daemon generates one when the operator did not);
-        ``webhook_base_url`` makes ``/media/`` result URLs in them absolute."""
+        ``webhook_base_url`` makes ``/media/`` result URLs in them absolute;
+        ``limits`` are the quotas (``actors/quotas.py``), and ``key_cache_seconds``
+        how long a key read from the store is trusted (``actors/keys.py``)."""
         self.store = store
         self.idempotency_window = idempotency_window
         # A section without its keys is never started (``usable`` logs why), and
@@ -113,6 +119,9 @@ class Runtime:
         self.lifecycle = Lifecycle()
         self.monitor = Monitor()
         self.storage = LocalStorage(media_dir)
+        self.keys = KeyRing(store, key_cache_seconds)
+        self.quotas = Quotas(limits or QuotaSettings(), store=store, keys=self.keys,
+                             catalog=self.catalog, changes=store.subscribe())
 
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX)
@@ -168,7 +177,7 @@ class Runtime:
         """The supervision tree (``docs/architecture.md``, "Supervision")::
 
             easel (one_for_one)
-            ├── monitor, finalizer, outbox, scheduler
+            ├── quotas, monitor, finalizer, outbox, scheduler
             └── providers (one_for_one)
                 └── provider:NAME (rest_for_one): provider, poller
 
@@ -196,6 +205,8 @@ class Runtime:
             for name in self.providers
         ]
         return Supervisor("easel", [
+            # First: its counts are reloaded before any other actor writes.
+            ChildSpec("quotas", self.quotas.run),
             ChildSpec("monitor", started_on_entry(self.monitor.run)),
             ChildSpec("finalizer", self.finalizer.run),
             ChildSpec("outbox", started_on_entry(self.outbox.run)),
@@ -235,9 +246,19 @@ class Runtime:
         enqueues it again (the scheduler drops what it already has), which also
         recovers the one case left: a scheduler mailbox so full that the send had
         to wait, and the waiting client hung up.
+
+        RATE_LIMITED when the job would pass a quota (``actors/quotas.py``): its
+        key's unfinished jobs or daily spend, or the daemon's queue depth.
         """
+        ticket = await self.quotas.admit(job)
         with trio.CancelScope(shield=True):
-            stored, created = await self.store.insert_job(job, self.idempotency_window)
+            try:
+                stored, created = await self.store.insert_job(job, self.idempotency_window)
+            except BaseException:
+                ticket.release()
+                raise
+            if not created:
+                ticket.release()
             if stored.state is not JobState.QUEUED:
                 return stored, created
             try:  # no scheduling point per submission while the mailbox has room
@@ -248,10 +269,9 @@ class Runtime:
         await self._to_scheduler.send(Enqueue(stored))
         return stored, created
 
-    async def cancel(self, job_id: str) -> Job:
-        job = await self.store.get_job(job_id)
-        if job is None:
-            raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
+    async def cancel(self, job_id: str, owner: str | None = None) -> Job:
+        """Cancel the job (of ``owner`` when given: another's is NOT_FOUND)."""
+        job = await self.get_job(job_id, owner)
         if job.state.terminal:
             raise EaselError(
                 ErrorCode.CONFLICT, f"job {job_id} is already {job.state.status}",
@@ -262,23 +282,26 @@ class Runtime:
             error=ErrorInfo(ErrorCode.TASK_CANCELLED, "cancelled by the client"),
         )
         if cancelled is None:  # it moved meanwhile; try once more from where it is
-            return await self.cancel(job_id)
+            return await self.cancel(job_id, owner)
         self.monitor.emit("job.cancelled", job.provider)
         channels = self._channels.get(job.provider)
         if channels is not None and job.state is not JobState.QUEUED:
             await channels.provider.send(CancelTask(cancelled))
         return cancelled
 
-    async def get_job(self, job_id: str) -> Job:
-        """The job as stored, or NOT_FOUND."""
+    async def get_job(self, job_id: str, owner: str | None = None) -> Job:
+        """The job as stored, or NOT_FOUND; with ``owner``, another owner's job is
+        NOT_FOUND too, answered exactly as a job that does not exist (a key learns
+        nothing of the others' jobs, not even that they exist)."""
         job = await self.store.get_job(job_id)
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
         return job
 
-    async def wait_for_job(self, job_id: str, seconds: float) -> Job:
-        """The job once it is terminal, or as it stands after ``seconds``."""
-        job = await self.get_job(job_id)
+    async def wait_for_job(self, job_id: str, seconds: float, owner: str | None = None) -> Job:
+        """The job once it is terminal, or as it stands after ``seconds`` (of
+        ``owner`` when given)."""
+        job = await self.get_job(job_id, owner)
         with trio.move_on_after(seconds):
             while not job.state.terminal:
                 changed = self.store.watch(job_id)
@@ -289,9 +312,10 @@ class Runtime:
                 job = await self.get_job(job_id)
         return job
 
-    async def job_events(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's event history, oldest first (NOT_FOUND for an unknown job)."""
-        await self.get_job(job_id)
+    async def job_events(self, job_id: str, owner: str | None = None) -> list[dict[str, Any]]:
+        """The job's event history, oldest first (NOT_FOUND for an unknown job, or
+        another ``owner``'s)."""
+        await self.get_job(job_id, owner)
         return await self.store.events(job_id)
 
     async def count_by_state(self) -> dict[str, int]:
