@@ -17,6 +17,8 @@ class ErrorCode(str, enum.Enum):
     INVALID_REQUEST = "INVALID_REQUEST"
     INVALID_PARAMETERS = "INVALID_PARAMETERS"
     AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    #: A valid API key without the scope the route needs.
+    FORBIDDEN = "FORBIDDEN"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     RATE_LIMITED = "RATE_LIMITED"
     PROVIDER_ERROR = "PROVIDER_ERROR"
@@ -39,6 +41,7 @@ _TABLE: dict[ErrorCode, tuple[int, bool]] = {
     ErrorCode.INVALID_REQUEST: (400, False),
     ErrorCode.INVALID_PARAMETERS: (422, False),
     ErrorCode.AUTHENTICATION_FAILED: (401, False),
+    ErrorCode.FORBIDDEN: (403, False),
     ErrorCode.QUOTA_EXCEEDED: (402, False),
     ErrorCode.RATE_LIMITED: (429, True),
     ErrorCode.PROVIDER_ERROR: (502, True),

@@ -4,13 +4,19 @@
     easel check-config [--config FILE]
     easel submit --model MODEL [--wait [--timeout SECONDS]] [--config FILE] PROMPT
     easel status [--config FILE] ID
+    easel keys create --name NAME [--scope submit,read,admin] [limits] [--config FILE]
+    easel keys list [--config FILE]
+    easel keys revoke [--config FILE] ID
 
 ``run`` and ``check-config`` load and check the configuration the same way
 (``_settings``), so a file ``check-config`` passes is one ``run`` starts with.
 Exit status 2 is a configuration or start-up problem, printed as one line per
 problem on stderr; 1 is a failure after start (a crash, a failed job).
 ``submit`` and ``status`` reach the daemon at the first address of the configured
-``[daemon] bind`` (a TCP address or a unix socket), or at ``--url``.
+``[daemon] bind`` (a TCP address or a unix socket), or at ``--url``, with the key
+in ``EASEL_API_KEY`` when it is set. ``keys`` works on the database of the
+configured ``state_dir`` directly, while the daemon runs or not: a running daemon
+sees a new or revoked key within ``[auth] key_cache_seconds``.
 """
 
 from __future__ import annotations
@@ -132,6 +138,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config, _ = _settings(args.config)
+    problem = config_module.exposure_problem(config)
+    if problem is not None:
+        return _fail([problem])
     print(
         f"ok: {len(config.providers)} providers, {len(config.models)} models, "
         f"bind {', '.join(config.daemon.bind)}"
@@ -142,11 +151,14 @@ def _check_config(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> httpx.Client:
     # Long enough for the longest long-poll plus the answer's way back.
     timeout = httpx.Timeout(_LONG_POLL + 30, connect=10)
+    key = os.environ.get("EASEL_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     if args.url:
-        return httpx.Client(base_url=args.url, timeout=timeout)
+        return httpx.Client(base_url=args.url, timeout=timeout, headers=headers)
     address = parse_bind(_config(args.config).daemon.bind[0])
     transport = httpx.HTTPTransport(uds=address.path) if address.path else None
-    return httpx.Client(transport=transport, base_url=address.client_url, timeout=timeout)
+    return httpx.Client(transport=transport, base_url=address.client_url, timeout=timeout,
+                        headers=headers)
 
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
@@ -216,6 +228,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from daemon import keys_command
+
+    config = _config(args.config)
+    try:
+        return keys_command.run(config.state_dir, args)
+    except ValueError as exc:
+        return _fail([str(exc)], "keys")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="easel", description="AI image and video generation daemon",
@@ -263,6 +285,40 @@ def parser() -> argparse.ArgumentParser:
     url(st)
     st.add_argument("id", help="the job id `submit` printed (gen_...)")
     st.set_defaults(func=_status)
+    k = sub.add_parser("keys", help="create, list and revoke API keys",
+                       description="create, list and revoke API keys (in the state "
+                                   "directory's database; a running daemon sees the change)")
+    keys = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION",
+                            help="create, list or revoke")
+
+    def add_key_command(name: str, help_: str) -> argparse.ArgumentParser:
+        cmd = keys.add_parser(name, help=help_, description=help_)
+        cmd.add_argument(
+            "--config", metavar="FILE",
+            help="TOML file merged over the shipped defaults (its [daemon] state_dir "
+                 "holds the keys)",
+        )
+        cmd.set_defaults(func=_keys)
+        return cmd
+
+    kc = add_key_command("create", "make a key and print it (shown this once only)")
+    kc.add_argument("--name", required=True, help="what the key is for (shown by list)")
+    kc.add_argument("--scope", default="submit,read", metavar="SCOPES",
+                    help="comma-separated: submit (create jobs, cancel its own), read (its "
+                         "own jobs), admin (everything) (default: submit,read)")
+    kc.add_argument("--rate", type=float, metavar="PER_SECOND",
+                    help="requests a second (default: [limits] rate; 0: unlimited)")
+    kc.add_argument("--burst", type=int, metavar="N",
+                    help="requests at once before the rate applies (default: [limits] burst)")
+    kc.add_argument("--max-active", type=int, metavar="N",
+                    help="jobs queued or running at once (default: [limits] "
+                         "max_active_jobs; 0: unlimited)")
+    kc.add_argument("--daily-spend", type=float, metavar="COST",
+                    help="cost of the jobs accepted per UTC day, in the catalog's units "
+                         "(default: [limits] daily_spend; 0: unlimited)")
+    add_key_command("list", "list the keys (never their secrets)")
+    kr = add_key_command("revoke", "revoke a key: the daemon refuses it from then on")
+    kr.add_argument("id", help="the key's id (from list)")
     return p
 
 

@@ -28,6 +28,7 @@ from actors.conversion import make_converter, problems_of
 from actors.outbox import OutboxSettings
 from actors.providers import known_adapters, structure_sections
 from actors.providers.base import ProviderSettings
+from actors.quotas import QuotaSettings
 from daemon.logs import FORMATS, parse_level
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
@@ -75,6 +76,23 @@ class MediaSettings:
 
 
 @attrs.frozen
+class AuthSettings:
+    """``[auth]``: who may call the API (``daemon/api/auth.py``)."""
+
+    #: Every route but ``/api/health`` needs an API key (``easel keys create``).
+    #: Keys are needed anyway once any key exists.
+    require_keys: bool = False
+    #: Serve a non-loopback address without requiring keys: anyone who reaches the
+    #: port can spend the providers' money. Refused at start unless set.
+    insecure_network_without_keys: bool = False
+    #: A bearer token that opens ``/api/metrics`` (and nothing else) to a scraper.
+    metrics_token: str = ""
+    #: Seconds a key read from the database is trusted: how long a revocation may
+    #: take to count in a running daemon.
+    key_cache_seconds: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+
+
+@attrs.frozen
 class Config:
     daemon: DaemonSettings = attrs.field(factory=DaemonSettings)
     logging: LoggingSettings = attrs.field(factory=LoggingSettings)
@@ -83,6 +101,9 @@ class Config:
     webhooks: OutboxSettings = attrs.field(factory=OutboxSettings)
     providers: dict[str, ProviderSettings] = attrs.field(factory=dict)
     models: dict[str, ModelSpec] = attrs.field(factory=dict)
+    auth: AuthSettings = attrs.field(factory=AuthSettings)
+    #: ``[limits]``: quotas per API key and the daemon's queue depth (actors/quotas.py).
+    limits: QuotaSettings = attrs.field(factory=QuotaSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -231,6 +252,32 @@ def parse_bind(text: str) -> Address:
     elif not _HOSTNAME.fullmatch(host):
         raise ValueError(f"{host!r} is not a host name or address")
     return Address(host=host, port=int(port))
+
+
+def _loopback(address: Address) -> bool:
+    if address.path:
+        return True
+    if address.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def exposure_problem(config: Config) -> str | None:
+    """Why the daemon must not start as configured: an address other callers can
+    reach, with no API keys required. One line, or None."""
+    auth = config.auth
+    if auth.require_keys or auth.insecure_network_without_keys:
+        return None
+    for bind in config.daemon.bind:
+        if not _loopback(parse_bind(bind)):
+            return (f"[daemon] bind {bind} is not loopback and [auth] require_keys is false: "
+                    "anyone who reaches it could submit jobs; set require_keys = true and "
+                    "create keys with `easel keys create` (or, to serve without keys anyway, "
+                    "insecure_network_without_keys = true)")
+    return None
 
 
 def _problems(config: Config) -> Iterator[str]:

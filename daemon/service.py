@@ -31,9 +31,9 @@ from actors.outbox import load_or_create_secret
 from actors.runtime import Runtime
 from actors.store import open_store
 from daemon.api import create_app
-from daemon.config import Config
+from daemon.config import Config, exposure_problem
 from daemon.sdnotify import SystemdNotifier, run_watchdog, watchdog_interval
-from daemon.startup import StateDirLock, listen
+from daemon.startup import StartupError, StateDirLock, listen
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,12 @@ async def serve(
     the API is listening, for tests that embed the daemon in their own nursery.
     Raises ``StartupError``, outside any nursery (so never inside an
     ExceptionGroup), when the state directory is locked by another process or
-    cannot be made, or an address cannot be bound; nothing has been read or
-    started then.
+    cannot be made, an address cannot be bound, or a non-loopback address would
+    be served without API keys; nothing has been read or started then.
     """
+    problem = exposure_problem(config)
+    if problem is not None:
+        raise StartupError(problem)
     hc = hypercorn_config(config)
     lock = await trio.to_thread.run_sync(StateDirLock.acquire, config.state_dir)
     with contextlib.closing(lock):
@@ -116,6 +119,8 @@ async def _serve(
                 idempotency_window=config.daemon.idempotency_window,
                 webhooks=webhooks,
                 webhook_base_url=config.daemon.public_base_url or _bind_url(config.daemon.bind),
+                limits=config.limits,
+                key_cache_seconds=config.auth.key_cache_seconds,
             )
             app = create_app(
                 runtime,
@@ -123,6 +128,7 @@ async def _serve(
                 max_body_bytes=config.daemon.max_body_bytes,
                 public_base_url=config.daemon.public_base_url,
                 drain_retry_after=max(1, int(config.daemon.drain_timeout)),
+                auth_settings=config.auth,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)

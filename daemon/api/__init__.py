@@ -28,6 +28,7 @@ from actors.runtime import Runtime
 from daemon.api import auth, errors, generation, health, media, provider_webhooks
 from daemon.api.access import AccessLog
 from daemon.api.services import Services
+from daemon.config import AuthSettings
 
 __all__ = ["FAMILIES", "create_app"]
 
@@ -41,7 +42,8 @@ FAMILIES: tuple[Blueprint, ...] = (
 
 
 def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048_576,
-               public_base_url: str = "", drain_retry_after: int = 30) -> QuartTrio:
+               public_base_url: str = "", drain_retry_after: int = 30,
+               auth_settings: AuthSettings | None = None) -> QuartTrio:
     """The API app over ``runtime``, ready for hypercorn (or Quart's test client)."""
     app = QuartTrio("easel")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -50,7 +52,7 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
     app.url_map.merge_slashes = False
     Services(runtime, media_dir, max_body_bytes, public_base_url, drain_retry_after,
              started_at=time.time()).install(app)
-    auth.install(app)
+    auth.install(app, auth_settings or AuthSettings())
     errors.install(app)
     for family in FAMILIES:
         app.register_blueprint(family)

@@ -115,7 +115,10 @@ async def json_body() -> Any:
 
 
 async def _easel_error(exc: EaselError) -> Response:
-    return error_response(exc.info)
+    # A refusal that knows when to come back (a quota) says so in the header too.
+    headers = None if exc.retry_after is None else {
+        "Retry-After": str(math.ceil(exc.retry_after))}
+    return error_response(exc.info, headers=headers)
 
 
 async def _refused(exc: Refused) -> Response:

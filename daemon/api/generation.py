@@ -102,18 +102,19 @@ async def submit() -> Response:
 @blueprint.get("/<job_id>")
 async def status(job_id: str) -> Response:
     wait = wait_seconds(request.args.get("wait"))
-    job = await services().runtime.wait_for_job(job_id, wait)
+    job = await services().runtime.wait_for_job(job_id, wait, caller().viewer)
     return json_response(_absolute(job))
 
 
 @blueprint.get("/<job_id>/events")
 async def events(job_id: str) -> Response:
-    return json_response({"id": job_id, "events": await services().runtime.job_events(job_id)})
+    events = await services().runtime.job_events(job_id, caller().viewer)
+    return json_response({"id": job_id, "events": events})
 
 
 @blueprint.post("/<job_id>/cancel")
 async def cancel(job_id: str) -> Response:
     context.job_id.set(job_id)
-    job = await services().runtime.cancel(job_id)
+    job = await services().runtime.cancel(job_id, caller().viewer)
     log.info("job cancelled", extra={"provider": job.provider})
     return json_response(_absolute(job))
