@@ -79,6 +79,11 @@ EASEL_CONFIG = """\
 bind = ["127.0.0.1:{port}"]
 state_dir = "{state_dir}"
 drain_timeout = 5
+
+[limits]
+# Queued jobs pile up far past what a small host should hold: measure the submit
+# path, not the queue-depth refusal.
+max_queue_depth = 0
 """
 
 #: ``--sandbox queued``: after the first job the sandbox starts one job per 1000 s,
