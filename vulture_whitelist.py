@@ -52,8 +52,3 @@ autojump_clock
 _stop_logging
 # The replicate client's and configparser's settings, read by those libraries.
 _.poll_interval, _.optionxform
-
-# The access seam (daemon/api/auth.py): the read scope and the see-everything rule
-# are what API keys check; the keys themselves are the next step.
-SUBMIT, READ
-_.sees_all
