@@ -49,6 +49,7 @@ from actors.store import (
     OutboxRow,
     Store,
 )
+from actors.redaction import SECRETS
 from actors.targets import IPAddress, Resolver, TargetRefused, is_public, resolve_host
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class Outbox:
         the ``Fetcher``'s seams for tests."""
         self.store = store
         self.settings = settings
+        SECRETS.add_fields(settings)  # the signing secret, even a generated one
         self.base_url = base_url
         self.monitor = monitor
         self._changes = changes

@@ -28,6 +28,7 @@ from actors.conversion import make_converter, problems_of
 from actors.outbox import OutboxSettings
 from actors.providers import known_adapters, structure_sections
 from actors.providers.base import ProviderSettings
+from actors.redaction import SECRETS
 from daemon.logs import FORMATS, parse_level
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
@@ -271,6 +272,8 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     elif SYSTEM_CONFIG.exists():
         tree = merge(tree, _read_toml(SYSTEM_CONFIG))
     config = structure(interpolate(tree, environ))
+    for section in (config.webhooks, *config.providers.values()):
+        SECRETS.add_fields(section)  # masked by value in logs and errors from now on
     problems = list(_problems(config))
     if problems:
         raise ConfigError(problems)

@@ -94,7 +94,9 @@ def error_for_status(response: httpx.Response, provider: str, message: str = "")
         code = ErrorCode.PROVIDER_ERROR
     else:
         code = ErrorCode.PROVIDER_ERROR
-    text = message or _detail(response) or response.reason_phrase
+    # Masked here, where the provider's words become Easel's: an adapter's message
+    # is often a field of the answer (fal's ``detail``), echoed key and all.
+    text = redact(message or _detail(response) or response.reason_phrase, 300)
     return EaselError(
         code,
         f"{provider}: {text}",
