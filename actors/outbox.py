@@ -39,6 +39,7 @@ from actors.clock import trio_time_of, wall_now
 from actors.fetch import Fetcher, FetchFailed
 from actors.jobs import Job
 from actors.monitor import Monitor
+from actors.redaction import SECRETS
 from actors.retry import Backoff, parse_retry_after
 from actors.signing import SignatureError, secret_key, sign
 from actors.storage import MEDIA_PREFIX
@@ -49,7 +50,6 @@ from actors.store import (
     OutboxRow,
     Store,
 )
-from actors.redaction import SECRETS
 from actors.targets import IPAddress, Resolver, TargetRefused, is_public, resolve_host
 
 log = logging.getLogger(__name__)
