@@ -247,6 +247,13 @@ class Knobs:
         None, "secret to sign webhooks with, in the provider's format; unset makes one up", "SECRET"
     )
 
+    #: Base URL of the task URLs the simulator hands out (BFL's ``polling_url``,
+    #: fal's queue URLs, Replicate's next page); ``None``: the one the client used.
+    #: Another host stands for a provider answer that names a host it should not.
+    task_url_base: str | None = _optional_str(
+        None, "base URL of the task URLs handed out (polling/status/next); unset: the client's",
+        "URL")
+
     def __attrs_post_init__(self) -> None:
         total = sum(self.rate_of(fault) for fault in REQUEST_FAULTS)
         if total > 1.0 + 1e-9:
@@ -859,6 +866,10 @@ class Simulator:
         if self.url is None:
             raise RuntimeError(f"{self.name} simulator has no URL outside a request until it is served")
         return self.url
+
+    def task_base_url(self) -> str:
+        """``base_url()``, or ``Knobs.task_url_base`` for the task URLs handed out."""
+        return self.knobs.task_url_base or self.base_url()
 
     def file_url(self, task: SimTask, index: int) -> str:
         """Absolute URL of output ``index`` of ``task``."""
