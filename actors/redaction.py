@@ -62,6 +62,8 @@ _SECRET_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         r"\1" + MASK,
     ),
+    # Credentials in a URL's authority: "https://user:password@host/...".
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@\"'<>]+@"), r"\1" + MASK + "@"),
     # "Bearer" needs a token-sized word after it, so prose rarely trips it.
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + MASK),
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), "whsec_" + MASK),  # webhook secrets
@@ -71,7 +73,8 @@ _SECRET_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
 #: searched in the lower-cased text: a case-insensitive alternation is several times
 #: slower). Most text holds none (a path, "job accepted"), and one search for them is
 #: far cheaper than running every pattern; keep it in step with the patterns above.
-_GENERIC_HINT = re.compile(r"auth|key|token|secret|passw|bearer|signature|credential|whsec_")
+_GENERIC_HINT = re.compile(
+    r"auth|key|token|secret|passw|bearer|signature|credential|whsec_|://[^/\s]*@")
 
 _MAX_DEPTH = 8
 

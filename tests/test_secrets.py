@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import urllib.parse
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,19 @@ def test_building_an_adapter_registers_its_section_credentials() -> None:
     make_adapter("bfl", settings, "bfl")
     assert settings.api_key not in redact_text(f"echo {settings.api_key}")
     assert settings.webhook_secret not in redact_text(f"echo {settings.webhook_secret}")
+
+
+async def test_input_image_urls_with_credentials_are_refused_and_never_logged(
+    easel_daemon: Any,
+) -> None:
+    stream = io.StringIO()
+    easel = await easel_daemon("[providers.sandbox]\ndelay = 30\n")
+    url = "https://bob:hunter2-in-url@images.example/cat.png"
+    with configure_logging("DEBUG", None, stream=stream):
+        answer = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "a cat",
+                                     "input_images": [url]})
+        logging.getLogger("test").warning("the client sent %s", url)  # any path that logs it
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == "INVALID_PARAMETERS"
+    assert "credentials" in answer.text and "hunter2" not in answer.text
+    assert "hunter2" not in stream.getvalue() and "https://***@images.example" in stream.getvalue()
