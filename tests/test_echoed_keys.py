@@ -138,6 +138,11 @@ def test_keys_echoed_by_every_provider_are_nowhere_in_what_easel_writes(tmp_path
         echoed = {section: fetch_stats(urls[section].removesuffix(PROVIDERS[section][1]))
                   .faults.get("echo_key") for section in PROVIDERS}
 
+    stopped = {str(path): path.read_bytes() for path in written_files(tmp_path)}
+    assert any(name.endswith(".db") for name in stopped), list(stopped)
+    assert any("easel.log" in name for name in stopped), list(stopped)
+    assert find_leaks({**answers, **running, **stopped}) == []
+
     # The simulators did echo, and Easel did read what they said.
     assert echoed == {section: len(STATUSES) for section in PROVIDERS}, echoed
     assert all(job["status"] == "FAILED" for job in jobs.values()), jobs
@@ -145,8 +150,3 @@ def test_keys_echoed_by_every_provider_are_nowhere_in_what_easel_writes(tmp_path
     assert "Invalid credential ***" in said, said
     codes = {job["error"]["code"] for job in jobs.values()}
     assert {"AUTHENTICATION_FAILED", "INVALID_PARAMETERS"} <= codes, codes
-
-    stopped = {str(path): path.read_bytes() for path in written_files(tmp_path)}
-    assert any(name.endswith(".db") for name in stopped), list(stopped)
-    assert any("easel.log" in name for name in stopped), list(stopped)
-    assert find_leaks({**answers, **running, **stopped}) == []
