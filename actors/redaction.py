@@ -118,7 +118,7 @@ class Secrets:
     """Every configured credential, masked by value (and encodings) in any text.
 
     ``add(value)`` registers one (a value shorter than ``MIN_SECRET_LENGTH`` is
-    ignored); ``mask(text)`` replaces each occurrence with ``***``. Thread-safe:
+    ignored; each half of an ``id:secret`` pair is registered too); ``mask(text)`` replaces each occurrence with ``***``. Thread-safe:
     the log writer thread masks while the trio thread may register. Caches of
     texts found clean are dropped when a secret is added (``generation``).
     """
@@ -133,10 +133,13 @@ class Secrets:
     def add(self, value: str) -> None:
         if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
             return
+        # A key pair given as one value (fal's "KEY_ID:KEY_SECRET") may be echoed
+        # half by half: each half is masked too.
+        values = {value} | {part for part in value.split(":") if len(part) >= MIN_SECRET_LENGTH}
         with self._lock:
-            if value in self._values:
+            if values <= self._values:
                 return
-            self._values.add(value)
+            self._values |= values
             texts = sorted({text for known in self._values for text in encodings(known)},
                            key=len, reverse=True)
             self._search = re.compile("|".join(map(re.escape, texts)))

@@ -49,7 +49,7 @@ async def elsewhere(nursery: trio.Nursery) -> Recorder:
     app = QuartTrio("elsewhere")
 
     @app.route("/<path:path>", methods=["GET", "PUT", "POST"])
-    async def anything(path: str) -> tuple[str, int]:
+    async def any_path(path: str) -> tuple[str, int]:
         recorder.seen.append({k.lower(): v for k, v in request.headers.items()})
         return '{"status": "IN_PROGRESS"}', 200
 

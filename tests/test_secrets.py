@@ -59,6 +59,12 @@ def test_every_encoding_of_a_secret_is_masked(secrets: Secrets, index: int) -> N
         assert leak not in masked
 
 
+def test_each_half_of_a_key_pair_is_masked() -> None:
+    registry = Secrets()
+    registry.add("fal-key-id-123:fal-key-secret-456")
+    assert registry.mask("id fal-key-id-123, secret fal-key-secret-456") == "id ***, secret ***"
+
+
 def test_short_values_are_not_masked_by_value() -> None:
     registry = Secrets()
     registry.add("abc")
