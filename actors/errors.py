@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from actors.redaction import SECRETS
+
 
 class ErrorCode(str, enum.Enum):
     INVALID_REQUEST = "INVALID_REQUEST"
@@ -70,11 +72,16 @@ def is_retryable(code: ErrorCode) -> bool:
 
 @attrs.frozen
 class ErrorInfo:
-    """The ``error`` object of the API: stored on failed jobs and sent on errors."""
+    """The ``error`` object of the API: stored on failed jobs and sent on errors.
+
+    Its message and details are masked of every configured secret as it is made
+    (``actors/redaction.py``): whichever path built it from a provider's answer,
+    no credential the provider echoed reaches the store, an event or a client.
+    """
 
     code: ErrorCode
-    message: str
-    details: dict[str, Any] = attrs.field(factory=dict)
+    message: str = attrs.field(converter=SECRETS.mask)
+    details: dict[str, Any] = attrs.field(factory=dict, converter=SECRETS.mask_value)
     retryable: bool | None = None
 
     @property
@@ -112,8 +119,8 @@ class EaselError(Exception):
         retry_after: float | None = None,
         sent: bool = True,
     ) -> None:
-        super().__init__(message)
         self.info = ErrorInfo(code, message, details or {}, retryable)
+        super().__init__(self.info.message)  # masked: tracebacks show this text
         self.retry_after = retry_after
         #: False only when the request provably created nothing at the provider: the
         #: connection was refused, or the provider answered with a documented refusal

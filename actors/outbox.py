@@ -39,6 +39,7 @@ from actors.clock import trio_time_of, wall_now
 from actors.fetch import Fetcher, FetchFailed
 from actors.jobs import Job
 from actors.monitor import Monitor
+from actors.redaction import SECRETS
 from actors.retry import Backoff, parse_retry_after
 from actors.signing import SignatureError, secret_key, sign
 from actors.storage import MEDIA_PREFIX
@@ -164,6 +165,7 @@ class Outbox:
         the ``Fetcher``'s seams for tests."""
         self.store = store
         self.settings = settings
+        SECRETS.add_fields(settings)  # the signing secret, even a generated one
         self.base_url = base_url
         self.monitor = monitor
         self._changes = changes

@@ -6,14 +6,29 @@ through this one set of patterns, so a key masked in one is masked in the other.
 The patterns here are the generic ones; what one provider's keys look like
 (Replicate's ``r8_...``) is declared by that provider (``Provider.redactions``)
 and added from the registry.
+
+Patterns only catch what looks like a key. A provider that answers ``401 Invalid
+credential <key>`` echoes a key of any shape, so every configured credential is
+also masked *by value*: ``SECRETS`` (a ``Secrets``) holds each one registered with
+``SECRETS.add(value)`` (provider sections' keys, tokens and webhook secrets when
+their adapter is built, the client webhook secret, API keys) and masks it, and its
+obvious encodings (base64 and base64url at any alignment, so inside a Basic-auth
+header or a JWT too; URL-encoding; JSON escaping), wherever ``redact_text`` runs
+and in every ``ErrorInfo`` (``actors/errors.py``).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import re
-from collections.abc import Mapping
+import threading
+import urllib.parse
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import attrs
 
 MASK = "***"
 
@@ -47,18 +62,130 @@ _SECRET_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         r"\1" + MASK,
     ),
+    # Credentials in a URL's authority: "https://user:password@host/...".
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@\"'<>]+@"), r"\1" + MASK + "@"),
     # "Bearer" needs a token-sized word after it, so prose rarely trips it.
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + MASK),
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+"), "whsec_" + MASK),  # webhook secrets
+    # Easel's own API keys (actors/keys.py): the id may show, the secret never.
+    (re.compile(r"\b(easel_[0-9a-f]{12}_)[A-Za-z0-9_-]{43}"), r"\1" + MASK),
 )
 
 #: A word every match of a ``_SECRET_TEXT`` pattern contains, in lower case (it is
 #: searched in the lower-cased text: a case-insensitive alternation is several times
 #: slower). Most text holds none (a path, "job accepted"), and one search for them is
 #: far cheaper than running every pattern; keep it in step with the patterns above.
-_GENERIC_HINT = re.compile(r"auth|key|token|secret|passw|bearer|signature|credential|whsec_")
+_GENERIC_HINT = re.compile(
+    r"auth|key|token|secret|passw|bearer|signature|credential|whsec_|easel_|://[^/\s]*@")
 
 _MAX_DEPTH = 8
+
+#: Shorter values are not masked by value: a three-letter "secret" would mask
+#: every word it is part of, and guessing it is easy anyway.
+MIN_SECRET_LENGTH = 6
+#: A base64 fragment shorter than this is not looked for (it could occur by chance).
+_MIN_FRAGMENT = 8
+
+
+def _base64_fragments(raw: bytes) -> Iterator[str]:
+    """What base64 (and base64url) of any text containing ``raw`` always contains.
+
+    Base64 turns 3 bytes into 4 characters, so ``raw`` is written differently at
+    each of the 3 positions it may start at in the encoded text; at each, the
+    characters made only of ``raw``'s bits are the same whatever surrounds it
+    (``user:<key>`` in a Basic-auth header, a JWT payload naming the key).
+    """
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + raw + bytes(2)).decode("ascii")
+        start = -(-8 * offset // 6)  # the first character made of raw's bits only
+        end = (8 * (offset + len(raw))) // 6
+        fragment = encoded[start:end]
+        if len(fragment) >= _MIN_FRAGMENT:
+            yield fragment
+            yield fragment.replace("+", "-").replace("/", "_")
+
+
+def encodings(value: str) -> frozenset[str]:
+    """``value`` and the forms it takes once encoded: what masking looks for."""
+    escaped = json.dumps(value)[1:-1]
+    found = {value, escaped, escaped.replace("/", "\\/"),
+             json.dumps(value, ensure_ascii=False)[1:-1],
+             urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value, safe="")}
+    for fragment in _base64_fragments(value.encode()):
+        found |= {fragment, urllib.parse.quote(fragment, safe="")}
+    return frozenset(text for text in found if text)
+
+
+class Secrets:
+    """Every configured credential, masked by value (and encodings) in any text.
+
+    ``add(value)`` registers one (a value shorter than ``MIN_SECRET_LENGTH`` is
+    ignored; each half of an ``id:secret`` pair is registered too); ``mask(text)`` replaces each occurrence with ``***``. Thread-safe:
+    the log writer thread masks while the trio thread may register. Caches of
+    texts found clean are dropped when a secret is added (``generation``).
+    """
+
+    def __init__(self) -> None:
+        self._values: set[str] = set()
+        self._search: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+        #: Bumped by every ``add`` that registered something new.
+        self.generation = 0
+
+    def add(self, value: str) -> None:
+        if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+            return
+        # A key pair given as one value (fal's "KEY_ID:KEY_SECRET") may be echoed
+        # half by half: each half is masked too.
+        values = {value} | {part for part in value.split(":") if len(part) >= MIN_SECRET_LENGTH}
+        with self._lock:
+            if values <= self._values:
+                return
+            self._values |= values
+            texts = sorted({text for known in self._values for text in encodings(known)},
+                           key=len, reverse=True)
+            self._search = re.compile("|".join(map(re.escape, texts)))
+            self.generation += 1
+        _CLEAN.clear()
+
+    def add_fields(self, settings: Any) -> None:
+        """Register every non-empty string field of an attrs instance whose name
+        says it is a credential (``api_key``, ``access_key``, ``webhook_secret``...)."""
+        for field in attrs.fields(type(settings)):
+            value = getattr(settings, field.name)
+            if isinstance(value, str) and is_credential_name(field.name):
+                self.add(value)
+
+    def mask(self, text: str) -> str:
+        search = self._search
+        if search is None:
+            return text
+        return search.sub(MASK, text)
+
+    def mask_value(self, value: Any, _depth: int = 0) -> Any:
+        """``value`` with every string in it masked (dicts and lists copied)."""
+        if self._search is None or _depth > _MAX_DEPTH:
+            return value
+        if isinstance(value, str):
+            return self.mask(value)
+        if isinstance(value, Mapping):
+            return {key: self.mask_value(item, _depth + 1) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self.mask_value(item, _depth + 1) for item in value]
+        return value
+
+
+#: Names of settings that hold credentials: what ``_SECRET_KEY`` says, plus the
+#: ``access_key`` of key pairs (Kling's, S3's), which is a credential too.
+_CREDENTIAL_NAME = re.compile(r"(?:^|_)(?:access_?key|key|secret|token)$")
+
+
+def is_credential_name(name: str) -> bool:
+    return _is_secret_key(name) or bool(_CREDENTIAL_NAME.search(name.lower()))
+
+
+#: The process's one registry: logs and errors everywhere mask with it.
+SECRETS = Secrets()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -109,9 +236,11 @@ _CLEAN_LONGEST = 256
 
 
 def redact_text(text: str) -> str:
-    """Mask secret-looking substrings (bearer tokens, ``whsec_…``, providers' keys)."""
+    """Mask configured secrets (``SECRETS``) and secret-looking substrings (bearer
+    tokens, ``whsec_…``, providers' keys)."""
     if text in _CLEAN:
         return text
+    text = SECRETS.mask(text)
     if _GENERIC_HINT.search(text.lower()) is None:
         for search in _provider_filters():
             if search.search(text) is not None:

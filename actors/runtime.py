@@ -328,9 +328,10 @@ class Runtime:
     async def provider_webhook(self, provider: str, headers: Mapping[str, str], body: bytes) -> str:
         """Take a provider's webhook: verify it, then hand the status to the poller.
 
-        Returns what became of it (``"applied"`` or why it was ignored). Unknown
-        tasks are ignored, not refused: the webhook can outrun the recording of the
-        task id, and polling covers that job anyway.
+        Returns what became of it (``"applied"`` or why it was ignored), for the
+        log only: the caller's answer must not tell a known task from an unknown
+        one. Unknown tasks are ignored, not refused: the webhook can outrun the
+        recording of the task id, and polling covers that job anyway.
         """
         receiver = self._receivers.get(provider)
         if receiver is None:

@@ -25,6 +25,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import attrs
 import cattrs
@@ -80,11 +81,22 @@ def _structure_image(value: Any, _: Any) -> str:
     if type(value) is not str:
         raise Invalid(f"expected a string, got {type_name(value)}")
     if value.startswith(("http://", "https://")) and len(value) > len("https://"):
+        if _has_credentials(value):
+            # Said without the URL: the credentials must not reach a log or an answer.
+            raise Invalid("must not carry credentials (user:password@host)")
         return value
     data = _DATA_IMAGE.match(value)
     if data is None or not _valid_base64(data.group(2)):
         raise Invalid(IMAGE_PROBLEM)
     return value
+
+
+def _has_credentials(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "@" in url.partition("//")[2].partition("/")[0]
+    return parts.username is not None or parts.password is not None
 
 
 def _structure_http_url(value: Any, _: Any) -> str:

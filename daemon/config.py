@@ -29,6 +29,7 @@ from actors.outbox import OutboxSettings
 from actors.providers import known_adapters, structure_sections
 from actors.providers.base import ProviderSettings
 from actors.quotas import QuotaSettings
+from actors.redaction import SECRETS
 from daemon.logs import FORMATS, parse_level
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
@@ -318,6 +319,8 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     elif SYSTEM_CONFIG.exists():
         tree = merge(tree, _read_toml(SYSTEM_CONFIG))
     config = structure(interpolate(tree, environ))
+    for section in (config.webhooks, config.auth, *config.providers.values()):
+        SECRETS.add_fields(section)  # masked by value in logs and errors from now on
     problems = list(_problems(config))
     if problems:
         raise ConfigError(problems)

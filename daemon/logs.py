@@ -10,7 +10,9 @@ calling thread: the message is formatted with its arguments (they may change
 later), the traceback is rendered, and the job / request / provider context
 variables (``actors.context``) are read. Read in the writer thread they would
 always be ``None``: context variables belong to the task and thread that set them.
-Secrets are masked at the same point, so no later queue or thread ever holds them.
+Secrets are masked at the same point, so no later queue or thread ever holds them;
+the writer masks every configured secret (``actors.redaction.SECRETS``) once more
+in the very text it writes.
 
 The writer does the rest, off the request path: the timestamp's text, the JSON (made
 once per line, for the file and for stderr alike), and the writes: it takes every
@@ -54,7 +56,7 @@ from typing import Any, TextIO
 import attrs
 
 from actors import context
-from actors.redaction import MASK, is_secret_field, redact, redact_text
+from actors.redaction import MASK, SECRETS, is_secret_field, redact, redact_text
 
 __all__ = [
     "FORMATS",
@@ -143,12 +145,19 @@ def _message(record: logging.LogRecord) -> str:
 #: few texts come back on every request, and scanning one again finds what it found.
 _CONSTANT_MESSAGES: dict[str, str] = {}
 _CONSTANT_MESSAGES_MAX = 1024
+#: ``SECRETS.generation`` the cache was filled under: a secret registered since
+#: may be in a message cached as clean, so the cache is dropped then.
+_constant_generation = -1
 
 
 def _redacted_message(record: logging.LogRecord) -> str:
+    global _constant_generation
     msg = record.msg
     if record.args or type(msg) is not str:
         return redact_text(_message(record))
+    if _constant_generation != SECRETS.generation:
+        _CONSTANT_MESSAGES.clear()
+        _constant_generation = SECRETS.generation
     redacted = _CONSTANT_MESSAGES.get(msg)
     if redacted is None:
         if len(_CONSTANT_MESSAGES) >= _CONSTANT_MESSAGES_MAX:
@@ -376,14 +385,17 @@ class _Writer:
         json_lines = []
         for fields in batch:
             fields["ts"] = _timestamp(fields["ts"])
-            json_lines.append(json_line(fields) + "\n")
+            # The fields were redacted when captured; this last pass over the text
+            # written is what guarantees no configured secret reaches a file, in
+            # whatever field or encoding it came (a context variable, a repr).
+            json_lines.append(SECRETS.mask(json_line(fields)) + "\n")
         if self.file is not None:
             try:
                 self.file.write_lines([line.encode("utf-8", "backslashreplace")
                                        for line in json_lines])
             except Exception:  # a full disk must not end the thread that writes stderr
                 _report_failure("log file")
-        text = ("".join(pretty_line(f) + "\n" for f in batch) if self._pretty
+        text = (SECRETS.mask("".join(pretty_line(f) + "\n" for f in batch)) if self._pretty
                 else "".join(json_lines))
         try:
             self.stream.write(text)

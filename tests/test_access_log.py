@@ -102,7 +102,8 @@ async def test_request_id_is_on_every_line_inside_the_request(easel_daemon: Any,
         assert len(access_lines(found, lambda line, r=request_id: line.get("request_id") == r)) == 1
 
 
-@pytest.mark.parametrize("sent", ["has space", "x" * 129, "quote\"d", ""])
+@pytest.mark.parametrize("sent", ["has space", "x" * 65, "quote\"d", "", "a/b", "k=v",
+                                  "user:pass", "a@b", "x" * 8000])
 async def test_an_unusable_client_request_id_is_replaced(easel_daemon: Any, lines: Lines,
                                                          sent: str) -> None:
     easel = await easel_daemon(SLOW_SANDBOX)

@@ -25,6 +25,7 @@ from cattrs.errors import IterableValidationError, IterableValidationNote
 from actors.conversion import Invalid, strict_object, type_name
 from actors.providers import bfl, fal, kling, openai, pollo, replicate, sandbox
 from actors.providers.base import Adapter, Provider, ProviderSettings
+from actors.redaction import SECRETS
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,14 @@ def make_adapter(adapter: str, settings: ProviderSettings, name: str) -> Adapter
     """The adapter of provider ``adapter`` for the section ``name``.
 
     Plain ``ProviderSettings`` are taken for a provider with a settings class of its
-    own: its own fields then have their defaults.
+    own: its own fields then have their defaults. The section's credentials are
+    registered with ``SECRETS`` (masked by value in logs and errors).
     """
     chosen = provider(adapter)
-    return chosen.adapter(_settings_of(chosen, settings), name)
+    settings = _settings_of(chosen, settings)
+    # Whatever the provider echoes of its credentials is masked from here on.
+    SECRETS.add_fields(settings)
+    return chosen.adapter(settings, name)
 
 
 def _settings_of(chosen: Provider, settings: ProviderSettings) -> ProviderSettings:

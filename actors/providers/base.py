@@ -80,6 +80,12 @@ class ProviderSettings:
     sweep_interval: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
     #: Polling for this provider's models that name none of their own.
     polling: PollingSpec | None = None
+    #: Hosts a URL the provider hands back (BFL's ``polling_url``, fal's status and
+    #: response URLs, Replicate's next page) may point at: only those are sent the
+    #: API key. ``*.example.com`` matches any subdomain. Empty: the provider's
+    #: documented hosts (``actors/providers/http.py``, ``AllowedHosts``); the host
+    #: of ``base_url`` is always allowed.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @attrs.frozen

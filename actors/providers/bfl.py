@@ -10,7 +10,9 @@ input images), its wire protocol, and its ``PROVIDER`` record:
 - Poll: GET the returned ``polling_url`` exactly as given. BFL routes it to the
   cluster that took the task (regional hosts), so it is never rebuilt; the task
   handle Easel stores is ``"<id> <polling_url>"``. Only a handle without a URL falls
-  back to ``GET /v1/get_result?id=<id>`` on the configured base URL.
+  back to ``GET /v1/get_result?id=<id>`` on the configured base URL. The polling URL
+  gets the ``x-key`` header, so it is followed only to ``DOCUMENTED_HOSTS`` (or the
+  section's ``allowed_hosts``) and the base URL's host; another host fails the job.
 - Statuses: ``Pending`` (running, with ``progress`` when given), ``Ready``
   (``result.sample`` is a signed URL that expires after about 10 minutes, which is
   why the finalizer fetches outputs at once), ``Error``, ``Request Moderated`` /
@@ -60,6 +62,8 @@ from actors.providers.base import (
     missing_of,
 )
 
+#: Hosts BFL's ``polling_url`` names: the global endpoint and its regional ones.
+DOCUMENTED_HOSTS = ("api.bfl.ai", "api.eu.bfl.ai", "api.us.bfl.ai")
 #: Header BFL echoes the submission's ``webhook_secret`` back in.
 WEBHOOK_SECRET_HEADER = "x-webhook-secret"
 #: Statuses that end a task as blocked by moderation: the prompt/inputs (Request) or
@@ -380,6 +384,7 @@ class BflAdapter:
         self.name = name
         self.base_url = settings.base_url.rstrip("/")
         self.webhook_secret = settings.webhook_secret
+        self.hosts = http.AllowedHosts.of(settings, name, DOCUMENTED_HOSTS)
         self.client = http.client_for(
             settings, {"x-key": settings.api_key, "accept": "application/json"}
         )
@@ -400,8 +405,8 @@ class BflAdapter:
         """Poll the task at the ``polling_url`` BFL gave, never a rebuilt one."""
         handle = TaskHandle.decode(task_id)
         if handle.polling_url:
-            # The x-key header goes along: the polling URL is BFL's own (regional) host.
-            payload = await self._call("GET", handle.polling_url)
+            # The x-key header goes along: only to BFL's own (regional) hosts.
+            payload = await self._call("GET", self.hosts.check(handle.polling_url))
         else:
             payload = await self._call("GET", "/v1/get_result", params={"id": handle.id})
         return status_of(payload, self.name)

@@ -9,6 +9,8 @@ body (``?fal_webhook=<url>`` when Easel has a callback URL); the answer carries
 from then on. Those URLs drop the model's sub-path, so they are followed exactly as
 returned, never rebuilt: the task handle is ``"<request_id> <compact JSON of the
 three URLs>"`` (see ``Adapter.submit``), and webhooks find the job by the bare id.
+They carry the API key, so each is followed only to ``DOCUMENTED_HOSTS`` (or the
+section's ``allowed_hosts``) and the base URL's host; another host fails the job.
 
 Status: ``GET status_url`` answers ``IN_QUEUE`` (with ``queue_position``),
 ``IN_PROGRESS`` or ``COMPLETED``. There is no failed status: a COMPLETED request's
@@ -54,6 +56,9 @@ from actors.redaction import MASK
 RUNNING_PROGRESS = 0.1
 #: Progress of a queued request at the head of the queue; further back is less.
 QUEUED_PROGRESS = 0.05
+
+#: Hosts fal's queue URLs name.
+DOCUMENTED_HOSTS = ("queue.fal.run",)
 
 _MODERATION_TYPES = {"content_policy_violation"}
 _QUOTA_WORDS = ("exhausted balance", "user is locked", "insufficient balance")
@@ -298,10 +303,9 @@ class FalAdapter:
         key = settings.api_key or settings.api_token
         if not key and settings.access_key:
             key = f"{settings.access_key}:{settings.secret_key}"
-        self.client = http.client_for(
-            settings, {"Authorization": f"Key {key}"},
-            base_url=settings.base_url or "https://queue.fal.run",
-        )
+        base_url = settings.base_url or "https://queue.fal.run"
+        self.hosts = http.AllowedHosts.of(settings, name, DOCUMENTED_HOSTS, base_url)
+        self.client = http.client_for(settings, {"Authorization": f"Key {key}"}, base_url=base_url)
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         return await http.send(self.client, method, url, provider=self.name, **kwargs)
@@ -337,7 +341,7 @@ class FalAdapter:
 
     async def check(self, task_id: str) -> TaskStatus:
         handle = RequestHandle.decode(task_id, self.name)
-        response = await self._send("GET", handle.status_url)
+        response = await self._send("GET", self.hosts.check(handle.status_url))
         if response.status_code >= 300:
             raise error_for_response(response, self.name)
         body = self._json(response)
@@ -356,7 +360,7 @@ class FalAdapter:
         return await self._result(handle)
 
     async def _result(self, handle: RequestHandle) -> TaskStatus:
-        response = await self._send("GET", handle.response_url)
+        response = await self._send("GET", self.hosts.check(handle.response_url))
         if response.status_code >= 300:
             final = failed_result(response, self.name)
             if final is None:
@@ -371,7 +375,7 @@ class FalAdapter:
         (``NOT_FOUND``) needs no cancel, so those answers are not errors.
         """
         handle = RequestHandle.decode(task_id, self.name)
-        response = await self._send("PUT", handle.cancel_url)
+        response = await self._send("PUT", self.hosts.check(handle.cancel_url))
         if response.status_code < 300:
             return
         body = _body(response)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
+import attrs
 import httpx
 
 from actors.errors import EaselError, ErrorCode
@@ -26,6 +28,73 @@ def redact(text: str, limit: int = 500) -> str:
     """A short excerpt of a provider's answer with anything key-like masked."""
     text = redact_text(text)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+@attrs.frozen
+class AllowedHosts:
+    """Where a URL the provider returns may be followed with the section's API key.
+
+    Adapters that follow such URLs (BFL's ``polling_url``, fal's status, response
+    and cancel URLs, Replicate's ``next`` page) check each one here first: an answer
+    naming another host (a compromised or spoofed provider, a bug) would otherwise
+    receive the key. ``patterns`` are host names, or ``*.domain`` for any subdomain;
+    ``base`` is the configured ``base_url``, whose host is always allowed and whose
+    ``https`` a followed URL must keep.
+    """
+
+    section: str
+    patterns: tuple[str, ...]
+    base: str = ""
+
+    @classmethod
+    def of(cls, settings: ProviderSettings, section: str, documented: tuple[str, ...],
+           base_url: str | None = None) -> AllowedHosts:
+        """The section's ``allowed_hosts``, or the provider's ``documented`` ones."""
+        base = settings.base_url if base_url is None else base_url
+        return cls(section, tuple(settings.allowed_hosts or documented), base)
+
+    def allows(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        base_host = (urlsplit(self.base).hostname or "").lower()
+        if host and host == base_host:
+            return True
+        for pattern in self.patterns:
+            pattern = pattern.lower().rstrip(".")
+            if pattern.startswith("*."):
+                if host.endswith(pattern[1:]) and len(host) > len(pattern) - 1:
+                    return True
+            elif host == pattern:
+                return True
+        return False
+
+    def check(self, url: str) -> str:
+        """``url`` when it may be followed with the key, else a final (not
+        retryable) PROVIDER_ERROR that names the host: nothing was sent to it."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+        except ValueError:
+            parts, host = None, ""
+        problem = None
+        if parts is None or parts.scheme not in ("http", "https") or not host:
+            problem = "is not an http(s) URL"
+        elif parts.username is not None or parts.password is not None:
+            problem = "carries credentials"
+        elif not self.allows(host):
+            listed = ", ".join(self.patterns) or "(none)"
+            problem = (f"is on {host}, which is not among providers.{self.section}.allowed_hosts"
+                       f" ({listed}) nor the base_url's host")
+        elif parts.scheme == "http" and self.base.startswith("https:"):
+            problem = "is plain http while base_url is https"
+        if problem is None:
+            return url
+        raise EaselError(
+            ErrorCode.PROVIDER_ERROR,
+            f"{self.section}: a URL the provider returned {problem}; it was not followed and"
+            " the API key was not sent there",
+            {"provider": self.section, "url": redact(url, 200)},
+            retryable=False,
+        )
 
 
 def client_for(
@@ -94,7 +163,9 @@ def error_for_status(response: httpx.Response, provider: str, message: str = "")
         code = ErrorCode.PROVIDER_ERROR
     else:
         code = ErrorCode.PROVIDER_ERROR
-    text = message or _detail(response) or response.reason_phrase
+    # Masked here, where the provider's words become Easel's: an adapter's message
+    # is often a field of the answer (fal's ``detail``), echoed key and all.
+    text = redact(message or _detail(response) or response.reason_phrase, 300)
     return EaselError(
         code,
         f"{provider}: {text}",

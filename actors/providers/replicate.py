@@ -153,12 +153,17 @@ def status_of(prediction: dict[str, Any], provider: str = "replicate") -> TaskSt
     return TaskStatus(state)
 
 
+#: Hosts a prediction list's ``next`` URL names.
+DOCUMENTED_HOSTS = ("api.replicate.com",)
+
+
 class ReplicateAdapter:
     lookup_pages = LOOKUP_PAGES
 
     def __init__(self, settings: ProviderSettings, name: str = "replicate") -> None:
         self.name = name
         self.webhook_secret = settings.webhook_secret
+        self.hosts = http.AllowedHosts.of(settings, name, DOCUMENTED_HOSTS)
         self.client = http.client_for(settings, {"Authorization": f"Bearer {settings.api_token}"})
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> Any:
@@ -210,7 +215,9 @@ class ReplicateAdapter:
         """One page of ``GET /v1/predictions``: the predictions created at or after
         ``since``. The next cursor is the page's ``next`` URL, or ``None`` once the
         page reaches older predictions."""
-        page = await self._call("GET", cursor or "/v1/predictions")
+        # A next page's URL is Replicate's answer: followed, with the token, only
+        # to its own hosts.
+        page = await self._call("GET", self.hosts.check(cursor) if cursor else "/v1/predictions")
         if not isinstance(page, dict):
             raise EaselError(ErrorCode.PROVIDER_ERROR, f"{self.name}: malformed prediction list",
                              {"provider": self.name})

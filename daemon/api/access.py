@@ -4,8 +4,8 @@
 request the app answers, whatever answered it: a route, an error handler, Quart's
 own 404/405/413 or the handler of unexpected errors. For each request it:
 
-- takes the client's ``X-Request-Id`` when it is a sane token (1-128 letters,
-  digits and ``._:/+=@-``) or makes a new one, and sets ``actors.context.request_id``
+- takes the client's ``X-Request-Id`` when it is a safe token (1-64 letters,
+  digits and ``._-``) or makes a new one, and sets ``actors.context.request_id``
   before the app runs, so every log line written while handling the request
   carries it (the app's tasks are spawned inside this call and inherit the context);
 - echoes the id in the response's ``X-Request-Id`` header;
@@ -34,14 +34,16 @@ from actors import context
 log = logging.getLogger("easel.access")
 
 _HEADER = b"x-request-id"
-#: A client's request id is taken only if it is this: what UUIDs, hex, base64 and
-#: ``prefix_id`` styles use, and short; no spaces, quotes or control characters
-#: that a log reader or a shell would trip over.
-_SANE_ID = re.compile(rb"[A-Za-z0-9._:/+=@-]{1,128}")
+#: A client's request id is taken only if it is this: what UUIDs, hex and
+#: ``prefix_id`` styles use, and short. Nothing else is echoed into a header and
+#: every log line: no spaces, quotes, control characters, ``/``, ``:`` or ``=``
+#: that a log reader, a shell or a URL would take for something else, and no room
+#: for a payload (the header may be 8 KB).
+_SANE_ID = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 
 
 def request_id_from(headers: Any) -> str:
-    """The client's ``X-Request-Id`` if it is sane, else a fresh 16-hex-digit id.
+    """The client's ``X-Request-Id`` if it is safe, else a fresh 16-hex-digit id.
 
     A fresh id only has to be unique enough to tell requests apart in the logs (a
     client may send any id it likes), so it comes from ``random``, not from the

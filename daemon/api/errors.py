@@ -23,6 +23,7 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from actors.errors import EaselError, ErrorCode, ErrorInfo, http_status
+from actors.redaction import SECRETS
 from daemon.api.services import services
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,12 @@ _HTTP_CODES = {
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """``data`` as a JSON response: the one writer of every answer, errors included."""
-    return Response(json.dumps(data), status=status, content_type="application/json",
+    """``data`` as a JSON response: the one writer of every answer, errors included.
+
+    Every configured secret is masked in the text sent (``actors/redaction.py``):
+    whatever a job, an event or a health figure came to hold, no credential leaves.
+    """
+    return Response(SECRETS.mask(json.dumps(data)), status=status, content_type="application/json",
                     headers=headers)
 
 

@@ -2,9 +2,11 @@
 
 ``POST /api/providers/<provider>/webhook`` hands the raw body and headers to the
 runtime, which verifies them with that provider's adapter and tells its poller. A
-delivery that fails verification is answered in the error envelope (401) and logged;
-one about a task Easel does not know is answered 200 and ignored, since polling
-covers that job anyway.
+delivery that fails verification is answered in the error envelope (401) and logged.
+Every delivery that passes is answered the same ``200 {"received": true}``, whether
+its task is Easel's, unknown or already finished: what became of it is logged, not
+answered, so a caller cannot probe which task ids exist (Kling's and fal's
+deliveries carry no signature Easel checks, so anyone may send one).
 """
 
 from __future__ import annotations
@@ -33,4 +35,4 @@ async def provider_webhook(provider: str) -> Response:
         log.warning("provider webhook rejected: %s", exc.info.message)
         raise
     log.info("provider webhook: %s", outcome)
-    return json_response({"received": True, "outcome": outcome})
+    return json_response({"received": True})

@@ -61,6 +61,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -112,6 +113,8 @@ class Fault(enum.Enum):
     TOO_MANY_ACTIVE = "too_many_active"
     #: A task created to end FAILED (``Knobs.fail_rate``).
     TASK_FAILED = "task_failed"
+    #: An error answer echoing the request's credentials (``Knobs.echo_key``).
+    ECHO_KEY = "echo_key"
 
 
 #: The faults drawn per request, in the order their rates stack up in ``draw_fault``.
@@ -137,6 +140,14 @@ def _subset_of(allowed: Iterable[str]) -> Callable[[Any, attrs.Attribute[Any], t
             raise ValueError(f"{attribute.name}: unknown {sorted(unknown)}; expected some of {list(allowed)}")
 
     return check
+
+
+def _statuses(value: Any) -> tuple[int, ...]:
+    """``"401,500"`` (CLI) or a list (JSON) of HTTP error statuses."""
+    statuses = tuple(int(name) for name in _names(value) if str(name).strip())
+    if any(not 400 <= status <= 599 for status in statuses):
+        raise ValueError(f"expected HTTP error statuses (400-599), got {list(statuses)}")
+    return statuses
 
 
 def _optional_int(value: Any) -> int | None:
@@ -246,6 +257,21 @@ class Knobs:
     webhook_secret: str | None = _optional_str(
         None, "secret to sign webhooks with, in the provider's format; unset makes one up", "SECRET"
     )
+
+    #: Answer every request on ``fault_routes`` with these statuses in turn, the
+    #: body and headers echoing the credentials the request carried (plain,
+    #: URL-encoded and base64), as providers that print ``Invalid credential <key>``
+    #: do. Empty: off. Checked before the other faults; the request does nothing.
+    echo_key: tuple[int, ...] = _knob(
+        (), "comma-separated statuses answered in turn, echoing the request's credentials",
+        cli_type=_names, metavar="STATUSES", converter=_statuses,
+    )
+    #: Base URL of the task URLs the simulator hands out (BFL's ``polling_url``,
+    #: fal's queue URLs, Replicate's next page); ``None``: the one the client used.
+    #: Another host stands for a provider answer that names a host it should not.
+    task_url_base: str | None = _optional_str(
+        None, "base URL of the task URLs handed out (polling/status/next); unset: the client's",
+        "URL")
 
     def __attrs_post_init__(self) -> None:
         total = sum(self.rate_of(fault) for fault in REQUEST_FAULTS)
@@ -860,6 +886,29 @@ class Simulator:
             raise RuntimeError(f"{self.name} simulator has no URL outside a request until it is served")
         return self.url
 
+    def task_base_url(self) -> str:
+        """``base_url()``, or ``Knobs.task_url_base`` for the task URLs handed out."""
+        return self.knobs.task_url_base or self.base_url()
+
+    #: Request headers that carry credentials, echoed by ``Knobs.echo_key``.
+    credential_headers: ClassVar[tuple[str, ...]] = ("authorization", "x-key", "x-api-key")
+
+    def echo_key_response(self, status: int) -> Response:
+        """``Knobs.echo_key``'s answer: the provider's error shape with ``status``,
+        saying back every credential the request carried, in its body and headers."""
+        presented = [value for name in self.credential_headers
+                     if (value := request.headers.get(name))]
+        said = "; ".join(
+            f"{value} (url: {urllib.parse.quote(value, safe='')},"
+            f" b64: {base64.b64encode(value.encode()).decode()})"
+            for value in presented
+        )
+        response = self.error_response(status, f"Invalid credential {said or '(none)'}")
+        for index, value in enumerate(presented):
+            response.headers[f"X-Echo-Credential-{index}"] = value
+        response.headers["WWW-Authenticate"] = f'Bearer realm="{said}"'
+        return response
+
     def file_url(self, task: SimTask, index: int) -> str:
         """Absolute URL of output ``index`` of ``task``."""
         return f"{self.base_url()}/_sim/files/{task.id}/{index}.png"
@@ -887,7 +936,8 @@ class Simulator:
         arguments) behind the shared request hook, which in order
 
         1. counts the request under ``kind`` (``SimStats.requests``);
-        2. answers ``auth_error_response()`` unless ``authorized()``;
+        2. answers ``echo_key_response()`` when ``Knobs.echo_key`` is on for the
+           kind, else ``auth_error_response()`` unless ``authorized()``;
         3. draws a request fault (``draw_fault``). One not in ``Knobs.late_faults``
            (default: 429, 5xx) answers now and ``handler`` never runs: the
            provider refused, no task is recorded;
@@ -908,6 +958,13 @@ class Simulator:
 
     async def _handle(self, kind: str, handler: Handler, url_values: dict[str, Any]) -> Response:
         self.requests[kind] += 1
+        if self.knobs.echo_key and kind in self.knobs.fault_routes:
+            status = self.knobs.echo_key[self.faults[Fault.ECHO_KEY.value] % len(self.knobs.echo_key)]
+            self.faults[Fault.ECHO_KEY.value] += 1
+            # Read the body first: left unread, it would stall the next request
+            # on this keep-alive connection.
+            await request.get_data()
+            return self.echo_key_response(status)
         if not self.authorized():
             return self.auth_error_response()
         fault = self.draw_fault(kind)

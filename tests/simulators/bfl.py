@@ -197,7 +197,7 @@ class BflSimulator(Simulator):
         if webhook:
             answer.update(status="Pending", webhook_url=webhook)
         else:
-            answer["polling_url"] = f"{self.base_url()}/_region/{self.region}/v1/get_result?id={task.id}"
+            answer["polling_url"] = f"{self.task_base_url()}/_region/{self.region}/v1/get_result?id={task.id}"
         return self.json_response(200, answer)
 
     @staticmethod

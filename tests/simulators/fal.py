@@ -239,7 +239,7 @@ class FalSimulator(Simulator):
 
     def request_urls(self, task: FalRequest) -> dict[str, str]:
         """The URLs fal hands out: under ``owner/app`` only, whatever the endpoint."""
-        base = f"{self.base_url()}/{task.app}/requests/{task.id}"
+        base = f"{self.task_base_url()}/{task.app}/requests/{task.id}"
         return {"request_id": task.id, "response_url": base, "status_url": f"{base}/status",
                 "cancel_url": f"{base}/cancel"}
 

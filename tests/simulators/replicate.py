@@ -232,7 +232,7 @@ class ReplicateSimulator(Simulator):
         page = predictions[: self.page_size]
         next_url = None
         if len(predictions) > self.page_size:
-            next_url = f"{self.base_url()}/v1/predictions?cursor={self._encode_cursor(page[-1].seq)}"
+            next_url = f"{self.task_base_url()}/v1/predictions?cursor={self._encode_cursor(page[-1].seq)}"
         # Paging is forward only (newest to oldest), so ``previous`` stays null.
         body = {"previous": None, "next": next_url, "results": [self.prediction_json(p) for p in page]}
         return self.json_response(200, body)
