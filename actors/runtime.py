@@ -25,6 +25,9 @@ import trio
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.finalizer import Finalizer
+from actors.images.inputs import InputPreparer
+from actors.images.presets import PreprocessSettings
+from actors.images.publish import LocalInputs
 from actors.jobs import Job, JobState
 from actors.lifecycle import Lifecycle
 from actors.messages import (
@@ -87,9 +90,11 @@ class Runtime:
         idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
         webhooks: OutboxSettings | None = None,
         webhook_base_url: str = "",
+        preprocess: PreprocessSettings | None = None,
     ) -> None:
         """``webhooks`` configures client webhook delivery (its ``secret`` must be
         set: the daemon generates one when the operator did not);
+        ``preprocess``: input-image presets and limits (``[preprocess]``);
         ``webhook_base_url`` makes ``/media/`` result URLs in them absolute."""
         self.store = store
         self.idempotency_window = idempotency_window
@@ -113,6 +118,10 @@ class Runtime:
         self.lifecycle = Lifecycle()
         self.monitor = Monitor()
         self.storage = LocalStorage(media_dir)
+        self.preprocess = preprocess or PreprocessSettings()
+        # Inputs published for URL-only providers, under /media/inputs/.
+        inputs_at = LocalInputs(media_dir, public_base_url, self.preprocess.input_url_days)
+        image_threads = trio.CapacityLimiter(self.preprocess.threads)
 
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX)
@@ -133,7 +142,8 @@ class Runtime:
                 PROVIDER_MAILBOX)
             to_poller, poller_mailbox = trio.open_memory_channel[PollerMessage](POLLER_MAILBOX)
             self.adapters[name] = adapter
-            capabilities = PROVIDERS[family(name, settings)].capabilities
+            declared = PROVIDERS[family(name, settings)]
+            capabilities = declared.capabilities
             takes_webhooks = capabilities.webhooks
             if takes_webhooks:
                 self._receivers[name] = cast(WebhookReceiver, adapter)
@@ -146,6 +156,9 @@ class Runtime:
                 changes=store.subscribe(), scheduler=to_scheduler, poller=to_poller,
                 capabilities=capabilities,
                 callback_base=public_base_url if takes_webhooks else "",
+                inputs=InputPreparer(
+                    name, declared.inputs, self.preprocess, publisher=inputs_at,
+                    limiter=image_threads, allow_private=settings.allow_private_inputs),
             )
             self.pollers[name] = Poller(
                 name, settings, catalog=self.catalog, store=store, lifecycle=self.lifecycle,

@@ -116,6 +116,7 @@ async def _serve(
                 idempotency_window=config.daemon.idempotency_window,
                 webhooks=webhooks,
                 webhook_base_url=config.daemon.public_base_url or _bind_url(config.daemon.bind),
+                preprocess=config.preprocess,
             )
             app = create_app(
                 runtime,

@@ -152,7 +152,7 @@ def resolve(value: Any, presets: Mapping[str, Preprocess]) -> Preprocess | None:
     return structure_preset(given, base)
 
 
-def structure_settings(converter: cattrs.Converter) -> None:
+def structure_presets(converter: cattrs.Converter) -> None:
     """Teach ``converter`` to read ``[preprocess.presets]``: each table over the
     built-in preset of its name (so an override sets only what it changes)."""
 

@@ -118,6 +118,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX generation_requests_owner ON generation_requests(owner, state)
         WHERE owner IS NOT NULL;
     """,
+    # A job's input-image preprocessing as submitted (JSON: a preset name or an
+    # object); NULL: the serving provider's default preset.
+    """
+    ALTER TABLE generation_requests ADD COLUMN preprocess TEXT;
+    """,
 ]
 
 
