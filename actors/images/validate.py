@@ -151,6 +151,11 @@ def open_checked(data: bytes, found: str, limits: Limits) -> Image.Image:
     if width * height > limits.max_pixels:
         image.close()
         raise ImageRefused(f"is {width}x{height}, more than the {limits.max_pixels} pixels taken")
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        # Where Pillow warns: refused even where the warnings filter was reset
+        # (it is per process, and a test runner replaces it).
+        image.close()
+        raise ImageRefused("is too large to decode safely (a decompression bomb?)")
     return image
 
 
