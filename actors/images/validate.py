@@ -170,12 +170,13 @@ def load(image: Image.Image) -> Image.Image:
     try:
         image.seek(0)
         image.load()
-        upright = ImageOps.exif_transpose(image)
+        # In place: no copy of an image that is upright already (most are).
+        ImageOps.exif_transpose(image, in_place=True)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise ImageRefused("is too large to decode safely (a decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRefused(f"cannot be decoded: {exc}") from None
-    return normalise(upright if upright is not None else image)
+    return normalise(image)
 
 
 def normalise(image: Image.Image) -> Image.Image:
