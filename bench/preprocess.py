@@ -13,10 +13,11 @@ made once with Pillow. Each contender turns it into a JPEG whose longer side is
 - ``easel``: ``actors.images.pipeline.process`` with the steps of that job
   (``format = "jpeg"``, ``max_width = max_height = 1024``, ``quality = 85``): the
   whole pipeline as a job runs it, checks included (magic bytes, trailing data,
-  pixel cap), a reduced JPEG decode (``draft``) and Lanczos with ``reducing_gap``;
-- ``pillow-naive``: ``Image.open``, ``resize`` to 1024 (Lanczos), ``save``: what
-  one would write without the pipeline's ``draft``;
-- ``pyvips``: ``thumbnail_buffer(1024)`` then ``jpegsave_buffer(Q=85)`` with
+  pixel cap), a reduced JPEG decode (``draft``) and bicubic with ``reducing_gap``;
+- ``pillow-naive``: ``Image.open``, ``resize`` to 1024 (bicubic too), ``save``:
+  what one would write without the pipeline's ``draft``;
+- ``pyvips``: ``thumbnail_buffer(1024)`` (shrink-on-load, then its lanczos3
+  reduce) then ``jpegsave_buffer(Q=85)`` with
   libvips held to one thread (``concurrency_set(1)``) and its operation cache off,
   so it is one core's work too.
 
@@ -89,7 +90,7 @@ def pillow_naive(data: bytes) -> bytes:
     with Image.open(io.BytesIO(data)) as image:
         scale = SIDE / max(image.size)
         small = image.resize((round(image.width * scale), round(image.height * scale)),
-                             Image.Resampling.LANCZOS)
+                             Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=QUALITY)
     return buffer.getvalue()

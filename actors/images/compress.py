@@ -15,6 +15,7 @@ import math
 
 from PIL import Image
 
+from actors.images.resize import FILTER
 from actors.images.validate import ImageRefused
 
 #: The lowest quality a size target may push JPEG or WebP to.
@@ -66,7 +67,7 @@ def encode(image: Image.Image, fmt: str, quality: int, max_size_kb: int | None) 
         # Pixels scale with area: shrink the sides by the square root of the excess.
         factor = max(0.5, min(0.9, math.sqrt(limit / len(data))))
         size = (max(1, int(image.width * factor)), max(1, int(image.height * factor)))
-        image = image.resize(size, Image.Resampling.LANCZOS)
+        image = image.resize(size, FILTER)
         data = _save(image, fmt, quality)
     if len(data) <= limit:
         return data
