@@ -52,10 +52,11 @@ async def server(nursery: trio.Nursery) -> str:
     return url.replace("127.0.0.1", "images.example")
 
 
-def preparer(tmp_path: Path, form: Form = Form.BASE64, **settings: int) -> InputPreparer:
+def preparer(tmp_path: Path, form: Form = Form.BASE64, base_url: str = "https://easel.example",
+             **settings: int) -> InputPreparer:
     return InputPreparer(
         "kling", InputSpec((form,), preset="fast"), PreprocessSettings(**settings),
-        publisher=LocalInputs(tmp_path, "https://easel.example", 1),
+        publisher=LocalInputs(tmp_path, base_url, 1),
         limiter=trio.CapacityLimiter(1), resolve_address=resolve, public=public)
 
 
@@ -92,3 +93,13 @@ async def test_size_cap_and_label_are_held(server: str, tmp_path: Path) -> None:
     assert message.endswith("is larger than 2048 bytes")
     message = await refusal(preparer(tmp_path), f"{server}/lying.png")
     assert message == "input_images[0] is labelled image/png but holds a JPEG image"
+
+
+async def test_without_a_public_url_a_url_only_provider_gets_the_clients_url(
+    server: str, tmp_path: Path,
+) -> None:
+    prepare = preparer(tmp_path, Form.URL, base_url="")  # no [daemon] public_base_url
+    url = f"{server}/photo.jpg"
+    assert (await prepare.prepare(request_for(url), None)).input_images == (url,)
+    message = await refusal(prepare, "data:image/jpeg;base64," + base64.b64encode(PHOTO).decode())
+    assert "takes input images only as URLs" in message

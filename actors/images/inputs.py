@@ -13,6 +13,10 @@ after building the request and before spending a token on it). For each image:
   waits on Pillow), and sent in the provider's form (``actors/images/forms.py``):
   published at a URL, bare base64, or a ``data:`` URI.
 
+For a provider that takes only URLs, Easel publishes the prepared image
+(``actors/images/publish.py``); where it cannot (no public base URL), a client's
+URL goes as given, unprocessed, and an inline image fails the job.
+
 A refused image fails the job with INVALID_PARAMETERS naming it
 (``input_images[1] is labelled image/png but holds a JPEG image``), before
 anything is sent or paid for.
@@ -106,6 +110,12 @@ class InputPreparer:
                     {"image": name, "provider": self.provider}, retryable=False, sent=False,
                 ) from None
             except NotPublishable as exc:
+                if self.spec.accepts(image) and not image.startswith("data:"):
+                    # Nowhere to publish the prepared image: the client's URL goes
+                    # as given, as it would without steps.
+                    log.info("%s sent as given: %s", name, exc)
+                    prepared.append(image)
+                    continue
                 raise EaselError(
                     ErrorCode.INVALID_PARAMETERS,
                     f"{name}: {self.provider} takes input images only as URLs, and {exc}",
