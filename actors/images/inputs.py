@@ -128,8 +128,14 @@ class InputPreparer:
             data, label = split_data_uri(image)
         else:
             data, label = await self._fetch(image)
-        result = await trio.to_thread.run_sync(
-            process, data, label, steps, self.limits, limiter=self._limiter)
+        try:
+            result = await trio.to_thread.run_sync(
+                process, data, label, steps, self.limits, limiter=self._limiter)
+        except ImageRefused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a decoder's own error is the image's
+            log.warning("input image not processed: %r", exc)
+            raise ImageRefused(f"cannot be processed ({type(exc).__name__})") from None
         return await self._deliver(result)
 
     async def _fetch(self, url: str) -> tuple[bytes, str | None]:
@@ -144,7 +150,13 @@ class InputPreparer:
     async def _deliver(self, result: Prepared) -> str:
         form = self.spec.made
         if form is Form.URL:
-            return await self._publisher.publish_input(result.data, result.content_type)
+            try:
+                return await self._publisher.publish_input(result.data, result.content_type)
+            except OSError as exc:  # disk full, permissions: Easel's, not the client's
+                raise EaselError(
+                    ErrorCode.INTERNAL_ERROR, f"{self.provider}: an input image could not be "
+                    f"published ({exc.strerror or exc})", {"provider": self.provider},
+                    retryable=True, sent=False) from None
         encoded = base64.b64encode(result.data).decode("ascii")
         if form is Form.BASE64:
             return encoded
