@@ -303,6 +303,13 @@ def test_a_multi_picture_jpeg_is_not_a_polyglot() -> None:
     check_header(jpeg() + jpeg((8, 8)), "image/jpeg", LIMITS)
 
 
+def test_progressive_and_restart_marked_jpegs_are_read_to_their_end() -> None:
+    for data in (jpeg((300, 200), progressive=True), jpeg((300, 200), restart_marker_blocks=1)):
+        check_header(data, "image/jpeg", LIMITS)
+        with pytest.raises(ImageRefused, match="bytes after the end"):
+            check_header(data + ZIP, "image/jpeg", LIMITS)
+
+
 @pytest.mark.parametrize(("data", "label", "problem"), [
     (jpeg(), "image/png", "is labelled image/png but holds a JPEG image"),
     (png(), "image/webp", "is labelled image/webp but holds a PNG image"),
