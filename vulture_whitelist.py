@@ -7,7 +7,7 @@ vulture reports is dead code and goes.
 # ruff: noqa
 
 # Quart calls these through their route decorators (daemon/api/*.py).
-health_detailed, prometheus
+health_detailed, prometheus, published_input
 any_path  # the catch-all route of the test servers in tests/test_fetch.py
 _.merge_slashes  # werkzeug's url_map setting, read by the router
 

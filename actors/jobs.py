@@ -113,6 +113,9 @@ class Job:
     #: The id of the API key that created the job; None without keys. Not shown to
     #: clients: a key sees only its own jobs, so the owner says nothing new.
     owner: str | None = None
+    #: The input-image preprocessing asked for (``actors/images/presets.py``): a
+    #: preset name or an object; None: the serving provider's default preset.
+    preprocess: str | dict[str, Any] | None = None
 
     @property
     def serving_model(self) -> str:

@@ -44,6 +44,7 @@ from actors.breaker import BreakerConfig, CircuitBreaker, CircuitState, Outcome,
 from actors.catalog import ModelSpec
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.images.inputs import InputPreparer
 from actors.jobs import AT_PROVIDER, TERMINAL, Job, JobState
 from actors.lifecycle import Lifecycle
 from actors.limits import SlotPool, TokenBucket
@@ -141,14 +142,17 @@ class ProviderActor:
         poller: trio.MemorySendChannel[PollerMessage],
         capabilities: Capabilities,
         callback_base: str,
+        inputs: InputPreparer,
     ) -> None:
         """``changes``: every job change the store commits (to free the slots of
         jobs that ended or moved away). ``callback_base``: the daemon's public
         base URL when the provider pushes webhooks (empty otherwise); with it,
-        submissions carry ``{callback_base}/api/providers/{name}/webhook``."""
+        submissions carry ``{callback_base}/api/providers/{name}/webhook``.
+        ``inputs``: makes a job's input images ready for this provider."""
         self.name = name
         self.adapter = adapter
         self.settings = settings
+        self._inputs = inputs
         self._store = store
         self._catalog = catalog
         self._lifecycle = lifecycle
@@ -392,7 +396,9 @@ class ProviderActor:
         submitting: Job | None = None
         try:
             try:
-                request = self.request_for(job)
+                # Input images in the provider's form, preprocessed (worker threads),
+                # before anything is spent on the job: a bad image fails it here.
+                request = await self._inputs.prepare(self.request_for(job), job.preprocess)
             except EaselError as exc:
                 await self._fail(job, JobState.QUEUED, exc.info)
                 return

@@ -25,6 +25,9 @@ import trio
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.finalizer import Finalizer
+from actors.images.inputs import InputPreparer
+from actors.images.presets import PreprocessSettings
+from actors.images.publish import LocalInputs
 from actors.jobs import Job, JobState
 from actors.keys import KeyRing
 from actors.lifecycle import Lifecycle
@@ -91,12 +94,14 @@ class Runtime:
         webhook_base_url: str = "",
         limits: QuotaSettings | None = None,
         key_cache_seconds: float = 1.0,
+        preprocess: PreprocessSettings | None = None,
     ) -> None:
         """``webhooks`` configures client webhook delivery (its ``secret`` must be
         set: the daemon generates one when the operator did not);
         ``webhook_base_url`` makes ``/media/`` result URLs in them absolute;
         ``limits`` are the quotas (``actors/quotas.py``), and ``key_cache_seconds``
-        how long a key read from the store is trusted (``actors/keys.py``)."""
+        how long a key read from the store is trusted (``actors/keys.py``);
+        ``preprocess``: input-image presets and limits (``[preprocess]``)."""
         self.store = store
         self.idempotency_window = idempotency_window
         # A section without its keys is never started (``usable`` logs why), and
@@ -122,6 +127,10 @@ class Runtime:
         self.keys = KeyRing(store, key_cache_seconds)
         self.quotas = Quotas(limits or QuotaSettings(), store=store, keys=self.keys,
                              catalog=self.catalog, changes=store.subscribe())
+        self.preprocess = preprocess or PreprocessSettings()
+        # Inputs published for URL-only providers, under /media/inputs/.
+        inputs_at = LocalInputs(media_dir, public_base_url, self.preprocess.input_url_days)
+        image_threads = trio.CapacityLimiter(self.preprocess.threads)
 
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX)
@@ -142,7 +151,8 @@ class Runtime:
                 PROVIDER_MAILBOX)
             to_poller, poller_mailbox = trio.open_memory_channel[PollerMessage](POLLER_MAILBOX)
             self.adapters[name] = adapter
-            capabilities = PROVIDERS[family(name, settings)].capabilities
+            declared = PROVIDERS[family(name, settings)]
+            capabilities = declared.capabilities
             takes_webhooks = capabilities.webhooks
             if takes_webhooks:
                 self._receivers[name] = cast(WebhookReceiver, adapter)
@@ -155,6 +165,9 @@ class Runtime:
                 changes=store.subscribe(), scheduler=to_scheduler, poller=to_poller,
                 capabilities=capabilities,
                 callback_base=public_base_url if takes_webhooks else "",
+                inputs=InputPreparer(
+                    name, declared.inputs, self.preprocess, publisher=inputs_at,
+                    limiter=image_threads, allow_private=settings.allow_private_inputs),
             )
             self.pollers[name] = Poller(
                 name, settings, catalog=self.catalog, store=store, lifecycle=self.lifecycle,

@@ -33,6 +33,9 @@ import cattrs
 from actors.catalog import ModelSpec
 from actors.conversion import Between, Invalid, make_converter, problems_of, type_name
 from actors.errors import EaselError, ErrorCode
+from actors.images.presets import PreprocessSettings, preset_problems
+from actors.images.source import split_data_uri
+from actors.images.validate import ImageRefused, Limits, check_header
 from actors.jobs import Job, new_job_id
 from actors.parameters import Rules, check_parameters, fold_spellings
 from actors.providers import PROVIDERS
@@ -121,6 +124,8 @@ class SubmissionRequest:
     webhook_url: Annotated[str, _HttpUrl()] | None = None
     user_id: str | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    #: A preset name or an object (``actors/images/presets.py``), checked apart.
+    preprocess: Any = None
 
 
 _converter = make_converter()
@@ -191,13 +196,15 @@ def parse_submission(
     catalog: Mapping[str, ModelSpec],
     families: Mapping[str, str] | None = None,
     unavailable: Mapping[str, str] | None = None,
+    preprocess: PreprocessSettings | None = None,
 ) -> SubmissionRequest:
     """Check ``body`` and return it structured, with the model's parameters normalised.
 
     ``families`` maps a provider section to its adapter (``tuzi-kling`` -> ``kling``);
     a section missing from it is its own adapter's name. ``unavailable`` maps the
     models of providers disabled for a missing setting to that setting's
-    problem: such a model is refused naming it, not as unknown. Problems of the
+    problem: such a model is refused naming it, not as unknown. ``preprocess``:
+    the presets and input-image limits (the defaults without it). Problems of the
     unified fields and of the parameters are collected together, whichever fails
     first.
     """
@@ -226,6 +233,9 @@ def parse_submission(
     for field in ("parameters", "metadata"):
         if body.get(field) and depth(body[field]) > MAX_DEPTH:
             problems.append(f"{field}: nested deeper than {MAX_DEPTH} levels")
+    images = body.get("input_images")
+    problems += image_problems(images if type(images) is list else [], body.get("preprocess"),
+                               preprocess or PreprocessSettings())
     checked = None
     parameters = body.get("parameters", {})
     if type(model) is str and type(parameters) is dict:
@@ -233,7 +243,6 @@ def parse_submission(
         family = (families or {}).get(spec.provider, spec.provider)
         given = body.get("number_of_outputs")
         valid_outputs = type(given) is int and 1 <= given <= MAX_OUTPUTS
-        images = body.get("input_images")
         checked = check_parameters(
             rules_for(family, spec.provider_model),
             spec.provider_model,
@@ -249,6 +258,28 @@ def parse_submission(
     return attrs.evolve(
         request, parameters=checked.parameters, number_of_outputs=checked.number_of_outputs
     )
+
+
+def image_problems(images: list[Any], preprocess: Any,
+                   settings: PreprocessSettings) -> list[str]:
+    """Problems of the ``preprocess`` asked for and of each inline (``data:``) image,
+    found from its header alone (format, label, hidden trailing data, pixel count):
+    cheap enough for the request path (the body is capped at ``max_body_bytes``),
+    so a bad inline image is refused here rather than fail its job later. URLs are
+    checked when fetched, before the create."""
+    problems = [] if preprocess is None else preset_problems(
+        preprocess, settings.presets, "preprocess")
+    limits = Limits(settings.max_input_bytes, settings.max_pixels)
+    for index, image in enumerate(images):
+        inline = _DATA_IMAGE.match(image) if type(image) is str else None
+        if inline is None or not _valid_base64(inline.group(2)):
+            continue  # not inline, or already reported by the structuring
+        try:
+            data, label = split_data_uri(image)
+            check_header(data, label, limits)
+        except ImageRefused as exc:
+            problems.append(f"input_images[{index}]: {exc}")
+    return problems
 
 
 def job_from(
@@ -276,6 +307,7 @@ def job_from(
         idempotency_key=idempotency_key,
         request_hash=body_hash,
         owner=owner,
+        preprocess=request.preprocess,
     )
 
 

@@ -25,6 +25,7 @@ import cattrs
 
 from actors.catalog import ModelSpec, check_fallbacks
 from actors.conversion import make_converter, problems_of
+from actors.images.presets import PreprocessSettings, structure_presets
 from actors.outbox import OutboxSettings
 from actors.providers import known_adapters, structure_sections
 from actors.providers.base import ProviderSettings
@@ -105,6 +106,8 @@ class Config:
     auth: AuthSettings = attrs.field(factory=AuthSettings)
     #: ``[limits]``: quotas per API key and the daemon's queue depth (actors/quotas.py).
     limits: QuotaSettings = attrs.field(factory=QuotaSettings)
+    #: ``[preprocess]``: input-image limits and presets (actors/images/).
+    preprocess: PreprocessSettings = attrs.field(factory=PreprocessSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -124,6 +127,7 @@ class Config:
 # each [providers.X] table into its provider's own settings class.
 _converter = make_converter()
 structure_sections(_converter)
+structure_presets(_converter)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 

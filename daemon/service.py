@@ -121,6 +121,7 @@ async def _serve(
                 webhook_base_url=config.daemon.public_base_url or _bind_url(config.daemon.bind),
                 limits=config.limits,
                 key_cache_seconds=config.auth.key_cache_seconds,
+                preprocess=config.preprocess,
             )
             app = create_app(
                 runtime,

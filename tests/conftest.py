@@ -53,7 +53,8 @@ class EmbeddedDaemon:
                     return job  # type: ignore[no-any-return]
 
 
-def write_config(tmp_path: Path, extra_toml: str = "", port: int | None = None) -> Path:
+def write_config(tmp_path: Path, extra_toml: str = "", port: int | None = None,
+                 daemon_toml: str = "") -> Path:
     state = tmp_path / "state"
     path = tmp_path / "easel.toml"
     path.write_text(
@@ -62,6 +63,7 @@ def write_config(tmp_path: Path, extra_toml: str = "", port: int | None = None) 
 bind = ["127.0.0.1:{port or free_port()}"]
 state_dir = "{state}"
 drain_timeout = 5
+{daemon_toml}
 
 [logging]
 file = "logs/easel.log"
@@ -79,10 +81,12 @@ async def easel_daemon(
 ) -> AsyncIterator[Callable[..., Awaitable[EmbeddedDaemon]]]:
     clients: list[httpx.AsyncClient] = []
 
-    async def start(extra_toml: str = "", *, directory: Path | None = None) -> EmbeddedDaemon:
+    async def start(extra_toml: str = "", *, directory: Path | None = None,
+                    daemon_toml: str = "") -> EmbeddedDaemon:
         where = directory or tmp_path
         where.mkdir(parents=True, exist_ok=True)
-        config = config_module.load(write_config(where, extra_toml), environ={})
+        config = config_module.load(write_config(where, extra_toml, daemon_toml=daemon_toml),
+                                    environ={})
         stop, done = trio.Event(), trio.Event()
 
         async def run(task_status: trio.TaskStatus[dict[str, Any]]) -> None:

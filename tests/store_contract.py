@@ -96,6 +96,7 @@ def full_job() -> Job:
         seq=None,
         stage_reason="the create's answer was lost",
         owner="key_full",
+        preprocess={"preset": "fast", "maxWidth": 512},
     )
 
 

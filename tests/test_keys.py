@@ -91,6 +91,22 @@ async def test_no_key_is_401_with_a_bearer_challenge(easel_daemon) -> None:
     assert (await easel.client.get("/api/health")).status_code == 200
 
 
+async def test_published_inputs_are_open_to_providers_and_nothing_else_is(
+        easel_daemon) -> None:
+    """A URL-only provider fetches the inputs Easel published for it without a key;
+    the outputs beside them still need one."""
+    easel = await easel_daemon(KEYS)
+    media = easel.state_dir / "media"
+    inputs = media / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    (inputs / "ab12.jpg").write_bytes(b"\xff\xd8\xff published")
+    (media / "ab12.jpg").write_bytes(b"\xff\xd8\xff an output")
+    published = await easel.client.get("/media/inputs/ab12.jpg")
+    assert published.status_code == 200 and published.content.endswith(b"published")
+    assert (await easel.client.get("/media/ab12.jpg")).status_code == 401
+    assert (await easel.client.get("/media/inputs/../ab12.jpg")).status_code in (401, 404)
+
+
 async def test_keys_are_needed_once_one_exists_even_when_not_required(easel_daemon) -> None:
     easel = await easel_daemon(FAST_SANDBOX + "\n[auth]\nkey_cache_seconds = 0\n")
     assert (await submit(easel, None)).status_code == 202  # no key yet: loopback dev mode

@@ -34,6 +34,7 @@ from actors.providers.base import (
 from actors.providers.kling import JwtSigner, KlingAdapter, KlingSettings, encode_jwt
 from tests.conftest import free_port, write_config
 from tests.fakes import FakeClock
+from tests.images import PNG_URI as IMAGE_URI
 from tests.process import DaemonProcess, wait_all_terminal
 from tests.simulators.base import Knobs, fetch_stats, serve_simulator, start_simulator_process
 from tests.simulators.kling import KlingSimulator, jwt_problem
@@ -42,7 +43,7 @@ ACCESS = "ak_simulated"
 SECRET = "sk_simulated_secret"
 TUZI_KEY = "tuzi-simulated-key"
 MODEL = "kling-v2-1-master"
-PNG_URI = "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
+PNG_URI = IMAGE_URI
 
 
 Started = tuple[KlingSimulator, str]
@@ -256,7 +257,9 @@ async def test_sim_image2video_rejects_a_data_uri_and_duplicate_external_ids(
     create = f"{url}/v1/videos/image2video"
     refused = await http.post(create, json={"image": PNG_URI}, headers=jwt(clock))
     assert refused.json()["code"] == 1201
-    body = {"image": "aGVsbG8=", "external_task_id": "same"}
+    not_an_image = await http.post(create, json={"image": "aGVsbG8="}, headers=jwt(clock))
+    assert not_an_image.json()["code"] == 1201  # base64, but of no image
+    body = {"image": PNG_URI.partition(",")[2], "external_task_id": "same"}
     assert (await http.post(create, json=body, headers=jwt(clock))).json()["code"] == 0
     duplicate = await http.post(create, json={**body, "prompt": "other"}, headers=jwt(clock))
     assert duplicate.status_code == 400 and "already exists" in duplicate.json()["message"]

@@ -14,6 +14,9 @@ import trio
 
 from actors.catalog import MediaKind, ModelSpec
 from actors.clock import wall_now
+from actors.images.inputs import InputPreparer
+from actors.images.presets import PreprocessSettings
+from actors.images.publish import LocalInputs
 from actors.jobs import JobState
 from actors.lifecycle import Lifecycle
 from actors.limits import TokenBucket
@@ -56,7 +59,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def actor_for(nursery: trio.Nursery, store: Store) -> AsyncIterator[ActorFor]:
+async def actor_for(nursery: trio.Nursery, store: Store, tmp_path: Path) -> AsyncIterator[ActorFor]:
     """A provider actor (not running: only its calls are used) for a simulator."""
     adapters: list[Adapter] = []
 
@@ -77,6 +80,9 @@ async def actor_for(nursery: trio.Nursery, store: Store) -> AsyncIterator[ActorF
             monitor=Monitor(), mailbox=mailbox, changes=store.subscribe(),
             scheduler=to_scheduler, poller=to_poller,
             capabilities=PROVIDERS[family].capabilities, callback_base="",
+            inputs=InputPreparer(family, PROVIDERS[family].inputs, PreprocessSettings(),
+                                 publisher=LocalInputs(tmp_path, "", 1),
+                                 limiter=trio.CapacityLimiter(1)),
         )
         actor._bucket = CountingBucket(settings.rate, settings.burst)
         return actor

@@ -26,10 +26,11 @@ from actors.providers.sandbox import SandboxSettings
 from actors.redaction import redact_text
 from actors.validation import parse_submission, request_hash, rules_for
 from daemon import config as config_module
+from tests.images import PNG_URI
 from tests.simulators.base import Knobs, serve_simulator
 from tests.simulators.bfl import BflSimulator
 
-PNG = "data:image/png;base64,iVBORw0KGgo="
+PNG = PNG_URI
 
 
 # -- the registry --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from actors.validation import (
     parse_submission,
     request_hash,
 )
+from tests.images import PNG_URI, data_uri, jpeg
 
 CATALOG = {
     "sandbox-image": ModelSpec(provider="sandbox", provider_model="sandbox-image"),
@@ -60,7 +61,7 @@ def test_minimal_body_gets_defaults() -> None:
 def test_full_body_is_kept() -> None:
     data = body(
         modelIdentifier="flux",
-        input_images=["https://example.com/a.png", "data:image/png;base64,iVBORw0KGgo="],
+        input_images=["https://example.com/a.png", PNG_URI],
         number_of_outputs=MAX_OUTPUTS,
         parameters={"seed": 3, "aspect_ratio": "16:9", "nested": {"x": [1]}},
         priority=-1000,
@@ -172,6 +173,7 @@ def test_bad_input_images_are_listed_by_index() -> None:
         "input_images[2]",
         "input_images[3]",
         "input_images[4]",
+        "input_images[5]",  # a JPEG that ends after its header
     ]
 
 
@@ -490,7 +492,7 @@ def test_data_uri_must_hold_valid_base64() -> None:
     assert family_problems("sandbox", input_images=["data:image/png;base64,abc"]) == [
         "input_images[0]: must be an http(s) URL or a data:image/(png|jpeg|jpg|webp);base64 URI"
     ]
-    assert family_request("sandbox", input_images=["data:image/jpg;base64,/9j/4A=="]).input_images
+    assert family_request("sandbox", input_images=[data_uri(jpeg(), "image/jpg")]).input_images
 
 
 def test_stored_job_carries_the_normalised_parameters() -> None:

@@ -10,7 +10,8 @@ tokens and slots.
 
 Each provider module ends with a ``PROVIDER = Provider(...)`` record: everything
 else Easel knows about it (parameter rules per model, required settings, its own
-settings class, capabilities, secret patterns for redaction), so that adding a
+settings class, capabilities, secret patterns for redaction, the form its input
+images must take), so that adding a
 provider is adding one module to the registry in ``actors/providers/__init__.py``.
 """
 
@@ -24,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import attrs
 
 from actors.catalog import ModelSpec, PollingSpec
+from actors.images.forms import InputSpec
 from actors.parameters import Rules
 
 
@@ -320,3 +322,6 @@ class Provider:
     redactions: tuple[tuple[re.Pattern[str], str], ...] = ()
     #: The provider's own id in a task handle this adapter stored.
     task_id: Callable[[str], str] = bare_task_id
+    #: The forms its API takes input images in, and the preset they get when a
+    #: submission names none (``actors/images/forms.py``).
+    inputs: InputSpec = InputSpec()

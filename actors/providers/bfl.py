@@ -48,6 +48,7 @@ import httpx
 from actors import signing
 from actors.conversion import Between, OneOf
 from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.images.forms import Form, InputSpec, bare_base64
 from actors.parameters import Context, Rules, Seed, not_for, present
 from actors.providers import http
 from actors.providers.base import (
@@ -234,13 +235,6 @@ def _multiple_of_32(pixels: float) -> int:
     return int(min(1440, max(256, round(pixels / 32) * 32)))
 
 
-def _image_value(image: str) -> str:
-    """An input image as BFL takes it: a URL as is, a ``data:`` URI as bare base64."""
-    if image.startswith("data:"):
-        return image.partition(",")[2]
-    return image
-
-
 def _image_fields(job: JobRequest) -> dict[str, Any]:
     images = list(job.input_images)
     if not images:
@@ -250,10 +244,11 @@ def _image_fields(job: JobRequest) -> dict[str, Any]:
     if len(images) > len(takes.fields):
         raise EaselError(ErrorCode.INVALID_PARAMETERS,
                          f"{model} takes at most {len(takes.fields)} input images, got {len(images)}")
-    if takes.base64_only and not all(image.startswith("data:") for image in images):
+    if takes.base64_only and any(image.startswith(("http://", "https://")) for image in images):
         raise EaselError(ErrorCode.INVALID_PARAMETERS,
                          f"{model} takes its input image as base64 (a data: URI), not a URL")
-    return {name: _image_value(image) for name, image in zip(takes.fields, images, strict=False)}
+    # A data: URI (or base64 prepared bare, actors/images) goes as bare base64.
+    return {name: bare_base64(image) for name, image in zip(takes.fields, images, strict=False)}
 
 
 def request_body(job: JobRequest, webhook_url: str | None = None,
@@ -460,4 +455,6 @@ PROVIDER = Provider(
     capabilities=Capabilities(webhooks=True),
     missing=lambda settings: missing_of(settings, ("api_key",)),
     rules=rules,
+    # Bare base64 (FLUX 1.x takes nothing else), or a URL for Kontext and FLUX.2.
+    inputs=InputSpec((Form.BASE64, Form.URL), preset="standard"),
 )

@@ -43,6 +43,7 @@ from jwt.warnings import InsecureKeyLengthWarning
 
 from actors.conversion import Between, OneOf, Text
 from actors.errors import EaselError, ErrorCode
+from actors.images.forms import Form, InputSpec, bare_base64
 from actors.parameters import Context, Rules, not_for, present
 from actors.providers import http, outcomes
 from actors.providers.base import (
@@ -281,13 +282,6 @@ def endpoint_for(job: JobRequest) -> str:
     return IMAGE2VIDEO if job.input_images else TEXT2VIDEO
 
 
-def image_field(image: str) -> str:
-    """An input image as Kling takes it: a URL as is, a data URI as bare base64."""
-    if image.startswith("data:"):
-        return image.partition(",")[2].replace("\n", "").replace(" ", "")
-    return image
-
-
 def create_body(job: JobRequest) -> dict[str, Any]:
     """The create body for ``job``.
 
@@ -304,9 +298,9 @@ def create_body(job: JobRequest) -> dict[str, Any]:
     if "duration" in body and isinstance(body["duration"], int | float) and not isinstance(body["duration"], bool):
         body["duration"] = f"{body['duration']:g}"
     if endpoint == IMAGE2VIDEO:
-        body["image"] = image_field(job.input_images[0])
+        body["image"] = bare_base64(job.input_images[0])
         if len(job.input_images) > 1 and "image_tail" not in body:
-            body["image_tail"] = image_field(job.input_images[1])
+            body["image_tail"] = bare_base64(job.input_images[1])
     body["external_task_id"] = job.job_id
     if job.callback_url:
         body["callback_url"] = job.callback_url
@@ -505,5 +499,7 @@ PROVIDER = Provider(
     missing=missing,
     rules=lambda provider_model: RULES,
     settings=KlingSettings,
+    # Bare base64 in the JSON body (no data: prefix), or a URL Kling fetches.
+    inputs=InputSpec((Form.BASE64, Form.URL), preset="standard"),
     redactions=((re.compile(r"\beyJ[\w-]+\.[\w-]+\.[\w-]+"), MASK),),  # the JWTs it signs with
 )

@@ -36,7 +36,10 @@ import httpx
 
 from actors.conversion import Between, OneOf, Text
 from actors.errors import EaselError, ErrorCode
-from actors.fetch import Fetcher, FetchFailed, TooLarge, read_capped
+from actors.fetch import Fetcher
+from actors.images.forms import Form, InputSpec
+from actors.images.source import fetch_image, split_data_uri
+from actors.images.validate import CONTENT_TYPES, ImageRefused, check_bytes
 from actors.parameters import Context, Rules, not_for, present
 from actors.providers import http
 from actors.providers.base import (
@@ -50,7 +53,6 @@ from actors.providers.base import (
 )
 from actors.redaction import MASK
 from actors.retry import parse_retry_after
-from actors.targets import TargetRefused
 
 #: Error ``code`` values OpenAI uses for safety rejections (dall-e answers
 #: ``content_policy_violation``, GPT image models ``moderation_blocked``).
@@ -346,17 +348,13 @@ def outputs_of(body: Any, response: httpx.Response, provider: str) -> tuple[str,
 # -- input images -------------------------------------------------------------------
 
 
-def decode_input_data_uri(uri: str) -> InputImage:
-    header, _, payload = uri.partition(",")
-    content_type = header[5:].split(";")[0].lower()
-    if ";base64" not in header or content_type not in INPUT_TYPES:
-        raise _invalid("input image data URI must be data:image/(png|jpeg|webp);base64,...")
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid("input image data URI is not valid base64") from None
-    if len(data) > MAX_INPUT_BYTES:
-        raise _invalid(f"input image is larger than {MAX_INPUT_BYTES} bytes")
+def input_image(data: bytes, label: str | None) -> InputImage:
+    """Checked input bytes as a multipart file: an allowed format, labelled as what
+    it holds (``actors/images/validate.py``)."""
+    found = check_bytes(data, label, MAX_INPUT_BYTES)
+    content_type = CONTENT_TYPES[found]
+    if content_type not in INPUT_TYPES:
+        raise ImageRefused(f"is a {found.upper()} image; edits take PNG, JPEG or WebP")
     return InputImage(data, content_type)
 
 
@@ -381,7 +379,8 @@ class OpenaiAdapter:
         """Generate (or edit, with input images) and answer the images at once."""
         validate(job)
         if job.input_images:
-            images = [await self._input_image(uri) for uri in job.input_images]
+            images = [await self._input_image(index, uri)
+                      for index, uri in enumerate(job.input_images)]
             field = "image" if len(images) == 1 else "image[]"
             files = [(field, image.part(index)) for index, image in enumerate(images)]
             response = await self._post("/images/edits", data=edit_fields(job), files=files)
@@ -395,36 +394,18 @@ class OpenaiAdapter:
             raise error_for(response, self.name)
         return response
 
-    async def _input_image(self, uri: str) -> InputImage:
-        if uri.startswith("data:"):
-            return decode_input_data_uri(uri)
-        if not uri.startswith(("http://", "https://")):
-            raise _invalid("input image must be an http(s) URL or a data: URI")
+    async def _input_image(self, index: int, uri: str) -> InputImage:
+        """Input image ``index``: a ``data:`` URI (as prepared before the create,
+        ``actors/images/inputs.py``) or, submitted straight to the adapter, a URL
+        fetched through the pinned fetch."""
         try:
-            async with self.fetcher.stream("GET", uri) as response:
-                return await self._read_input(uri, response)
-        except TargetRefused as exc:
-            raise _invalid(f"input image {uri} is not fetched: {exc}") from None
-        except FetchFailed as exc:
-            raise EaselError(
-                ErrorCode.INVALID_PARAMETERS,
-                f"{self.name}: input image {uri} could not be fetched ({exc})",
-                sent=False,
-            ) from exc
-
-    @staticmethod
-    async def _read_input(uri: str, response: httpx.Response) -> InputImage:
-        """The body of a fetched input image: a 200 of an allowed type, size-capped."""
-        if response.status_code != 200:
-            raise _invalid(f"input image {uri} answered HTTP {response.status_code}")
-        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in INPUT_TYPES:
-            raise _invalid(f"input image {uri} has content type {content_type!r}")
-        try:
-            data = await read_capped(response, MAX_INPUT_BYTES)
-        except TooLarge:
-            raise _invalid(f"input image {uri} is larger than {MAX_INPUT_BYTES} bytes") from None
-        return InputImage(data, content_type)
+            if uri.startswith("data:"):
+                data, label = split_data_uri(uri)
+            else:
+                data, label = await fetch_image(self.fetcher, uri, MAX_INPUT_BYTES)
+            return input_image(data, label)
+        except ImageRefused as exc:
+            raise _invalid(f"input_images[{index}] {exc}") from None
 
     async def check(self, task_id: str) -> TaskStatus:
         """Never called: submissions answer ``Completed``, so there is no task."""
@@ -454,5 +435,7 @@ PROVIDER = Provider(
     capabilities=Capabilities(),
     missing=lambda settings: missing_of(settings, ("api_key",), ("api_token",)),
     rules=rules,
+    # Edits are multipart: the files themselves.
+    inputs=InputSpec((Form.BYTES,), preset="high"),
     redactions=((re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), "sk-" + MASK),),  # API keys
 )

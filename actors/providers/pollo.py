@@ -39,6 +39,7 @@ import httpx
 from actors import signing
 from actors.conversion import Between, OneOf, Text
 from actors.errors import EaselError, ErrorCode
+from actors.images.forms import Form, InputSpec
 from actors.parameters import Context, Ratio, Rules, Seed, present
 from actors.providers import http, outcomes
 from actors.providers.base import (
@@ -455,4 +456,6 @@ PROVIDER = Provider(
     capabilities=Capabilities(webhooks=True),
     missing=lambda settings: missing_of(settings, ("api_key",)),
     rules=lambda provider_model: RULES,
+    # Pollo fetches its images itself: URLs only (an inline image is published).
+    inputs=InputSpec((Form.URL,), preset="pollo-optimized"),
 )

@@ -19,7 +19,8 @@ import attrs
 from actors.errors import ErrorInfo
 from actors.jobs import Job, JobState
 
-JSON_COLUMNS = frozenset({"input_images", "parameters", "metadata", "provider_outputs", "results"})
+JSON_COLUMNS = frozenset({"input_images", "parameters", "metadata", "provider_outputs", "results",
+                          "preprocess"})
 COLUMNS = [f.name for f in attrs.fields(Job)]
 
 
@@ -43,8 +44,10 @@ def to_row(job: Job) -> dict[str, Any]:
     return {name: encode(name, getattr(job, name)) for name in COLUMNS}
 
 
-def _decode_json(text: str) -> Any:
+def _decode_json(text: str | None) -> Any:
     # Most rows hold empty lists and objects; a restart reads every running job.
+    if text is None:  # a nullable JSON column (preprocess)
+        return None
     if text == "[]":
         return []
     if text == "{}":

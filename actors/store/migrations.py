@@ -135,6 +135,11 @@ MIGRATIONS: list[str] = [
         daily_spend REAL
     );
     """,
+    # 7: a job's input-image preprocessing as submitted (JSON: a preset name or an
+    # object); NULL: the serving provider's default preset.
+    """
+    ALTER TABLE generation_requests ADD COLUMN preprocess TEXT;
+    """,
 ]
 
 

@@ -70,6 +70,8 @@ NEEDS: dict[str, Scope | Gate] = {
     "health.health": Gate.OPEN,
     "health.prometheus": Gate.METRICS,
     "media": Scope.READ,
+    # Inputs published for URL-only providers, named by their content's SHA-256.
+    "media.published_input": Gate.OPEN,
 }
 
 

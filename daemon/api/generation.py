@@ -84,7 +84,8 @@ async def submit() -> Response:
             headers={"Retry-After": str(api.drain_retry_after), "Connection": "close"},
         )
     body = await json_body()
-    parsed = parse_submission(body, runtime.catalog, runtime.families, runtime.unavailable)
+    parsed = parse_submission(body, runtime.catalog, runtime.families, runtime.unavailable,
+                              runtime.preprocess)
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise EaselError(ErrorCode.INVALID_REQUEST,

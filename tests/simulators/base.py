@@ -563,6 +563,8 @@ class Simulator:
         self.knobs = knobs if knobs is not None else Knobs()
         self.clock = clock
         self.tasks: dict[str, SimTask] = {}
+        #: Input images accepted at create, as given (``tests/simulators/inputs.py``).
+        self.received_images: list[str] = []
         self.submissions = 0
         self.requests: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()

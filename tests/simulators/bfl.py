@@ -44,6 +44,7 @@ from tests.simulators.base import (
     WebhookRequest,
     format_seconds,
 )
+from tests.simulators.inputs import image_problem
 
 #: BFL's default concurrency: active tasks per account.
 MAX_ACTIVE = 24
@@ -58,6 +59,9 @@ SIZED_BY_WIDTH = {"flux-pro-1.1", "flux-dev", "flux-pro", "flux-2-pro", "flux-2-
 SIZED_BY_RATIO = {"flux-kontext-pro", "flux-kontext-max", "flux-pro-1.1-ultra"}
 #: Models whose ``prompt`` is required (the others default it to "").
 PROMPT_REQUIRED = {"flux-kontext-pro", "flux-kontext-max"} | {m for m in SIZED_BY_WIDTH if m.startswith("flux-2")}
+#: Body fields that carry an input image.
+IMAGE_FIELDS = frozenset({"image_prompt", "image", "input_image",
+                          *(f"input_image_{n}" for n in range(2, 9))})
 #: Credits one image costs (flux-pro-1.1 is 4 cents).
 COST = 4.0
 _FORMATS = {"jpeg": ("image/jpeg", "JPEG"), "png": ("image/png", "PNG"), "webp": ("image/webp", "WEBP")}
@@ -237,6 +241,14 @@ class BflSimulator(Simulator):
             errors.append(_error("safety_tolerance", "Input should be between 0 and 6", "less_than_equal"))
         if body.get("output_format") is not None and body["output_format"] not in _FORMATS:
             errors.append(_error("output_format", "Input should be 'jpeg', 'png' or 'webp'", "enum"))
+        # FLUX 1.x takes bare base64 only; Kontext and FLUX.2 a URL too.
+        takes_urls = model.startswith(("flux-kontext", "flux-2"))
+        for field in [name for name in body if name in IMAGE_FIELDS]:
+            problem = image_problem(body[field], urls=takes_urls, bare_base64=True)
+            if problem:
+                errors.append(_error(field, f"Input image {problem}", "value_error"))
+            else:
+                self.received_images.append(body[field])
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             errors.append(_error("seed", "Input should be a valid integer", "int_type"))

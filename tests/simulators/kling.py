@@ -39,6 +39,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from tests.simulators.base import Knobs, Phase, SimTask, Simulator, WebhookRequest
+from tests.simulators.inputs import image_problem
 
 ENDPOINTS = ("text2video", "image2video")
 #: Path prefixes served: the official root and Tu-zi's ``/kling``.
@@ -280,9 +281,12 @@ class KlingSimulator(Simulator):
             if body.get("aspect_ratio", "16:9") not in ("16:9", "9:16", "1:1"):
                 raise KlingError(400, 1201, "aspect_ratio must be 16:9, 9:16 or 1:1")
         else:
-            image = body.get("image")
-            if not isinstance(image, str) or not image or image.startswith("data:"):
-                raise KlingError(400, 1201, "image must be a URL or base64 without a data: prefix")
+            for field in ("image", "image_tail"):
+                if field == "image" or field in body:
+                    problem = image_problem(body.get(field), urls=True, bare_base64=True)
+                    if problem:
+                        raise KlingError(400, 1201, f"{field} {problem}")
+                    self.received_images.append(body[field])
         callback = body.get("callback_url")
         if callback is not None and not isinstance(callback, str):
             raise KlingError(400, 1201, "callback_url must be a string")

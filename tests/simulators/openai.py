@@ -171,6 +171,7 @@ class OpenaiSimulator(Simulator):
                 raise OpenAIError(400, f"Too many images: at most {limit} for {params['model']}.",
                                   param="image", code="invalid_value")
             datas = [_check_image(image.read(), index) for index, image in enumerate(images)]
+            self.received_images.extend(base64.b64encode(data).decode() for data in datas)
             return await self._generate(params, datas)
         except OpenAIError as error:
             return self.openai_error(error)

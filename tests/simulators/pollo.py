@@ -49,6 +49,7 @@ from tests.simulators.base import (
     WebhookRequest,
     hmac_signature,
 )
+from tests.simulators.inputs import image_problem
 
 #: The path prefix of the documented base URL.
 PREFIX = "/api/platform"
@@ -208,6 +209,12 @@ class PolloSimulator(Simulator):
         given = body["input"]
         if not any(isinstance(given.get(key), str) and given[key] for key in ("prompt", "image")):
             raise BadRequest("input.prompt or input.image is required.")
+        for field in ("image", "imageTail"):
+            if field in given:  # Pollo fetches its images itself: URLs only
+                problem = image_problem(given[field], urls=True, bare_base64=False)
+                if problem:
+                    raise BadRequest(f"input.{field} {problem}.")
+                self.received_images.append(given[field])
         duration = given.get("duration")
         if duration is not None and (
             isinstance(duration, bool) or not isinstance(duration, int) or not 1 <= duration <= MAX_DURATION
