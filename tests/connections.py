@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import resource
 import time
+from pathlib import Path
 
 import h11
 import httpx
 import trio
+
+from tests.conftest import write_config
+from tests.process import DaemonProcess
 
 
 class RawConnection:
@@ -148,3 +152,15 @@ def raise_open_files_limit(need: int) -> str | None:
         target = need if hard == resource.RLIM_INFINITY else hard
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return None
+
+
+def start_daemon(directory: Path, settings: str = "") -> tuple[DaemonProcess, int]:
+    """``easel run`` on a free loopback port with its state under ``directory`` and
+    ``settings`` (TOML lines) added to its ``[daemon]`` table; the process, healthy,
+    and its port."""
+    config = write_config(directory)
+    text = config.read_text().replace("drain_timeout = 5", f"drain_timeout = 5\n{settings}")
+    config.write_text(text)
+    port = int(text.split('bind = ["127.0.0.1:')[1].split('"')[0])
+    daemon = DaemonProcess(config, f"http://127.0.0.1:{port}", directory / "easel.out")
+    return daemon.start(timeout=60), port

@@ -26,8 +26,13 @@ import trio.testing
 
 from daemon.connections import CAPACITY_WARNING_INTERVAL, CapacityWarning, accept_loop
 from daemon.startup import RESERVED_DESCRIPTORS
-from tests.conftest import write_config
-from tests.connections import IdleCrowd, RawConnection, health_latency, raise_open_files_limit
+from tests.connections import (
+    IdleCrowd,
+    RawConnection,
+    health_latency,
+    raise_open_files_limit,
+    start_daemon,
+)
 from tests.process import PROJECT_ROOT, DaemonProcess
 
 IDLE_CONNECTIONS = 2000
@@ -36,15 +41,6 @@ READ_TIMEOUT = 1
 #: Generous bounds: far above what any machine needs, so only a hang fails them.
 HEALTH_BOUND = 5
 CLOSE_BOUND = 60
-
-
-def start_daemon(tmp_path: Path, settings: str) -> tuple[DaemonProcess, int]:
-    config = write_config(tmp_path)
-    text = config.read_text().replace("drain_timeout = 5", f"drain_timeout = 5\n{settings}")
-    config.write_text(text)
-    port = int(text.split('bind = ["127.0.0.1:')[1].split('"')[0])
-    daemon = DaemonProcess(config, f"http://127.0.0.1:{port}", tmp_path / "easel.out")
-    return daemon.start(timeout=60), port
 
 
 @pytest.fixture(scope="module")
