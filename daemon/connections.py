@@ -253,17 +253,16 @@ async def serve_http(
     sockets: Sequence[socket],
     *,
     max_connections: int,
-    read_timeout: float,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on the listening ``sockets`` until cancelled: hypercorn's trio
     worker (lifespan, one ``TCPServer`` per connection, ``graceful_timeout`` for
-    the open ones at the end) over ``accept_loop``, the app wrapped in
-    ``ConnectionGuard``. ``task_status.started`` gets the ``http://`` addresses."""
+    the open ones at the end) over ``accept_loop``, with ``EaselTCPServer`` for
+    each connection. ``app`` has ``ConnectionGuard`` inside it (``create_app``
+    puts it under the access log). ``task_status.started`` gets the ``http://``
+    addresses."""
     config.set_statsd_logger_class(StatsdLogger)
-    wrapped: AppWrapper = hypercorn.utils.wrap_app(
-        ConnectionGuard(app, read_timeout), config.wsgi_max_body_size, "asgi"
-    )
+    wrapped: AppWrapper = hypercorn.utils.wrap_app(app, config.wsgi_max_body_size, "asgi")
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)

@@ -128,6 +128,7 @@ async def _serve(
                 max_body_bytes=config.daemon.max_body_bytes,
                 public_base_url=config.daemon.public_base_url,
                 drain_retry_after=max(1, int(config.daemon.drain_timeout)),
+                read_timeout=config.daemon.read_timeout,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)
@@ -135,7 +136,6 @@ async def _serve(
                     functools.partial(
                         serve_http, app, hc, sockets,
                         max_connections=connection_budget(config.daemon.max_connections),
-                        read_timeout=config.daemon.read_timeout,
                     )
                 )
                 interval = watchdog_interval(os.environ)

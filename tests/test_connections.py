@@ -112,7 +112,7 @@ async def test_slow_headers_after_an_answer_are_cut_off(guarded: tuple[DaemonPro
 
 
 async def test_a_slow_body_is_cut_off(guarded: tuple[DaemonProcess, int]) -> None:
-    _, port = guarded
+    daemon, port = guarded
     conn = await RawConnection.open(port)
     length = 300
     request = h11.Request(
@@ -133,6 +133,10 @@ async def test_a_slow_body_is_cut_off(guarded: tuple[DaemonProcess, int]) -> Non
     # Cut off by the server while the client was still sending its body.
     assert conn.dribbled < length
     await conn.aclose()
+    # The access log tells it as it was (the log is written off the request path).
+    with trio.fail_after(CLOSE_BOUND):
+        while "POST /api/external/generation 408" not in daemon.log_text():
+            await trio.sleep(0.1)
 
 
 async def test_connections_past_the_cap_are_refused_and_the_others_still_work(
