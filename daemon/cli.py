@@ -108,9 +108,10 @@ def _run(args: argparse.Namespace) -> int:
     from actors.supervisor import EscalationError
     from daemon.logs import configure_logging
     from daemon.service import serve
-    from daemon.startup import StartupError, describe
+    from daemon.startup import StartupError, describe, private_files
 
     config, options = _settings(args.config)
+    private_files()  # before the log file is made
     try:
         handle = configure_logging(**attrs.asdict(options))
     except OSError as exc:

@@ -57,6 +57,13 @@ class DaemonSettings:
     #: actors within ``max_restart_seconds`` and the process exits non-zero.
     max_restarts: int = 5
     max_restart_seconds: float = 60.0
+    #: Seconds a connection may sit idle (no request, or a request's headers not
+    #: complete) before the server closes it.
+    keep_alive_timeout: float = attrs.field(default=5.0, validator=attrs.validators.gt(0))
+    #: Seconds a request's body may take to arrive after its headers (then 408).
+    read_timeout: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
+    #: Connections open at once; past it a new one is answered 503 and closed.
+    max_connections: int = attrs.field(default=512, validator=attrs.validators.ge(1))
 
 
 @attrs.frozen

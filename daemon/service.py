@@ -1,9 +1,12 @@
 """The daemon's life: start everything, serve, drain on a signal, stop.
 
-``serve(config)`` first makes sure it may start (``daemon/startup.py``: the state
-directory locked for this process alone, every address bound; otherwise a one-line
+``serve(config)`` first makes sure it may start (``daemon/startup.py``: files
+private to the daemon's user, the state directory locked for this process alone,
+descriptors for ``max_connections``, every address bound; otherwise a one-line
 ``StartupError``), then opens the store, builds the runtime (actors under their
-supervisor) and the HTTP app, tells systemd READY, then waits for SIGTERM/SIGINT.
+supervisor) and the HTTP app, serves it (``daemon/connections.py``: the connection
+cap, keep-alive and read timeouts), tells systemd READY, then waits for
+SIGTERM/SIGINT.
 Draining: submissions get 503 SHUTTING_DOWN, the scheduler and
 pollers start nothing new, and the provider calls and finalizations already under
 way get up to ``drain_timeout`` seconds to finish and record what they learned.
@@ -23,8 +26,6 @@ from typing import Any
 
 import attrs
 import hypercorn.config
-import hypercorn.trio.run
-import hypercorn.utils
 import trio
 
 from actors.outbox import load_or_create_secret
@@ -32,8 +33,15 @@ from actors.runtime import Runtime
 from actors.store import open_store
 from daemon.api import create_app
 from daemon.config import Config, exposure_problem
+from daemon.connections import serve_http
 from daemon.sdnotify import SystemdNotifier, run_watchdog, watchdog_interval
-from daemon.startup import StartupError, StateDirLock, listen
+from daemon.startup import (
+    StartupError,
+    StateDirLock,
+    connection_budget,
+    listen,
+    private_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +58,9 @@ def hypercorn_config(config: Config) -> hypercorn.config.Config:
     # Idle keep-alive clients would otherwise hold serve() open for the whole
     # graceful time; the drain itself is ours, not hypercorn's.
     hc.graceful_timeout = 1.0
-    hc.keep_alive_timeout = 5.0
+    # Kept by daemon/connections.py's ConnectionGuard: hypercorn's own keep-alive
+    # timer does not restart under quart-trio without it.
+    hc.keep_alive_timeout = config.daemon.keep_alive_timeout
     return hc
 
 
@@ -73,6 +83,7 @@ async def serve(
     problem = exposure_problem(config)
     if problem is not None:
         raise StartupError(problem)
+    private_files()
     hc = hypercorn_config(config)
     lock = await trio.to_thread.run_sync(StateDirLock.acquire, config.state_dir)
     with contextlib.closing(lock):
@@ -130,15 +141,14 @@ async def _serve(
                 public_base_url=config.daemon.public_base_url,
                 drain_retry_after=max(1, int(config.daemon.drain_timeout)),
                 auth_settings=config.auth,
+                read_timeout=config.daemon.read_timeout,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)
                 binds = await nursery.start(
                     functools.partial(
-                        hypercorn.trio.run.worker_serve,
-                        hypercorn.utils.wrap_app(app, hc.wsgi_max_body_size, None),
-                        hc,
-                        sockets=hypercorn.config.Sockets([], sockets, []),
+                        serve_http, app, hc, sockets,
+                        max_connections=connection_budget(config.daemon.max_connections),
                     )
                 )
                 interval = watchdog_interval(os.environ)

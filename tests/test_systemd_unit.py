@@ -13,6 +13,7 @@ import hypercorn.config
 import pytest
 
 from daemon.config import DaemonSettings
+from daemon.startup import PRIVATE_UMASK, RESERVED_DESCRIPTORS
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "easel.service"
 
@@ -69,6 +70,18 @@ def test_user_and_directories(unit: configparser.ConfigParser) -> None:
     assert service["StateDirectory"] == "easel"
     assert service["LogsDirectory"] == "easel"
     assert service["RuntimeDirectory"] == "easel"
+
+
+def test_descriptors_for_every_connection(unit: configparser.ConfigParser) -> None:
+    limit = int(unit["Service"]["LimitNOFILE"])
+    assert limit >= DaemonSettings().max_connections + RESERVED_DESCRIPTORS
+
+
+def test_files_are_private(unit: configparser.ConfigParser) -> None:
+    service = unit["Service"]
+    assert int(service["UMask"], 8) == PRIVATE_UMASK
+    assert service["StateDirectoryMode"] == "0700"
+    assert service["LogsDirectoryMode"] == "0700"
 
 
 def test_hardening(unit: configparser.ConfigParser) -> None:

@@ -29,6 +29,7 @@ from daemon.api import auth, errors, generation, health, media, provider_webhook
 from daemon.api.access import AccessLog
 from daemon.api.services import Services
 from daemon.config import AuthSettings
+from daemon.connections import ConnectionGuard
 
 __all__ = ["FAMILIES", "create_app"]
 
@@ -43,7 +44,8 @@ FAMILIES: tuple[Blueprint, ...] = (
 
 def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048_576,
                public_base_url: str = "", drain_retry_after: int = 30,
-               auth_settings: AuthSettings | None = None) -> QuartTrio:
+               auth_settings: AuthSettings | None = None,
+               read_timeout: float = 30.0) -> QuartTrio:
     """The API app over ``runtime``, ready for hypercorn (or Quart's test client)."""
     app = QuartTrio("easel")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -56,5 +58,6 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
     errors.install(app)
     for family in FAMILIES:
         app.register_blueprint(family)
-    app.asgi_app = AccessLog(app.asgi_app)  # type: ignore[method-assign]
+    # The guard inside the access log, so a 408 for a slow body is logged as one.
+    app.asgi_app = AccessLog(ConnectionGuard(app.asgi_app, read_timeout))  # type: ignore[method-assign]
     return app
