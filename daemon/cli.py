@@ -4,12 +4,14 @@
     easel check-config [--config FILE]
     easel submit --model MODEL [--wait [--timeout SECONDS]] [--config FILE] PROMPT
     easel status [--config FILE] ID
+    easel jobs [--status S] [--model M] [--provider P] [--user-id U]
+               [--created-after T] [--created-before T] [--limit N] [--cursor C] [--json]
 
 ``run`` and ``check-config`` load and check the configuration the same way
 (``_settings``), so a file ``check-config`` passes is one ``run`` starts with.
 Exit status 2 is a configuration or start-up problem, printed as one line per
 problem on stderr; 1 is a failure after start (a crash, a failed job).
-``submit`` and ``status`` reach the daemon at the first address of the configured
+``submit``, ``status`` and ``jobs`` reach the daemon at the first address of the configured
 ``[daemon] bind`` (a TCP address or a unix socket), or at ``--url``.
 """
 
@@ -216,6 +218,48 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The columns of ``easel jobs``' table: heading and the job field shown.
+_JOB_COLUMNS = (("ID", "id"), ("STATUS", "status"), ("STAGE", "stage"),
+                ("MODEL", "modelIdentifier"), ("PROVIDER", "provider"),
+                ("CREATED", "createdAt"), ("PROMPT", "prompt"))
+_PROMPT_WIDTH = 40
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
+    """Jobs as a plain table for people: one line each, columns aligned, the prompt
+    cut to one short line."""
+    rows = [[heading for heading, _ in _JOB_COLUMNS]]
+    for job in jobs:
+        prompt = " ".join(str(job.get("prompt") or "").split())
+        if len(prompt) > _PROMPT_WIDTH:
+            prompt = prompt[:_PROMPT_WIDTH - 1] + "…"
+        rows.append([str(job.get(field) or "-") for _, field in _JOB_COLUMNS[:-1]] + [prompt])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_JOB_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    params = {name: value for name, value in (
+        ("status", args.status), ("model", args.model), ("provider", args.provider),
+        ("user_id", args.user_id), ("createdAfter", args.created_after),
+        ("createdBefore", args.created_before), ("limit", args.limit), ("cursor", args.cursor),
+    ) if value is not None}
+    with _client(args) as client:
+        try:
+            page = _answer(client.get("/api/external/generation", params=params))
+        except httpx.HTTPError as exc:
+            print(f"easel: cannot reach the daemon: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    print(jobs_table(page["data"]))
+    if page["nextCursor"]:
+        print(f"(more: easel jobs --cursor {page['nextCursor']} with the same filters)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="easel", description="AI image and video generation daemon",
@@ -263,6 +307,20 @@ def parser() -> argparse.ArgumentParser:
     url(st)
     st.add_argument("id", help="the job id `submit` printed (gen_...)")
     st.set_defaults(func=_status)
+    j = add("jobs", "list jobs, newest first, a page at a time")
+    url(j)
+    j.add_argument("--status", help="comma-separated statuses or stages, e.g. FAILED,RUNNING")
+    j.add_argument("--model", help="only jobs submitted for this catalog model")
+    j.add_argument("--provider", help="only jobs of this provider section")
+    j.add_argument("--user-id", help="only jobs submitted with this user_id")
+    j.add_argument("--created-after", metavar="TIME",
+                   help="created at or after TIME (ISO 8601 with a zone, or Unix seconds)")
+    j.add_argument("--created-before", metavar="TIME", help="created before TIME")
+    j.add_argument("--limit", type=int, metavar="N", help="jobs per page (1 to 100; default 20)")
+    j.add_argument("--cursor", help="the page after the one that printed this cursor")
+    j.add_argument("--json", action="store_true",
+                   help="print the page as the API answers it: {data, nextCursor, hasMore}")
+    j.set_defaults(func=_jobs)
     return p
 
 

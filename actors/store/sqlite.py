@@ -19,7 +19,7 @@ import trio
 
 from actors.clock import wall_now
 from actors.jobs import Job, JobState
-from actors.store import durations, idempotency, jobs, outbox
+from actors.store import durations, idempotency, jobs, listing, outbox
 from actors.store.changes import Changes
 from actors.store.engine import Engine, Write, open_engine
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_POLICY, StorePolicy
@@ -144,6 +144,9 @@ class SQLiteStore:
 
     async def count_by_state(self) -> dict[str, int]:
         return await self.engine.read(jobs.count_by_state)
+
+    async def list_jobs(self, query: listing.JobQuery) -> list[Job]:
+        return await self.engine.read(listing.select, query)
 
     # -- the client webhook outbox ------------------------------------------
 

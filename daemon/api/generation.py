@@ -1,8 +1,13 @@
-"""The generation family: submit a job, read it (optionally waiting), its events, cancel it.
+"""The generation family: submit a job, list jobs, read one (optionally waiting), its
+events, cancel it.
 
 ``POST /api/external/generation`` answers 202 with the job once its row is durable
 (200 with the original job for a repeated ``Idempotency-Key``), and 503
 SHUTTING_DOWN with ``Retry-After`` while the daemon drains.
+
+``GET /api/external/generation`` lists the caller's jobs, newest first, a page at
+a time: ``{data, nextCursor, hasMore}``; filters and cursors in
+``daemon/api/listing.py``.
 
 ``GET /api/external/generation/<id>?wait=SECONDS`` holds the request until the job
 is terminal or the wait is over. The rule for ``wait``: a number of seconds from 0
@@ -24,6 +29,7 @@ from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job
 from actors.outbox import absolutise
 from actors.validation import job_from, parse_submission, request_hash
+from daemon.api import listing
 from daemon.api.auth import caller
 from daemon.api.errors import error_response, json_body, json_response
 from daemon.api.services import services
@@ -97,6 +103,17 @@ async def submit() -> Response:
         _count_submitted(job.model)
         log.info("job accepted", extra={"model": job.model})
     return json_response(_absolute(job), 202 if created else 200)
+
+
+@blueprint.get("")
+async def list_jobs() -> Response:
+    """The caller's jobs (every job for a caller that sees all), newest first; the
+    filters and the cursor are read by ``daemon.api.listing``."""
+    who = caller()
+    query = listing.job_query(request.args, None if who.sees_all else who.owner)
+    jobs, cursor = await listing.page(services().runtime, query)
+    return json_response({"data": [_absolute(job) for job in jobs], "nextCursor": cursor,
+                          "hasMore": cursor is not None})
 
 
 @blueprint.get("/<job_id>")
