@@ -123,6 +123,7 @@ async def _serve(
                 max_body_bytes=config.daemon.max_body_bytes,
                 public_base_url=config.daemon.public_base_url,
                 drain_retry_after=max(1, int(config.daemon.drain_timeout)),
+                image_wait=config.openai_compat.image_wait,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)
