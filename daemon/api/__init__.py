@@ -8,7 +8,8 @@ Families (each its own module, each a ``blueprint``):
 - ``media``: stored outputs;
 - ``openai_images``, ``openai_videos``: the OpenAI-compatible ``/v1`` API over the
   same jobs (``openai_compat`` holds what they share: OpenAI's error envelope and
-  the translation of its requests).
+  the translation of its requests);
+- ``openapi``: the OpenAPI document of all of them and a page listing it.
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
 strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
@@ -36,6 +37,7 @@ from daemon.api import (
     media,
     openai_images,
     openai_videos,
+    openapi,
     provider_webhooks,
 )
 from daemon.api.access import AccessLog
@@ -51,6 +53,7 @@ FAMILIES: tuple[Blueprint, ...] = (
     media.blueprint,
     openai_images.blueprint,
     openai_videos.blueprint,
+    openapi.blueprint,
 )
 
 
