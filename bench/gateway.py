@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -38,7 +39,9 @@ import trio
 
 ROOT = Path(__file__).resolve().parent.parent
 LITELLM_VENV = ROOT / ".bench-litellm"
-KEY = "sk-bench-0123456789"
+#: The key every hop takes: the simulator's token, and LiteLLM's master key (which
+#: must look strong for the proxy to start).
+KEY = "sk-" + secrets.token_hex(32)
 MODEL = "gpt-image-1"
 PATH = "/v1/images/generations"
 CONCURRENCY = 16
@@ -200,7 +203,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         proxy = Process("litellm", [str(litellm), "--config", str(litellm_config),
                                     "--port", str(port), "--num_workers", "1"],
                         workdir / "litellm.log", port,
-                        env={"LITELLM_LOG": "ERROR"})
+                        env={"LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": KEY})
         servers.append(proxy)
         for server in (simulator, easel, proxy):
             await server.until_answering()
