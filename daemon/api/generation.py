@@ -122,8 +122,7 @@ async def submit() -> Response:
 async def list_jobs() -> Response:
     """The caller's jobs (every job for a caller that sees all), newest first; the
     filters and the cursor are read by ``daemon.api.listing``."""
-    who = caller()
-    query = listing.job_query(request.args, None if who.sees_all else who.owner)
+    query = listing.job_query(request.args, listing.visible_to(caller()))
     jobs, cursor = await listing.page(services().runtime, query)
     return json_response({"data": [absolute(job) for job in jobs], "nextCursor": cursor,
                           "hasMore": cursor is not None})

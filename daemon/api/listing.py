@@ -30,6 +30,7 @@ from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job, JobState
 from actors.runtime import Runtime
 from actors.store import JobQuery
+from daemon.api.auth import Caller
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -50,6 +51,13 @@ STATUS_STATES = _status_states()
 #: The query parameters of the job list (``userId`` is ``user_id`` spelt camelCase).
 PARAMETERS = ("status", "model", "provider", "user_id", "userId", "createdAfter",
               "createdBefore", "limit", "cursor")
+
+
+def visible_to(who: Caller) -> str | None:
+    """The owner whose jobs ``who`` may see: None for every job (a caller that sees
+    all), else its key's id, and ``""`` (no key's id: no job) for a caller with
+    neither a key nor the right to see all."""
+    return None if who.sees_all else who.owner or ""
 
 
 def _invalid(param: str, message: str) -> EaselError:

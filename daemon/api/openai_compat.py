@@ -38,6 +38,7 @@ from actors.jobs import Job
 from actors.validation import rules_for
 from daemon.api.auth import caller
 from daemon.api.errors import json_body, json_response, speak_under
+from daemon.api.listing import visible_to
 from daemon.api.services import services
 
 #: Where the OpenAI-compatible API lives.
@@ -201,8 +202,8 @@ def submission(fields: Mapping[str, Any], kind: MediaKind, images: list[str]) ->
 async def own_job(job_id: str) -> Job:
     """The caller's job ``job_id`` (any job for a caller that sees all), or NOT_FOUND."""
     job = await services().runtime.get_job(job_id)
-    who = caller()
-    if not who.sees_all and job.owner != who.owner:
+    viewer = visible_to(caller())
+    if viewer is not None and job.owner != viewer:
         raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
     return job
 

@@ -144,8 +144,7 @@ async def list_videos() -> Response:
             after_seq = (await _own_video(after)).seq
         except EaselError:
             raise invalid("after", f"no video {after[:100]}") from None
-    who = caller()
-    query = JobQuery(owner=None if who.sees_all else who.owner, models=_video_models(),
+    query = JobQuery(owner=listing.visible_to(caller()), models=_video_models(),
                      after_seq=after_seq, ascending=order == "asc",
                      limit=listing.parse_limit(args.get("limit")))
     jobs, cursor = (await listing.page(services().runtime, query)) if query.models else ([], None)
