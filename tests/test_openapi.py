@@ -71,7 +71,7 @@ async def test_docs_page_lists_the_operations(easel_daemon) -> None:
 
 
 async def test_schemathesis_finds_no_5xx_and_no_answer_against_the_document(
-    easel_daemon,
+    easel_daemon, tmp_path: Path,
 ) -> None:
     easel = await easel_daemon(FAST_SANDBOX)
     schemathesis = Path(sys.executable).parent / "schemathesis"
@@ -84,6 +84,7 @@ async def test_schemathesis_finds_no_5xx_and_no_answer_against_the_document(
          "--phases", "examples,fuzzing,stateful", "--max-examples", str(EXAMPLES),
          "--seed", "11", "--request-timeout", "30"],
         capture_stdout=True, capture_stderr=True, check=False,
+        cwd=tmp_path,  # where schemathesis keeps its cache
     )
     output = result.stdout.decode()
     assert result.returncode == 0, output[-4000:]
