@@ -8,6 +8,8 @@ vulture reports is dead code and goes.
 
 # Quart calls these through their route decorators (daemon/api/*.py).
 health_detailed, prometheus, published_input
+list_videos  # GET /v1/videos (daemon/api/openai_videos.py)
+openapi_json, docs  # GET /api/openapi.json and /api/docs (daemon/api/openapi.py)
 any_path  # the catch-all route of the test servers in tests/test_fetch.py
 _.merge_slashes  # werkzeug's url_map setting, read by the router
 
@@ -25,6 +27,9 @@ _.prepare
 
 # sqlite3 reads the connection's row_factory.
 _.row_factory
+
+# pytest reads a test module's marks from its pytestmark.
+pytestmark
 
 # attrs validators registered with the @field.validator decorator.
 _._check_interval_order

@@ -49,7 +49,7 @@ from actors.quotas import Quotas, QuotaSettings
 from actors.routing import Router
 from actors.scheduler import Scheduler
 from actors.storage import LocalStorage
-from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, Store
+from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, JobQuery, Store
 from actors.supervisor import (
     RESTART_BACKOFF,
     ChildSpec,
@@ -330,6 +330,11 @@ class Runtime:
         another ``owner``'s)."""
         await self.get_job(job_id, owner)
         return await self.store.events(job_id)
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        """The jobs ``query`` asks for (its ``owner`` scopes them: set it from the
+        caller unless the caller sees every job)."""
+        return await self.store.list_jobs(query)
 
     async def count_by_state(self) -> dict[str, int]:
         return await self.store.count_by_state()

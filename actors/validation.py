@@ -130,6 +130,18 @@ class SubmissionRequest:
 
 _converter = make_converter()
 _MARKED = {_Prompt: _structure_prompt, _ImageRef: _structure_image, _HttpUrl: _structure_http_url}
+#: The JSON Schema of each mark, beside the hook that enforces it (the OpenAPI
+#: document is made from these, ``actors/schemas.py``).
+MARK_SCHEMAS: dict[type, dict[str, Any]] = {
+    _Prompt: {"type": "string", "minLength": 1, "maxLength": MAX_PROMPT,
+              "pattern": r"\S", "description": "not only whitespace"},
+    _ImageRef: {"type": "string", "pattern": r"^(https?://.+|data:image/(png|jpeg|jpg|webp);"
+                                             r"base64,[A-Za-z0-9+/=\s]+)$",
+                "description": IMAGE_PROBLEM.removeprefix("must be ")},
+    _HttpUrl: {"type": "string", "format": "uri", "pattern": "^https?://",
+               "description": "an http(s) URL Easel may call (no private addresses "
+                              "unless allowed)"},
+}
 
 
 def _marked_hook(type_: Any) -> Any:

@@ -7,14 +7,16 @@
     easel keys create --name NAME [--scope submit,read,admin] [limits] [--config FILE]
     easel keys list [--config FILE]
     easel keys revoke [--config FILE] ID
+    easel jobs [--status S] [--model M] [--provider P] [--user-id U]
+               [--created-after T] [--created-before T] [--limit N] [--cursor C] [--json]
 
 ``run`` and ``check-config`` load and check the configuration the same way
 (``_settings``), so a file ``check-config`` passes is one ``run`` starts with.
 Exit status 2 is a configuration or start-up problem, printed as one line per
 problem on stderr; 1 is a failure after start (a crash, a failed job).
-``submit`` and ``status`` reach the daemon at the first address of the configured
-``[daemon] bind`` (a TCP address or a unix socket), or at ``--url``, with the key
-in ``EASEL_API_KEY`` when it is set. ``keys`` works on the database of the
+``submit``, ``status`` and ``jobs`` reach the daemon at the first address of the
+configured ``[daemon] bind`` (a TCP address or a unix socket), or at ``--url``, with
+the key in ``EASEL_API_KEY`` when it is set. ``keys`` works on the database of the
 configured ``state_dir`` directly, while the daemon runs or not: a running daemon
 sees a new or revoked key within ``[auth] key_cache_seconds``.
 """
@@ -239,6 +241,48 @@ def _keys(args: argparse.Namespace) -> int:
         return _fail([str(exc)], "keys")
 
 
+#: The columns of ``easel jobs``' table: heading and the job field shown.
+_JOB_COLUMNS = (("ID", "id"), ("STATUS", "status"), ("STAGE", "stage"),
+                ("MODEL", "modelIdentifier"), ("PROVIDER", "provider"),
+                ("CREATED", "createdAt"), ("PROMPT", "prompt"))
+_PROMPT_WIDTH = 40
+
+
+def jobs_table(jobs: Sequence[dict[str, Any]]) -> str:
+    """Jobs as a plain table for people: one line each, columns aligned, the prompt
+    cut to one short line."""
+    rows = [[heading for heading, _ in _JOB_COLUMNS]]
+    for job in jobs:
+        prompt = " ".join(str(job.get("prompt") or "").split())
+        if len(prompt) > _PROMPT_WIDTH:
+            prompt = prompt[:_PROMPT_WIDTH - 1] + "…"
+        rows.append([str(job.get(field) or "-") for _, field in _JOB_COLUMNS[:-1]] + [prompt])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_JOB_COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    params = {name: value for name, value in (
+        ("status", args.status), ("model", args.model), ("provider", args.provider),
+        ("user_id", args.user_id), ("createdAfter", args.created_after),
+        ("createdBefore", args.created_before), ("limit", args.limit), ("cursor", args.cursor),
+    ) if value is not None}
+    with _client(args) as client:
+        try:
+            page = _answer(client.get("/api/external/generation", params=params))
+        except httpx.HTTPError as exc:
+            print(f"easel: cannot reach the daemon: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    print(jobs_table(page["data"]))
+    if page["nextCursor"]:
+        print(f"(more: easel jobs --cursor {page['nextCursor']} with the same filters)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="easel", description="AI image and video generation daemon",
@@ -320,6 +364,20 @@ def parser() -> argparse.ArgumentParser:
     add_key_command("list", "list the keys (never their secrets)")
     kr = add_key_command("revoke", "revoke a key: the daemon refuses it from then on")
     kr.add_argument("id", help="the key's id (from list)")
+    j = add("jobs", "list jobs, newest first, a page at a time")
+    url(j)
+    j.add_argument("--status", help="comma-separated statuses or stages, e.g. FAILED,RUNNING")
+    j.add_argument("--model", help="only jobs submitted for this catalog model")
+    j.add_argument("--provider", help="only jobs of this provider section")
+    j.add_argument("--user-id", help="only jobs submitted with this user_id")
+    j.add_argument("--created-after", metavar="TIME",
+                   help="created at or after TIME (ISO 8601 with a zone, or Unix seconds)")
+    j.add_argument("--created-before", metavar="TIME", help="created before TIME")
+    j.add_argument("--limit", type=int, metavar="N", help="jobs per page (1 to 100; default 20)")
+    j.add_argument("--cursor", help="the page after the one that printed this cursor")
+    j.add_argument("--json", action="store_true",
+                   help="print the page as the API answers it: {data, nextCursor, hasMore}")
+    j.set_defaults(func=_jobs)
     return p
 
 

@@ -102,12 +102,22 @@ class AuthSettings:
 
 
 @attrs.frozen
+class OpenAICompatSettings:
+    """``[openai_compat]``: the OpenAI-compatible ``/v1`` endpoints."""
+
+    #: Seconds ``POST /v1/images/generations`` and ``/v1/images/edits`` wait for
+    #: their job before answering a timeout error that names the job.
+    image_wait: float = attrs.field(default=300.0, validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
 class Config:
     daemon: DaemonSettings = attrs.field(factory=DaemonSettings)
     logging: LoggingSettings = attrs.field(factory=LoggingSettings)
     media: MediaSettings = attrs.field(factory=MediaSettings)
     #: ``[webhooks]``: signed client webhooks (actors/outbox.py).
     webhooks: OutboxSettings = attrs.field(factory=OutboxSettings)
+    openai_compat: OpenAICompatSettings = attrs.field(factory=OpenAICompatSettings)
     providers: dict[str, ProviderSettings] = attrs.field(factory=dict)
     models: dict[str, ModelSpec] = attrs.field(factory=dict)
     auth: AuthSettings = attrs.field(factory=AuthSettings)

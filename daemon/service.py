@@ -142,6 +142,7 @@ async def _serve(
                 drain_retry_after=max(1, int(config.daemon.drain_timeout)),
                 auth_settings=config.auth,
                 read_timeout=config.daemon.read_timeout,
+                image_wait=config.openai_compat.image_wait,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)

@@ -28,6 +28,7 @@ from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job, JobState, new_job_id
 from actors.keys import KeyLimits, Scope, new_key
+from actors.store.listing import JobQuery
 from actors.store.policy import Delivery, StorePolicy, outbox_id
 from actors.store.protocol import (
     OUTBOX_DELIVERED,
@@ -430,6 +431,51 @@ class StoreContract:
         assert sorted(ids) == sorted([queued.id, running.id])
         assert only_running == [running.id]
         assert counts == {"QUEUED": 1, "RUNNING": 2}
+
+    async def test_list_jobs_filters_each_field(self, open_backend: OpenBackend) -> None:
+        async with open_backend() as store:
+            plain = await inserted(store, created_at=100.0)
+            mine = await inserted(store, owner="key_a", created_at=200.0)
+            other_model = await inserted(store, model="n", created_at=300.0)
+            other_provider = await inserted(store, provider="q", created_at=400.0)
+            failed = await inserted(store, state=JobState.FAILED, created_at=500.0)
+            user = await inserted(store, user_id="u1", created_at=600.0)
+
+            async def ids(**fields: Any) -> list[str]:
+                return [job.id for job in await store.list_jobs(JobQuery(**fields))]
+
+            everything = await ids()
+            owned = await ids(owner="key_a")
+            states = await ids(states=frozenset({JobState.FAILED, JobState.RUNNING}))
+            models = await ids(models=frozenset({"n"}))
+            provider = await ids(provider="q")
+            users = await ids(user_id="u1")
+            created = await ids(created_after=200.0, created_before=400.0)
+            none = await ids(owner="key_b")
+        newest_first = [user, failed, other_provider, other_model, mine, plain]
+        assert everything == [job.id for job in newest_first]
+        assert owned == [mine.id]
+        assert states == [failed.id]
+        assert models == [other_model.id]
+        assert provider == [other_provider.id]
+        assert users == [user.id]
+        assert created == [other_model.id, mine.id]  # after is inclusive, before is not
+        assert none == []
+
+    async def test_list_jobs_pages_stay_stable_under_inserts(
+        self, open_backend: OpenBackend
+    ) -> None:
+        async with open_backend() as store:
+            first = [await inserted(store) for _ in range(5)]
+            page1 = await store.list_jobs(JobQuery(limit=2))
+            late = await inserted(store)  # a job arriving while the client pages
+            page2 = await store.list_jobs(JobQuery(limit=2, after_seq=page1[-1].seq))
+            page3 = await store.list_jobs(JobQuery(limit=2, after_seq=page2[-1].seq))
+            oldest = await store.list_jobs(JobQuery(limit=3, ascending=True))
+            rest = await store.list_jobs(JobQuery(after_seq=oldest[-1].seq, ascending=True))
+        seen = [job.id for job in page1 + page2 + page3]
+        assert seen == [job.id for job in reversed(first)]
+        assert [job.id for job in oldest + rest] == [job.id for job in [*first, late]]
 
     async def test_has_twin_matches_request_provider_and_state(
         self, open_backend: OpenBackend

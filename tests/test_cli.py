@@ -8,6 +8,7 @@ running in the test's trio loop.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -96,3 +97,24 @@ async def test_submit_wait_prints_the_outputs(
     assert result.returncode == 0, result.stderr
     job_id, url = result.stdout.decode().split()
     assert url.startswith(f"{daemon.base_url}/media/{job_id}/")
+
+
+async def test_jobs_lists_as_a_table_and_as_json(
+    easel_daemon: Callable[..., Awaitable[EmbeddedDaemon]],
+) -> None:
+    daemon = await easel_daemon()
+    ids = [(await daemon.submit({"modelIdentifier": "sandbox-image", "prompt": f"pear {n}"}))
+           .json()["id"] for n in range(3)]
+    with trio.fail_after(60):
+        table = await easel("jobs", "--url", daemon.base_url, "--limit", "2",
+                            "--model", "sandbox-image")
+        as_json = await easel("jobs", "--url", daemon.base_url, "--json", "--status", "DONE")
+    assert table.returncode == 0, table.stderr
+    heading, first, second, more = table.stdout.decode().splitlines()
+    assert heading.split() == ["ID", "STATUS", "STAGE", "MODEL", "PROVIDER", "CREATED", "PROMPT"]
+    assert first.startswith(ids[2]) and "pear 2" in first and second.startswith(ids[1])
+    assert more.startswith("(more: easel jobs --cursor ")
+    assert as_json.returncode == 1
+    assert as_json.stderr.startswith(b"easel: INVALID_REQUEST: status: unknown status 'DONE'")
+    page = json.loads((await easel("jobs", "--url", daemon.base_url, "--json")).stdout)
+    assert [job["id"] for job in page["data"]] == ids[::-1] and page["hasMore"] is False

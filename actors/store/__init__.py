@@ -10,8 +10,9 @@
   backend.
 - The SQLite backend: ``sqlite`` (``SQLiteStore``, ``open_store``) on ``engine``
   (owner threads, group commit, poll notes), ``migrations``, and one repository per
-  table family: ``jobs`` (with events), ``idempotency``, ``outbox``, ``durations``,
-  ``keys`` (API keys, and the job figures their limits read).
+  table family: ``jobs`` (with events), ``listing`` (``JobQuery``: the job list),
+  ``idempotency``, ``outbox``, ``durations``, ``keys`` (API keys, and the job
+  figures their limits read).
 
 Where the domain policy went, and why: the outbox row owed by a terminal job and the
 idempotency answer are decided in ``policy`` and only *applied* by a backend, inside
@@ -22,6 +23,7 @@ concurrent requests). The decisions arrive as data (``StorePolicy`` given to
 second backend applies the same ones and none is written into SQL.
 """
 
+from actors.store.listing import JobQuery
 from actors.store.migrations import MIGRATIONS, migrate
 from actors.store.policy import (
     DEFAULT_IDEMPOTENCY_WINDOW,
@@ -50,6 +52,7 @@ __all__ = [
     "OUTBOX_PENDING",
     "POLL_FLUSH_SECONDS",
     "Delivery",
+    "JobQuery",
     "OutboxRow",
     "SQLiteStore",
     "Store",

@@ -31,6 +31,7 @@ import trio
 
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
+from actors.store.listing import JobQuery
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW
 
 #: Seconds within which a ``Store.note_poll`` is written.
@@ -204,6 +205,11 @@ class Store(Protocol):
 
     async def count_by_state(self) -> dict[str, int]:
         """How many jobs are in each state (states with none are left out)."""
+        ...
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        """Up to ``query.limit`` jobs matching ``query``, by ``seq`` (newest first
+        unless ``ascending``), after ``query.after_seq`` when it is set."""
         ...
 
     # -- the client webhook outbox (actors/outbox.py) ----------------------

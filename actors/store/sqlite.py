@@ -20,7 +20,7 @@ import trio
 from actors.clock import wall_now
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
-from actors.store import durations, idempotency, jobs, keys, outbox
+from actors.store import durations, idempotency, jobs, keys, listing, outbox
 from actors.store.changes import Changes
 from actors.store.engine import Engine, Write, open_engine
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_POLICY, StorePolicy
@@ -145,6 +145,9 @@ class SQLiteStore:
 
     async def count_by_state(self) -> dict[str, int]:
         return await self.engine.read(jobs.count_by_state)
+
+    async def list_jobs(self, query: listing.JobQuery) -> list[Job]:
+        return await self.engine.read(listing.select, query)
 
     # -- the client webhook outbox ------------------------------------------
 

@@ -5,7 +5,11 @@ Families (each its own module, each a ``blueprint``):
 - ``generation``: submit, status (``?wait=``), events, cancel;
 - ``provider_webhooks``: providers reporting finished tasks;
 - ``health``: health, detailed health, Prometheus metrics;
-- ``media``: stored outputs.
+- ``media``: stored outputs;
+- ``openai_images``, ``openai_videos``: the OpenAI-compatible ``/v1`` API over the
+  same jobs (``openai_compat`` holds what they share: OpenAI's error envelope and
+  the translation of its requests);
+- ``openapi``: the OpenAPI document of all of them and a page listing it.
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
 strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
@@ -25,7 +29,17 @@ from quart import Blueprint
 from quart_trio import QuartTrio
 
 from actors.runtime import Runtime
-from daemon.api import auth, errors, generation, health, media, provider_webhooks
+from daemon.api import (
+    auth,
+    errors,
+    generation,
+    health,
+    media,
+    openai_images,
+    openai_videos,
+    openapi,
+    provider_webhooks,
+)
 from daemon.api.access import AccessLog
 from daemon.api.services import Services
 from daemon.config import AuthSettings
@@ -39,13 +53,16 @@ FAMILIES: tuple[Blueprint, ...] = (
     provider_webhooks.blueprint,
     health.blueprint,
     media.blueprint,
+    openai_images.blueprint,
+    openai_videos.blueprint,
+    openapi.blueprint,
 )
 
 
 def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048_576,
                public_base_url: str = "", drain_retry_after: int = 30,
                auth_settings: AuthSettings | None = None,
-               read_timeout: float = 30.0) -> QuartTrio:
+               read_timeout: float = 30.0, image_wait: float = 300.0) -> QuartTrio:
     """The API app over ``runtime``, ready for hypercorn (or Quart's test client)."""
     app = QuartTrio("easel")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -53,7 +70,7 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
     # (404), not a redirect to another path with an empty, non-JSON body.
     app.url_map.merge_slashes = False
     Services(runtime, media_dir, max_body_bytes, public_base_url, drain_retry_after,
-             started_at=time.time()).install(app)
+             started_at=time.time(), image_wait=image_wait).install(app)
     auth.install(app, auth_settings or AuthSettings())
     errors.install(app)
     for family in FAMILIES:

@@ -72,6 +72,12 @@ NEEDS: dict[str, Scope | Gate] = {
     "media": Scope.READ,
     # Inputs published for URL-only providers, named by their content's SHA-256.
     "media.published_input": Gate.OPEN,
+    # The OpenAI-compatible front door: making is submit, reading is read.
+    "openai_images": Scope.SUBMIT,
+    "openai_videos": Scope.READ,
+    "openai_videos.create": Scope.SUBMIT,
+    # The API's description holds no job and no secret: open, for client generators.
+    "openapi": Gate.OPEN,
 }
 
 

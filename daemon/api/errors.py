@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
-from quart import Quart, Response, request
+from quart import Quart, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from actors.errors import EaselError, ErrorCode, ErrorInfo, http_status
@@ -48,10 +49,27 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
                     headers=headers)
 
 
+#: Writes an error in another API's envelope: ``(info, status, headers)``.
+Envelope = Callable[[ErrorInfo, int, "dict[str, str] | None"], Response]
+_ENVELOPES = "easel.envelopes"
+
+
+def speak_under(app: Quart, prefix: str, envelope: Envelope) -> None:
+    """Answer every error of a path under ``prefix`` with ``envelope``: a family
+    speaking another API's dialect (``/v1/``) gets its errors, those the app-wide
+    hooks and Quart raise included, in that API's shape."""
+    app.extensions.setdefault(_ENVELOPES, {})[prefix] = envelope
+
+
 def error_response(info: ErrorInfo, status: int | None = None,
                    headers: dict[str, str] | None = None) -> Response:
-    """``info`` in the error envelope, with its code's status unless told another."""
-    return json_response({"error": info.to_json()}, status or http_status(info.code), headers)
+    """``info`` in the error envelope of the path asked for, with its code's status
+    unless told another."""
+    status = status or http_status(info.code)
+    for prefix, envelope in current_app.extensions.get(_ENVELOPES, {}).items():
+        if request.path.startswith(prefix):
+            return envelope(info, status, headers)
+    return json_response({"error": info.to_json()}, status, headers)
 
 
 class Refused(Exception):
@@ -120,10 +138,12 @@ async def json_body() -> Any:
 
 
 async def _easel_error(exc: EaselError) -> Response:
-    # A refusal that knows when to come back (a quota) says so in the header too.
-    headers = None if exc.retry_after is None else {
-        "Retry-After": str(math.ceil(exc.retry_after))}
-    return error_response(exc.info, headers=headers)
+    # A refusal that knows when to come back says so (a drain, a rate limit); a
+    # draining daemon also closes the connection, so the client reconnects elsewhere.
+    headers = {"Retry-After": str(math.ceil(exc.retry_after))} if exc.retry_after else {}
+    if exc.code is ErrorCode.SHUTTING_DOWN:
+        headers["Connection"] = "close"
+    return error_response(exc.info, headers=headers or None)
 
 
 async def _refused(exc: Refused) -> Response:

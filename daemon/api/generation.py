@@ -1,8 +1,13 @@
-"""The generation family: submit a job, read it (optionally waiting), its events, cancel it.
+"""The generation family: submit a job, list jobs, read one (optionally waiting), its
+events, cancel it.
 
 ``POST /api/external/generation`` answers 202 with the job once its row is durable
 (200 with the original job for a repeated ``Idempotency-Key``), and 503
 SHUTTING_DOWN with ``Retry-After`` while the daemon drains.
+
+``GET /api/external/generation`` lists the caller's jobs, newest first, a page at
+a time: ``{data, nextCursor, hasMore}``; filters and cursors in
+``daemon/api/listing.py``.
 
 ``GET /api/external/generation/<id>?wait=SECONDS`` holds the request until the job
 is terminal or the wait is over. The rule for ``wait``: a number of seconds from 0
@@ -20,12 +25,13 @@ from typing import Any
 from quart import Blueprint, Response, request
 
 from actors import context, metrics
-from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job
 from actors.outbox import absolutise
 from actors.validation import job_from, parse_submission, request_hash
+from daemon.api import listing
 from daemon.api.auth import caller
-from daemon.api.errors import error_response, json_body, json_response
+from daemon.api.errors import json_body, json_response
 from daemon.api.services import services
 
 log = logging.getLogger(__name__)
@@ -55,7 +61,7 @@ def wait_seconds(text: str | None) -> float:
     return seconds
 
 
-def _absolute(job: Job) -> dict[str, Any]:
+def absolute(job: Job) -> dict[str, Any]:
     """The job as the API shows it, its ``/media/`` URLs made absolute."""
     data = job.to_api()
     if not job.results:  # nothing to resolve (every new job): no base URL to work out
@@ -74,22 +80,28 @@ def _count_submitted(model: str) -> None:
     child.inc()
 
 
-@blueprint.post("")
-async def submit() -> Response:
+def refuse_while_draining() -> None:
+    """SHUTTING_DOWN with ``Retry-After`` (and the connection closed) while the
+    daemon drains: checked before a submission's body is read."""
     api = services()
-    runtime = api.runtime
-    if runtime.lifecycle.draining:
-        return error_response(
-            ErrorInfo(ErrorCode.SHUTTING_DOWN, "Easel is shutting down; retry shortly"),
-            headers={"Retry-After": str(api.drain_retry_after), "Connection": "close"},
-        )
-    body = await json_body()
+    if api.runtime.lifecycle.draining:
+        raise EaselError(ErrorCode.SHUTTING_DOWN, "Easel is shutting down; retry shortly",
+                         retry_after=api.drain_retry_after)
+
+
+async def accept(body: Any) -> tuple[Job, bool]:
+    """Validate a submission ``body`` (``actors/validation.py``) and hand the job to
+    the runtime, honouring the request's ``Idempotency-Key``: the one way in for
+    every front door (this API's and the OpenAI-compatible one), so each gets the
+    same checks, store, scheduler and retries. Returns ``(job, created)``."""
+    runtime = services().runtime
     parsed = parse_submission(body, runtime.catalog, runtime.families, runtime.unavailable,
                               runtime.preprocess)
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise EaselError(ErrorCode.INVALID_REQUEST,
-                         f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters")
+                         f"Idempotency-Key is longer than {MAX_IDEMPOTENCY_KEY} characters",
+                         {"param": "Idempotency-Key"})
     job = job_from(parsed, runtime.catalog, idempotency_key=key, body_hash=request_hash(body),
                    owner=caller().owner)
     context.job_id.set(job.id)
@@ -97,14 +109,31 @@ async def submit() -> Response:
     if created:
         _count_submitted(job.model)
         log.info("job accepted", extra={"model": job.model})
-    return json_response(_absolute(job), 202 if created else 200)
+    return job, created
+
+
+@blueprint.post("")
+async def submit() -> Response:
+    refuse_while_draining()
+    job, created = await accept(await json_body())
+    return json_response(absolute(job), 202 if created else 200)
+
+
+@blueprint.get("")
+async def list_jobs() -> Response:
+    """The caller's jobs (every job for a caller that sees all), newest first; the
+    filters and the cursor are read by ``daemon.api.listing``."""
+    query = listing.job_query(request.args, caller().viewer)
+    jobs, cursor = await listing.page(services().runtime, query)
+    return json_response({"data": [absolute(job) for job in jobs], "nextCursor": cursor,
+                          "hasMore": cursor is not None})
 
 
 @blueprint.get("/<job_id>")
 async def status(job_id: str) -> Response:
     wait = wait_seconds(request.args.get("wait"))
     job = await services().runtime.wait_for_job(job_id, wait, caller().viewer)
-    return json_response(_absolute(job))
+    return json_response(absolute(job))
 
 
 @blueprint.get("/<job_id>/events")
@@ -118,4 +147,4 @@ async def cancel(job_id: str) -> Response:
     context.job_id.set(job_id)
     job = await services().runtime.cancel(job_id, caller().viewer)
     log.info("job cancelled", extra={"provider": job.provider})
-    return json_response(_absolute(job))
+    return json_response(absolute(job))

@@ -37,6 +37,8 @@ class Services:
     drain_retry_after: int
     #: Unix time the app was made, for ``/api/health``'s uptime.
     started_at: float
+    #: Seconds the OpenAI-compatible image endpoints wait for their job.
+    image_wait: float = 300.0
 
     def install(self, app: Quart) -> None:
         app.extensions[_KEY] = self
