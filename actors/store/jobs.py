@@ -175,6 +175,28 @@ def select_in(
     return [from_row(r) for r in conn.execute(sql, args)]
 
 
+def queued_page(
+    conn: sqlite3.Connection, provider: str, after: int, limit: int
+) -> list[tuple[int, int]]:
+    """``(priority, seq)`` of up to ``limit`` of ``provider``'s QUEUED jobs past
+    ``after``, by ``seq``. Plain tuples, not ``sqlite3.Row``: a restart reads a
+    million of them, and the partial index ``generation_requests_queue`` covers
+    the query, so no row of the table itself is read."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor.execute(
+        "SELECT priority, seq FROM generation_requests"
+        " WHERE provider=? AND state='QUEUED' AND seq>? ORDER BY seq LIMIT ?",
+        (provider, after, limit),
+    ).fetchall()
+
+
+def by_seq(conn: sqlite3.Connection, seqs: list[int]) -> list[Job]:
+    marks = ", ".join("?" for _ in seqs)
+    sql = f"SELECT * FROM generation_requests WHERE seq IN ({marks}) ORDER BY seq"
+    return [from_row(r) for r in conn.execute(sql, seqs)]
+
+
 def submitted_since(conn: sqlite3.Connection, provider: str, since: float) -> list[Job]:
     sql = "SELECT * FROM generation_requests WHERE provider=? AND submitting_at>=? ORDER BY seq"
     return [from_row(r) for r in conn.execute(sql, (provider, since))]
