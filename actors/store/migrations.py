@@ -119,12 +119,16 @@ MIGRATIONS: list[str] = [
         WHERE owner IS NOT NULL;
     """,
     # 6: the scheduler's queue, as it reloads it at start (a provider's QUEUED
-    # jobs by seq, with their priority): covered by this index, so a restart with a
-    # million queued jobs reads the index alone, never the rows.
+    # jobs by seq, with their priority): covered by the first index, so a restart
+    # with a million queued jobs reads the index alone, never the rows. The
+    # second finds unfinished jobs by state alone (the finalizer's FINALIZING
+    # jobs of every provider) without a scan past the queued ones.
     """
     CREATE INDEX generation_requests_queue
         ON generation_requests(provider, state, seq, priority)
         WHERE state = 'QUEUED';
+    CREATE INDEX generation_requests_unfinished ON generation_requests(state, provider)
+        WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
     """,
 ]
 
