@@ -142,6 +142,22 @@ class _ProviderQueue:
         if self.circuit.state is CircuitState.OPEN:
             self.unexamined.append(key)
 
+    def add_many(self, keys: list[int]) -> bool:
+        """Queue those of ``keys`` not held already; whether any was new."""
+        new = [key for key in keys if not self.holds(key)]
+        if not new:
+            return False
+        self.queued.update(new)
+        if len(new) > len(self.heap) // 8:
+            self.heap += new
+            heapq.heapify(self.heap)
+        else:
+            for key in new:
+                heapq.heappush(self.heap, key)
+        if self.circuit.state is CircuitState.OPEN:
+            self.unexamined += new
+        return True
+
     def remove(self, key: int) -> None:
         self.queued.discard(key)
         self.held.discard(key)
@@ -278,16 +294,20 @@ class Scheduler:
         self._push(job)
 
     async def _load(self, name: str) -> None:
-        """Queue ``name``'s QUEUED rows, a page of ``(priority, seq)`` at a time."""
+        """Queue ``name``'s QUEUED rows, read a page of ``(priority, seq)`` at a time
+        and queued at once when the last page is in: one ``heapify`` instead of a
+        push per job, and the queue as the dispatcher sees it never half loaded."""
         queue = self._queues[name]
+        keys: list[int] = []
         after = 0
         while True:
             page = await self._store.queued_page(name, after, RELOAD_PAGE)
-            for priority, seq in page:
-                self._add(queue, queue_key(priority, seq))
+            keys += [queue_key(priority, seq) for priority, seq in page]
             if len(page) < RELOAD_PAGE:
-                return
+                break
             after = page[-1][1]
+        if queue.add_many(keys):
+            queue.wake()
 
     async def _read(self, keys: Iterable[int]) -> dict[int, Job]:
         """The jobs of ``keys`` as stored now, by key (a key whose row is gone is absent)."""
