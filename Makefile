@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/submit.py
 	$(BIN)/python bench/polling.py
 	$(BIN)/python bench/inflight.py
+	$(BIN)/python bench/queue_memory.py
 
 clean:
 	rm -rf $(VENV) .easel-state
