@@ -61,18 +61,20 @@ def test_what_actors_reload_at_start_is_found_by_index(
     tmp_path: Path, states: list[JobState], provider: str | None
 ) -> None:
     """A restart with a million queued jobs must not scan them for the few jobs
-    in other states: each reload query is answered from an index."""
+    in other states: each reload query is answered from an index (and so is the
+    look for a queued twin, asked again and again while a job is resolved)."""
     conn = migrations.connect(tmp_path / "x.db")
     migrate(conn)
     run: list[str] = []  # the statements as SQLite ran them, arguments inlined
     conn.set_trace_callback(run.append)
     jobs.select_in(conn, states, provider)
     jobs.queued_page(conn, "p", 0, 10)
+    jobs.has_twin(conn, make_job(request_hash="h"), [JobState.QUEUED, JobState.SUBMITTING])
     conn.set_trace_callback(None)
     for sql in run:
         plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
         assert not any(step.startswith("SCAN generation_requests") for step in plan), plan
-    assert len(run) == 2
+    assert len(run) == 3
     conn.close()
 
 
