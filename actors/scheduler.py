@@ -263,7 +263,8 @@ class Scheduler:
         queue.paused_until = None
         if changed:  # held jobs everywhere may have somewhere to go now
             for other in self._queues.values():
-                other.rescan = True
+                other.rescan = True  # the next look lists the queue afresh
+                other.unexamined = []
                 other.wake()
 
     def _push(self, job: Job) -> None:

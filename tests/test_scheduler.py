@@ -511,3 +511,23 @@ async def test_a_restart_reloads_a_large_queue_by_pages_in_order(
         handed = [(await h.next()).id for _ in range(count)]
         await h.nothing_more()
         assert handed == expected
+
+
+async def test_an_open_circuit_moves_a_queue_larger_than_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs are read for routing a batch at a time; every one is looked at."""
+    monkeypatch.setattr(scheduler_module, "LOAD_BATCH", 3)
+    async with harness(tmp_path) as h:
+        lonely = [await h.insert(model="lonely") for _ in range(4)]
+        movable = [await h.insert(model="m") for _ in range(7)]
+        await h.start(ready={"p": 0, "q": 20})
+        await h.tell.send(CircuitChanged("p", OPEN))
+        moved = {(await h.next("q")).id for _ in movable}
+        assert moved == {job.id for job in movable}
+        await wait_until(lambda: queued(h) == len(lonely))
+        for job in lonely:
+            with trio.fail_after(5):
+                while not await h.events(job.id, "circuit"):
+                    await trio.sleep(0.01)
+        await h.nothing_more("q")
