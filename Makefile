@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/polling.py
 	$(BIN)/python bench/inflight.py
 	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/queue_memory.py
 
 clean:
 	rm -rf $(VENV) .easel-state

@@ -31,7 +31,7 @@ import attrs
 import cattrs
 
 from actors.catalog import ModelSpec
-from actors.conversion import Between, Invalid, make_converter, problems_of, type_name
+from actors.conversion import Between, Invalid, Text, make_converter, problems_of, type_name
 from actors.errors import EaselError, ErrorCode
 from actors.images.presets import PreprocessSettings, preset_problems
 from actors.images.source import split_data_uri
@@ -43,8 +43,29 @@ from actors.targets import TargetRefused, split_target
 
 MAX_PROMPT = 2000
 MAX_OUTPUTS = 10
-#: Deepest nesting of ``parameters`` and ``metadata`` (JSON objects and lists).
+#: Deepest nesting of ``parameters`` (JSON objects and lists).
 MAX_DEPTH = 32
+
+# Sizes of the free fields. Each is stored on the job, shown by every read of it
+# and sent in its webhook; without a limit of its own, one could take up a whole
+# request body (``daemon.max_body_bytes``), and a few thousand of those, memory.
+#: ``user_id``, in characters.
+MAX_USER_ID = 256
+#: ``webhook_url`` and each http(s) URL in ``input_images``, in characters.
+MAX_URL = 2048
+#: Entries of ``input_images``.
+MAX_INPUT_IMAGES = 16
+#: One ``data:`` URI in ``input_images``, in characters (about 6 MiB of image).
+MAX_DATA_URI = 8 * 1024 * 1024
+#: ``metadata`` as stored (its JSON text), in bytes; its nesting; its keys, at
+#: every level together.
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 8
+MAX_METADATA_KEYS = 256
+#: Each string anywhere in ``parameters``, in characters.
+MAX_PARAMETER_TEXT = 4000
+#: Each key of an object in ``parameters`` or ``metadata``, in characters.
+MAX_KEY = 128
 _DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,([A-Za-z0-9+/=\s]+)$")
 IMAGE_PROBLEM = "must be an http(s) URL or a data:image/(png|jpeg|jpg|webp);base64 URI"
 
@@ -84,10 +105,14 @@ def _structure_image(value: Any, _: Any) -> str:
     if type(value) is not str:
         raise Invalid(f"expected a string, got {type_name(value)}")
     if value.startswith(("http://", "https://")) and len(value) > len("https://"):
+        if len(value) > MAX_URL:
+            raise Invalid(f"must be at most {MAX_URL} characters")
         if _has_credentials(value):
             # Said without the URL: the credentials must not reach a log or an answer.
             raise Invalid("must not carry credentials (user:password@host)")
         return value
+    if len(value) > MAX_DATA_URI:  # before the regex and the decoding see it
+        raise Invalid(f"must be at most {MAX_DATA_URI} characters")
     data = _DATA_IMAGE.match(value)
     if data is None or not _valid_base64(data.group(2)):
         raise Invalid(IMAGE_PROBLEM)
@@ -105,6 +130,8 @@ def _has_credentials(url: str) -> bool:
 def _structure_http_url(value: Any, _: Any) -> str:
     if type(value) is not str:
         raise Invalid(f"expected a string, got {type_name(value)}")
+    if len(value) > MAX_URL:
+        raise Invalid(f"must be at most {MAX_URL} characters")
     try:
         # The checks that need no DNS; addresses are checked at each delivery.
         split_target(value)
@@ -122,7 +149,7 @@ class SubmissionRequest:
     parameters: dict[str, Any] = attrs.field(factory=dict)
     priority: Annotated[int, Between(-1000, 1000)] = 0
     webhook_url: Annotated[str, _HttpUrl()] | None = None
-    user_id: str | None = None
+    user_id: Annotated[str, Text(MAX_USER_ID)] | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
     #: A preset name or an object (``actors/images/presets.py``), checked apart.
     preprocess: Any = None
@@ -163,6 +190,8 @@ def _strict_list(value: Any, type_: Any) -> list[str]:
     # cattrs would iterate a string or an object: "" -> [], {"https://a": 1} -> [url].
     if type(value) is not list:
         raise Invalid(f"expected a list, got {type_name(value)}")
+    if len(value) > MAX_INPUT_IMAGES:
+        raise Invalid(f"must hold at most {MAX_INPUT_IMAGES} images")
     return _structure_images(value, type_)  # type: ignore[no-any-return]
 
 
@@ -180,19 +209,67 @@ def request_hash(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def depth(value: Any) -> int:
-    """How deeply JSON containers nest in ``value`` (iteratively: no recursion limit)."""
-    deepest, stack = 0, [(value, 0)]
+@attrs.frozen
+class Bounds:
+    """The limits of a free JSON field: nesting, and optionally its JSON text's
+    size, its keys (every level together) and the length of each string in it.
+    Object keys are held to ``MAX_KEY`` characters in any case."""
+
+    depth: int
+    max_bytes: int | None = None
+    keys: int | None = None
+    text: int | None = None
+
+
+PARAMETERS_BOUNDS = Bounds(depth=MAX_DEPTH, text=MAX_PARAMETER_TEXT)
+METADATA_BOUNDS = Bounds(depth=MAX_METADATA_DEPTH, max_bytes=MAX_METADATA_BYTES,
+                         keys=MAX_METADATA_KEYS)
+
+#: A place in a JSON value: ``(parent, key or index)``, made into text only when
+#: a problem is reported there.
+_Path = tuple[Any, str | int] | None
+
+
+def _path_text(field: str, path: _Path) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, step = path
+        parts.append(f"[{step}]" if isinstance(step, int) else f".{step}")
+    return field + "".join(reversed(parts))
+
+
+def bounds_problems(field: str, value: Any, bounds: Bounds) -> list[str]:
+    """What in ``value`` (the JSON of ``field``) is past ``bounds``, each naming the
+    limit. Iterative, so no nesting can exhaust the stack; the JSON text is sized
+    only once the nesting is known to be within bounds."""
+    problems: list[str] = []
+    deepest = keys = 0
+    long_key = False
+    stack: list[tuple[Any, int, _Path]] = [(value, 0, None)]
     while stack:
-        item, level = stack.pop()
+        item, level, path = stack.pop()
         if isinstance(item, dict):
-            stack.extend((v, level + 1) for v in item.values())
+            keys += len(item)
+            for key, child in item.items():
+                long_key = long_key or len(key) > MAX_KEY
+                stack.append((child, level + 1, (path, key[:MAX_KEY])))
         elif isinstance(item, list):
-            stack.extend((v, level + 1) for v in item)
+            stack.extend((child, level + 1, (path, i)) for i, child in enumerate(item))
         else:
+            if bounds.text is not None and isinstance(item, str) and len(item) > bounds.text:
+                problems.append(f"{_path_text(field, path)}: must be at most {bounds.text}"
+                                f" characters")
             continue
         deepest = max(deepest, level + 1)
-    return deepest
+    if long_key:
+        problems.append(f"{field}: keys must be at most {MAX_KEY} characters")
+    if bounds.keys is not None and keys > bounds.keys:
+        problems.append(f"{field}: must have at most {bounds.keys} keys (nested ones counted)")
+    if deepest > bounds.depth:
+        problems.append(f"{field}: nested deeper than {bounds.depth} levels")
+    elif bounds.max_bytes is not None and len(json.dumps(value)) > bounds.max_bytes:
+        problems.append(f"{field}: must be at most {bounds.max_bytes} bytes of JSON")
+    return problems
 
 
 def invalid_parameters(problems: list[str]) -> EaselError:
@@ -242,9 +319,12 @@ def parse_submission(
         request = _converter.structure(body, SubmissionRequest)
     except cattrs.BaseValidationError as exc:
         problems += problems_of(exc)
-    for field in ("parameters", "metadata"):
-        if body.get(field) and depth(body[field]) > MAX_DEPTH:
-            problems.append(f"{field}: nested deeper than {MAX_DEPTH} levels")
+    oversized: list[str] = []
+    for field, bounds in (("parameters", PARAMETERS_BOUNDS), ("metadata", METADATA_BOUNDS)):
+        if body.get(field):
+            oversized += bounds_problems(field, body[field], bounds)
+    if oversized:  # refused before the rules read it, or their messages repeat it
+        raise invalid_parameters(problems + oversized)
     images = body.get("input_images")
     problems += image_problems(images if type(images) is list else [], body.get("preprocess"),
                                preprocess or PreprocessSettings())
@@ -283,7 +363,8 @@ def image_problems(images: list[Any], preprocess: Any,
         preprocess, settings.presets, "preprocess")
     limits = Limits(settings.max_input_bytes, settings.max_pixels)
     for index, image in enumerate(images):
-        inline = _DATA_IMAGE.match(image) if type(image) is str else None
+        too_long = type(image) is str and len(image) > MAX_DATA_URI
+        inline = None if too_long else _DATA_IMAGE.match(image) if type(image) is str else None
         if inline is None or not _valid_base64(inline.group(2)):
             continue  # not inline, or already reported by the structuring
         try:

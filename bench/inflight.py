@@ -59,17 +59,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(state: Path, port: int, tasks: int, interval: float) -> Path:
-    config = state / "easel.toml"
-    config.write_text(f"""
+def daemon_config(state: Path, port: int, drain_timeout: float = 5) -> str:
+    """The ``[daemon]`` and ``[logging]`` tables of a bench's daemon on ``port``."""
+    return f"""
 [daemon]
 bind = ["127.0.0.1:{port}"]
 state_dir = "{state}"
-drain_timeout = 5
+drain_timeout = {drain_timeout:g}
 
 [logging]
 level = "WARNING"
+"""
 
+
+def write_config(state: Path, port: int, tasks: int, interval: float) -> Path:
+    config = state / "easel.toml"
+    config.write_text(daemon_config(state, port) + f"""
 [providers.sandbox]
 rate = 500
 burst = 500
@@ -134,6 +139,16 @@ def start(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if the daemon has not exited within 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_resumed(process: subprocess.Popen[bytes], base: str, tasks: int,
                  timeout: float = 300) -> float:
     """Seconds from now until every task is under the poller."""
@@ -191,11 +206,7 @@ def main() -> None:
             time.sleep(1)
             rss = max(rss, rss_mb(process.pid))
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process)
         print(f"rss_mb={rss:.0f} idle_cpu_pct={cpu:.1f} resume_s={resume:.2f}")
 
 

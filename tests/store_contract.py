@@ -420,6 +420,30 @@ class StoreContract:
         ]
         assert nothing == []
 
+    async def test_queued_page_gives_priority_and_seq_by_seq_a_page_at_a_time(
+        self, open_backend: OpenBackend
+    ) -> None:
+        async with open_backend() as store:
+            jobs = [await inserted(store, priority=p) for p in [0, 5, -1, 5, 0]]
+            await inserted(store, provider="other")
+            await inserted(store, state=JobState.RUNNING)
+            first = await store.queued_page("p", 0, 3)
+            rest = await store.queued_page("p", first[-1][1], 3)
+            none = await store.queued_page("nobody", 0, 3)
+        assert first + rest == [(job.priority, job.seq) for job in jobs]
+        assert len(first) == 3 and none == []
+
+    async def test_jobs_by_seq_reads_the_jobs_as_stored(self, open_backend: OpenBackend) -> None:
+        async with open_backend() as store:
+            a, b, c = [await inserted(store) for _ in range(3)]
+            moved = await store.transition(b.id, JobState.QUEUED, JobState.CANCELLED)
+            assert a.seq is not None and b.seq is not None and c.seq is not None
+            found = await store.jobs_by_seq([c.seq, b.seq, a.seq, 10**9])
+            empty = await store.jobs_by_seq([])
+        assert [job.id for job in found] == [a.id, b.id, c.id]
+        assert moved is not None and found[1] == moved
+        assert empty == []
+
     async def test_job_ids_in_and_count_by_state(self, open_backend: OpenBackend) -> None:
         async with open_backend() as store:
             queued = await inserted(store)

@@ -240,3 +240,21 @@ async def test_long_idempotency_key_is_400(easel: Any) -> None:
     response = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "x"},
                                   headers={"Idempotency-Key": "k" * 256})
     assert_error(response, 400, "INVALID_REQUEST")
+
+
+async def test_oversized_free_fields_are_refused_naming_field_and_limit(easel: Any) -> None:
+    """A user id or metadata as large as the body allows would be stored, shown on
+    every read and kept in memory: each free field has its own limit."""
+    response = await easel.submit({
+        "modelIdentifier": "sandbox-image", "prompt": "x",
+        "userId": "u" * 900_000,
+        "metadata": {"deep": [[[[[[[[[[1]]]]]]]]]]},
+        "inputImages": ["https://img.example/a.png"] * 17,
+    })
+    error = assert_error(response, 422, "INVALID_PARAMETERS")
+    assert error["details"]["problems"] == [
+        "input_images: must hold at most 16 images",
+        "user_id: must be at most 256 characters",
+        "metadata: nested deeper than 8 levels",
+    ]
+    assert len(response.content) < 2000

@@ -9,15 +9,20 @@ depends on time: circuits change by message.
 
 from __future__ import annotations
 
+import functools
+import gc
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
+import actors.scheduler as scheduler_module
 from actors.breaker import CircuitState, CircuitView
 from actors.catalog import ModelSpec
 from actors.errors import ErrorCode, ErrorInfo
@@ -443,3 +448,86 @@ async def test_an_unaccepted_submission_without_a_fallback_fails(tmp_path: Path)
                 await trio.sleep(0.01)
         assert stored.state is JobState.FAILED and stored.error is not None
         assert stored.error.code is ErrorCode.RATE_LIMITED
+
+
+# -- memory: the queue keeps keys, never jobs ------------------------------------------
+
+
+def live_jobs(ids: set[str]) -> int:
+    """How many ``Job`` objects of ``ids`` are alive anywhere in the process."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is Job and o.id in ids)
+
+
+async def test_enqueued_jobs_are_not_kept(tmp_path: Path) -> None:
+    """The ``Enqueue`` carries the job; the queue keeps its key and lets it go.
+    (Each message carries a copy: the store's writer may still hold the job it
+    inserted last.)"""
+    async with harness(tmp_path) as h:
+        await h.start(ready={})
+        refs = []
+        for priority in range(50):
+            job = attrs.evolve(await h.insert(priority=priority % 3))
+            refs.append(weakref.ref(job))
+            await h.tell.send(Enqueue(job))
+        del job
+        await wait_until(lambda: queued(h) == 50)
+        gc.collect()
+        assert [ref for ref in refs if ref() is not None] == []
+
+
+async def test_a_job_is_handed_over_as_stored_when_its_turn_comes(tmp_path: Path) -> None:
+    """Dispatch reads the job: a change to its row meanwhile is what the provider
+    gets, and a job cancelled meanwhile is not handed over at all."""
+    async with harness(tmp_path) as h:
+        await h.start(ready={})
+        cancelled = await h.enqueue(priority=5)
+        changed = await h.enqueue(prompt="as submitted")
+        await h.store.update(changed.id, JobState.QUEUED, prompt="as stored")
+        await h.store.transition(cancelled.id, JobState.QUEUED, JobState.CANCELLED)
+        await h.tell.send(ProviderReady("p", 2, CLOSED))
+        handed = await h.next()
+        assert (handed.id, handed.prompt) == (changed.id, "as stored")
+        await h.nothing_more()
+        assert queued(h) == 0
+
+
+async def test_a_restart_reloads_a_large_queue_by_pages_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler_module, "RELOAD_PAGE", 64)
+    count = 1000
+    async with harness(tmp_path) as h:
+        async with trio.open_nursery() as inserting:  # concurrent: one commit per batch
+            for i in range(count):
+                inserting.start_soon(functools.partial(h.insert, priority=i % 7 - 3))
+        rows = await h.store.jobs_in([JobState.QUEUED], provider="p")
+        expected = [job.id for job in rows]  # by priority, then age
+        del rows
+        await h.start(ready={})
+        assert queued(h) == count
+        assert live_jobs(set(expected)) == 0
+        await h.tell.send(ProviderReady("p", count, CLOSED))
+        handed = [(await h.next()).id for _ in range(count)]
+        await h.nothing_more()
+        assert handed == expected
+
+
+async def test_an_open_circuit_moves_a_queue_larger_than_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs are read for routing a batch at a time; every one is looked at."""
+    monkeypatch.setattr(scheduler_module, "LOAD_BATCH", 3)
+    async with harness(tmp_path) as h:
+        lonely = [await h.insert(model="lonely") for _ in range(4)]
+        movable = [await h.insert(model="m") for _ in range(7)]
+        await h.start(ready={"p": 0, "q": 20})
+        await h.tell.send(CircuitChanged("p", OPEN))
+        moved = {(await h.next("q")).id for _ in movable}
+        assert moved == {job.id for job in movable}
+        await wait_until(lambda: queued(h) == len(lonely))
+        for job in lonely:
+            with trio.fail_after(5):
+                while not await h.events(job.id, "circuit"):
+                    await trio.sleep(0.01)
+        await h.nothing_more("q")

@@ -14,8 +14,8 @@ import trio
 import trio.testing
 
 from actors.errors import EaselError, ErrorCode
-from actors.jobs import JobState
-from actors.store import MIGRATIONS, migrate, migrations, open_store
+from actors.jobs import AT_PROVIDER, JobState
+from actors.store import MIGRATIONS, jobs, migrate, migrations, open_store
 from tests.store_contract import make_job
 
 
@@ -47,6 +47,35 @@ async def test_reopen_does_not_migrate_again(tmp_path: Path) -> None:
         async with open_store(db) as store:
             await store.insert_job(make_job())
     assert schema_versions(db) == [len(MIGRATIONS)]
+
+
+@pytest.mark.parametrize(("states", "provider"), [
+    ([JobState.QUEUED], "p"),
+    ([JobState.SUBMITTING], "p"),
+    ([JobState.RESOLVING], "p"),
+    ([JobState.RUNNING], "p"),
+    (sorted(AT_PROVIDER), "p"),
+    ([JobState.FINALIZING], None),
+])
+def test_what_actors_reload_at_start_is_found_by_index(
+    tmp_path: Path, states: list[JobState], provider: str | None
+) -> None:
+    """A restart with a million queued jobs must not scan them for the few jobs
+    in other states: each reload query is answered from an index (and so is the
+    look for a queued twin, asked again and again while a job is resolved)."""
+    conn = migrations.connect(tmp_path / "x.db")
+    migrate(conn)
+    run: list[str] = []  # the statements as SQLite ran them, arguments inlined
+    conn.set_trace_callback(run.append)
+    jobs.select_in(conn, states, provider)
+    jobs.queued_page(conn, "p", 0, 10)
+    jobs.has_twin(conn, make_job(request_hash="h"), [JobState.QUEUED, JobState.SUBMITTING])
+    conn.set_trace_callback(None)
+    for sql in run:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        assert not any(step.startswith("SCAN generation_requests") for step in plan), plan
+    assert len(run) == 3
+    conn.close()
 
 
 def test_a_failing_migration_leaves_the_last_whole_version(

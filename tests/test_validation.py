@@ -10,8 +10,17 @@ from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import JobState
 from actors.validation import (
+    MAX_DATA_URI,
+    MAX_INPUT_IMAGES,
+    MAX_KEY,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_KEYS,
     MAX_OUTPUTS,
+    MAX_PARAMETER_TEXT,
     MAX_PROMPT,
+    MAX_URL,
+    MAX_USER_ID,
     SubmissionRequest,
     job_from,
     parse_submission,
@@ -477,7 +486,8 @@ def test_fal_image_size_is_a_name_or_width_and_height() -> None:
 
 def test_sandbox_takes_only_a_small_object() -> None:
     assert family_request("sandbox", {"anything": 1}).parameters == {"anything": 1}
-    assert family_problems("sandbox", {"x": "y" * 5000}) == ["parameters: must be at most 4096 bytes of JSON"]
+    assert family_problems("sandbox", {"x": "y" * 3000, "z": "y" * 3000}) == [
+        "parameters: must be at most 4096 bytes of JSON"]
 
 
 def test_deep_nesting_is_refused() -> None:
@@ -485,7 +495,7 @@ def test_deep_nesting_is_refused() -> None:
     for _ in range(40):
         nested = [nested]
     assert family_problems("other-replicate", {"x": nested}) == ["parameters: nested deeper than 32 levels"]
-    assert family_problems("sandbox", metadata={"x": nested}) == ["metadata: nested deeper than 32 levels"]
+    assert family_problems("sandbox", metadata={"x": nested}) == ["metadata: nested deeper than 8 levels"]
 
 
 def test_data_uri_must_hold_valid_base64() -> None:
@@ -500,3 +510,54 @@ def test_stored_job_carries_the_normalised_parameters() -> None:
     job = job_from(request, FAMILY_CATALOG, idempotency_key=None, body_hash="h")
     assert job.parameters == {"duration": "10", "mode": "std", "aspect_ratio": "16:9"}
     assert job.provider == "tuzi-kling"
+
+
+# -- size limits of the free fields --------------------------------------------------
+
+
+def test_free_fields_at_their_limits_are_taken() -> None:
+    metadata = {f"k{i}": "v" for i in range(MAX_METADATA_KEYS)}
+    request = parse_submission(body(
+        user_id="u" * MAX_USER_ID,
+        metadata=metadata,
+        webhook_url="https://hooks.example/" + "h" * (MAX_URL - 22),
+        input_images=["https://img.example/" + "a" * (MAX_URL - 20)] * MAX_INPUT_IMAGES,
+    ), CATALOG)
+    assert request.user_id == "u" * MAX_USER_ID and request.metadata == metadata
+    nested: Any = "leaf"
+    for _ in range(MAX_METADATA_DEPTH):
+        nested = {"k": nested}
+    assert parse_submission(body(metadata=nested), CATALOG).metadata == nested
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({"userId": "u" * (MAX_USER_ID + 1)}, f"user_id: must be at most {MAX_USER_ID} characters"),
+    ({"metadata": {"note": "n" * MAX_METADATA_BYTES}},
+     f"metadata: must be at most {MAX_METADATA_BYTES} bytes of JSON"),
+    ({"metadata": {f"k{i}": 1 for i in range(MAX_METADATA_KEYS + 1)}},
+     f"metadata: must have at most {MAX_METADATA_KEYS} keys (nested ones counted)"),
+    ({"metadata": {"a": [[[[[[[[1]]]]]]]]}},
+     f"metadata: nested deeper than {MAX_METADATA_DEPTH} levels"),
+    ({"metadata": {"k" * (MAX_KEY + 1): 1}}, f"metadata: keys must be at most {MAX_KEY} characters"),
+    ({"input_images": ["https://img.example/a.png"] * (MAX_INPUT_IMAGES + 1)},
+     f"input_images: must hold at most {MAX_INPUT_IMAGES} images"),
+    ({"input_images": ["https://img.example/" + "a" * MAX_URL]},
+     f"input_images[0]: must be at most {MAX_URL} characters"),
+    ({"input_images": ["data:image/png;base64," + "A" * MAX_DATA_URI]},
+     f"input_images[0]: must be at most {MAX_DATA_URI} characters"),
+    ({"webhookUrl": "https://hooks.example/" + "h" * MAX_URL},
+     f"webhook_url: must be at most {MAX_URL} characters"),
+    ({"parameters": {"style": {"note": "n" * (MAX_PARAMETER_TEXT + 1)}}},
+     f"parameters.style.note: must be at most {MAX_PARAMETER_TEXT} characters"),
+])
+def test_free_fields_past_their_limits_are_refused_naming_the_limit(
+    fields: dict[str, Any], problem: str
+) -> None:
+    assert problems(body(**fields)) == [problem]
+
+
+def test_oversized_parameters_are_refused_before_their_rules_repeat_them() -> None:
+    """An unknown key would be named in the rules' message: a huge one is not."""
+    found = family_problems("flux-pro", {"k" * 100_000: 1}, user_id="u" * 1000)
+    assert found == [f"user_id: must be at most {MAX_USER_ID} characters",
+                     f"parameters: keys must be at most {MAX_KEY} characters"]

@@ -159,10 +159,20 @@ def write_polls(
     )
 
 
+#: The condition of the partial indexes over unfinished jobs, word for word: SQLite
+#: uses such an index only for a query that states its condition, and cannot
+#: tell for itself that ``state IN ('RUNNING')`` implies it. Without it, every
+#: reload at start scanned the whole table: seconds with a million queued jobs.
+UNFINISHED = "state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')"
+
+
 def in_states(states: Iterable[JobState], provider: str | None) -> tuple[str, list[Any]]:
     """The WHERE clause (and its arguments) for jobs in ``states``, of ``provider``."""
+    states = list(states)
     names = [s.value for s in states]
     clause = f"state IN ({', '.join('?' for _ in names)})"
+    if not any(s.terminal for s in states):
+        clause += f" AND {UNFINISHED}"
     args: list[Any] = list(names)
     if provider is not None:
         clause += " AND provider=?"
@@ -176,6 +186,28 @@ def select_in(
     clause, args = in_states(states, provider)
     sql = f"SELECT * FROM generation_requests WHERE {clause} ORDER BY priority DESC, seq ASC"
     return [from_row(r) for r in conn.execute(sql, args)]
+
+
+def queued_page(
+    conn: sqlite3.Connection, provider: str, after: int, limit: int
+) -> list[tuple[int, int]]:
+    """``(priority, seq)`` of up to ``limit`` of ``provider``'s QUEUED jobs past
+    ``after``, by ``seq``. Plain tuples, not ``sqlite3.Row``: a restart reads a
+    million of them, and the partial index ``generation_requests_queue`` covers
+    the query, so no row of the table itself is read."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor.execute(
+        "SELECT priority, seq FROM generation_requests"
+        " WHERE provider=? AND state='QUEUED' AND seq>? ORDER BY seq LIMIT ?",
+        (provider, after, limit),
+    ).fetchall()
+
+
+def by_seq(conn: sqlite3.Connection, seqs: list[int]) -> list[Job]:
+    marks = ", ".join("?" for _ in seqs)
+    sql = f"SELECT * FROM generation_requests WHERE seq IN ({marks}) ORDER BY seq"
+    return [from_row(r) for r in conn.execute(sql, seqs)]
 
 
 def submitted_since(conn: sqlite3.Connection, provider: str, since: float) -> list[Job]:

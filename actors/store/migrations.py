@@ -140,6 +140,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE generation_requests ADD COLUMN preprocess TEXT;
     """,
+    # 8: the scheduler's queue, as it reloads it at start (a provider's QUEUED
+    # jobs by seq, with their priority): covered by the first index, so a restart
+    # with a million queued jobs reads the index alone, never the rows. The
+    # second finds unfinished jobs by state alone (the finalizer's FINALIZING
+    # jobs of every provider) without a scan past the queued ones; the third, a
+    # queued twin of a request being resolved (``has_twin``), likewise.
+    """
+    CREATE INDEX generation_requests_queue
+        ON generation_requests(provider, state, seq, priority)
+        WHERE state = 'QUEUED';
+    CREATE INDEX generation_requests_unfinished ON generation_requests(state, provider)
+        WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
+    CREATE INDEX generation_requests_twins ON generation_requests(provider, request_hash)
+        WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
+    """,
 ]
 
 

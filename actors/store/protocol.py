@@ -182,6 +182,22 @@ class Store(Protocol):
         """Ids of the provider's jobs in any of ``states`` (cheaper than ``jobs_in``)."""
         ...
 
+    async def queued_page(
+        self, provider: str, after: int, limit: int
+    ) -> list[tuple[int, int]]:
+        """``(priority, seq)`` of up to ``limit`` of the provider's QUEUED jobs whose
+        ``seq`` is above ``after``, by ``seq``.
+
+        All a queue needs to order its jobs, a page at a time: the scheduler keeps
+        these, not the jobs, and reloads a queue of a million jobs by pages, so
+        neither the rows nor a million-entry result is ever held at once."""
+        ...
+
+    async def jobs_by_seq(self, seqs: Iterable[int]) -> list[Job]:
+        """The jobs with these ``seq`` numbers, in any state (those that exist), by
+        ``seq``: the scheduler loads the jobs it hands over by the number it kept."""
+        ...
+
     async def jobs_submitted_since(self, provider: str, since: float) -> list[Job]:
         """The provider's jobs, in any state, that entered SUBMITTING at or after
         ``since`` (Unix seconds), oldest first: what the orphan sweep compares the

@@ -131,6 +131,17 @@ class SQLiteStore:
     async def job_ids_in(self, states: Iterable[JobState], provider: str) -> list[str]:
         return await self.engine.read(jobs.ids_in, list(states), provider)
 
+    async def queued_page(
+        self, provider: str, after: int, limit: int
+    ) -> list[tuple[int, int]]:
+        return await self.engine.read(jobs.queued_page, provider, after, limit)
+
+    async def jobs_by_seq(self, seqs: Iterable[int]) -> list[Job]:
+        wanted = list(seqs)
+        if not wanted:
+            return []
+        return await self.engine.read(jobs.by_seq, wanted)
+
     async def jobs_submitted_since(self, provider: str, since: float) -> list[Job]:
         return await self.engine.read(jobs.submitted_since, provider, since)
 
