@@ -61,6 +61,9 @@ class ModelSpec:
     #: order, when its provider's circuit is open or a submission provably never
     #: reached it (see ``ProviderActor`` and the scheduler).
     fallbacks: list[str] = attrs.field(factory=list)
+    #: Store this model's outputs (``true``) or keep the provider's own URLs
+    #: (``false``); unset: its provider section's ``upload_outputs``.
+    upload_outputs: bool | None = None
 
 
 def fallback_chain(catalog: Mapping[str, ModelSpec], model: str) -> list[str]:

@@ -25,9 +25,11 @@ import cattrs
 
 from actors.catalog import ModelSpec, check_fallbacks
 from actors.conversion import make_converter, problems_of
+from actors.finalizer import MediaSettings
 from actors.outbox import OutboxSettings
 from actors.providers import known_adapters, structure_sections
 from actors.providers.base import ProviderSettings
+from actors.storage import StorageSettings
 from daemon.logs import FORMATS, parse_level
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
@@ -69,12 +71,6 @@ class LoggingSettings:
 
 
 @attrs.frozen
-class MediaSettings:
-    #: Largest output Easel downloads from a provider, in bytes.
-    max_download_bytes: int = 200 * 1024 * 1024
-
-
-@attrs.frozen
 class Config:
     daemon: DaemonSettings = attrs.field(factory=DaemonSettings)
     logging: LoggingSettings = attrs.field(factory=LoggingSettings)
@@ -83,6 +79,8 @@ class Config:
     webhooks: OutboxSettings = attrs.field(factory=OutboxSettings)
     providers: dict[str, ProviderSettings] = attrs.field(factory=dict)
     models: dict[str, ModelSpec] = attrs.field(factory=dict)
+    #: ``[storage]``: where outputs are kept (actors/storage/).
+    storage: StorageSettings = attrs.field(factory=StorageSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -258,6 +256,8 @@ def _problems(config: Config) -> Iterator[str]:
         parse_level(config.logging.level)
     except ValueError as exc:
         yield f"logging.level: {exc}"
+    if config.storage.backend == "s3" and not config.storage.s3.bucket:
+        yield "storage.s3.bucket: must be set when storage.backend is \"s3\""
     if config.logging.format not in FORMATS:
         yield f"logging.format: must be one of {', '.join(map(repr, FORMATS))}"
 

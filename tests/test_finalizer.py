@@ -15,11 +15,11 @@ import trio
 from quart_trio import QuartTrio
 from trio.testing import MockClock
 
-from actors.finalizer import DOWNLOAD_RETRY, DOWNLOAD_RETRY_AFTER_CAP, Finalizer
+from actors.finalizer import DOWNLOAD_RETRY, DOWNLOAD_RETRY_AFTER_CAP, Finalizer, MediaSettings
 from actors.jobs import Job, JobState, new_job_id
 from actors.lifecycle import Lifecycle
 from actors.monitor import Monitor
-from actors.storage import LocalStorage
+from actors.storage import LocalStorage, MeteredStorage
 from actors.store import Store, open_store
 from tests.simulators.base import png_bytes, serve_simulator
 
@@ -59,8 +59,12 @@ async def finalized(store: Store, tmp_path: Path, url: str, max_bytes: int = 1 <
     moved = await store.transition(job.id, JobState.QUEUED, JobState.FINALIZING,
                                    provider_outputs=[url])
     assert moved is not None
-    finalizer = Finalizer(store, LocalStorage(tmp_path / "media"), Lifecycle(), Monitor(),
-                          changes=store.subscribe(), max_bytes=max_bytes)
+    monitor = Monitor()
+    finalizer = Finalizer(
+        store, MeteredStorage(LocalStorage(tmp_path / "media"), monitor), Lifecycle(), monitor,
+        changes=store.subscribe(), staging=tmp_path / "staging",
+        settings=MediaSettings(max_image_bytes=max_bytes, allow_private_downloads=True),
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(finalizer.run)  # it takes up every job left in FINALIZING
         with trio.fail_after(3600):

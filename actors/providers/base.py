@@ -80,6 +80,9 @@ class ProviderSettings:
     sweep_interval: float = attrs.field(default=300.0, validator=attrs.validators.ge(0))
     #: Polling for this provider's models that name none of their own.
     polling: PollingSpec | None = None
+    #: Download and store outputs (the storage backend); ``false`` keeps the
+    #: provider's own URLs in results (they expire at the provider's pace).
+    upload_outputs: bool = True
 
 
 @attrs.frozen

@@ -22,7 +22,6 @@ from quart import Blueprint, Response, request
 from actors import context, metrics
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job
-from actors.outbox import absolutise
 from actors.validation import job_from, parse_submission, request_hash
 from daemon.api.auth import caller
 from daemon.api.errors import error_response, json_body, json_response
@@ -55,12 +54,11 @@ def wait_seconds(text: str | None) -> float:
     return seconds
 
 
-def _absolute(job: Job) -> dict[str, Any]:
-    """The job as the API shows it, its ``/media/`` URLs made absolute."""
-    data = job.to_api()
-    if not job.results:  # nothing to resolve (every new job): no base URL to work out
-        return data
-    return absolutise(data, services().public_base_url or request.host_url)
+async def _absolute(job: Job) -> dict[str, Any]:
+    """The job as the API shows it, its result URLs made now (from ``[daemon]
+    public_base_url`` or the bind address, or the storage backend: never from the
+    request's ``Host``, which the client chooses)."""
+    return await services().runtime.present(job)
 
 
 #: ``easel_jobs_submitted_total``'s child per model, looked up once.
@@ -96,14 +94,14 @@ async def submit() -> Response:
     if created:
         _count_submitted(job.model)
         log.info("job accepted", extra={"model": job.model})
-    return json_response(_absolute(job), 202 if created else 200)
+    return json_response(await _absolute(job), 202 if created else 200)
 
 
 @blueprint.get("/<job_id>")
 async def status(job_id: str) -> Response:
     wait = wait_seconds(request.args.get("wait"))
     job = await services().runtime.wait_for_job(job_id, wait)
-    return json_response(_absolute(job))
+    return json_response(await _absolute(job))
 
 
 @blueprint.get("/<job_id>/events")
@@ -116,4 +114,4 @@ async def cancel(job_id: str) -> Response:
     context.job_id.set(job_id)
     job = await services().runtime.cancel(job_id)
     log.info("job cancelled", extra={"provider": job.provider})
-    return json_response(_absolute(job))
+    return json_response(await _absolute(job))
