@@ -296,6 +296,9 @@ class Finalizer:
             names = os.listdir(self.staging)
         except FileNotFoundError:
             return
+        except OSError as exc:  # out of descriptors: the files wait for the next start
+            log.warning("cannot look through %s: %s", self.staging, exc)
+            return
         for name in names:
             if name not in keep:
                 shutil.rmtree(self.staging / name, ignore_errors=True)
