@@ -10,6 +10,7 @@ in parts by the finalizer.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,22 @@ from typing import Any
 import pytest
 import trio
 
-from actors.jobs import Job, new_job_id
-from actors.storage import S3Settings
+from actors.jobs import Job, JobState, new_job_id
+from actors.monitor import Monitor
+from actors.storage import MeteredStorage, S3Settings
 from actors.storage.s3 import S3Storage
+from actors.store import open_store
 from tests.conftest import EmbeddedDaemon
 from tests.s3server import BUCKET, MotoServer
-from tests.storage_contract import Backend, StorageContract, fetch
+from tests.storage_contract import LARGE, Backend, StorageContract, fetch
+from tests.test_finalizer import (
+    MP4_HEAD,
+    Output,
+    finalizing_job,
+    make_finalizer,
+    serve_output,
+    until_settled,
+)
 
 
 @pytest.fixture
@@ -94,4 +105,30 @@ async def test_the_client_is_made_once(moto: MotoServer) -> None:
         for _ in range(8):
             nursery.start_soon(storage.probe)
     assert storage._client() is storage._client()
+    await storage.aclose()
+
+
+async def test_a_large_video_output_is_streamed_and_sent_in_parts(
+    tmp_path: Path, moto: MotoServer, nursery: trio.Nursery
+) -> None:
+    body = MP4_HEAD + os.urandom(LARGE - len(MP4_HEAD))
+    output = Output([], body=body, content_type="video/mp4")
+    await serve_output(nursery, output)
+    storage = MeteredStorage(S3Storage(S3Settings(
+        bucket=BUCKET, endpoint_url=moto.url, region="us-east-1", addressing_style="path",
+        access_key_id="testing", secret_access_key="testing")), Monitor())
+    async with open_store(tmp_path / "db.sqlite") as store:
+        job = await finalizing_job(store, output.url)
+        finalizer = make_finalizer(store, tmp_path, storage, max_video_bytes=LARGE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(finalizer.run)
+            ended = await until_settled(store, job.id)
+            nursery.cancel_scope.cancel()
+        await finalizer.aclose()
+    assert ended.state is JobState.SUCCEEDED, ended.error
+    [result] = ended.results
+    assert result["sha256"] == hashlib.sha256(body).hexdigest() and result["size"] == LARGE
+    head = moto.client().head_object(Bucket=BUCKET, Key=result["key"])
+    assert head["ETag"].strip('"').endswith("-3") and head["ContentType"] == "video/mp4"
+    assert not (tmp_path / "staging" / job.id).exists()
     await storage.aclose()
