@@ -96,7 +96,7 @@ class MediaSettings:
     #: a provider configured at such an address literal (``base_url``) may serve
     #: its outputs from that same host.
     allow_private_downloads: bool = False
-    #: Jobs downloading at once.
+    #: Jobs downloading at once (storing is bounded by the backend).
     concurrency: int = attrs.field(default=8, validator=attrs.validators.ge(1))
 
     def cap(self, kind: MediaKind) -> int:
@@ -364,19 +364,18 @@ class Finalizer:
         if job is None or job.state is not JobState.FINALIZING:
             return  # a reload took care of it, or it was cancelled
         context.provider.set(job.provider)
-        async with self._limiter:
-            with self.lifecycle.busy():
-                try:
-                    if not job.provider_outputs:
-                        raise EaselError(ErrorCode.TASK_FAILED, "provider returned no outputs")
-                    results = await self._results(job)
-                except EaselError as exc:
-                    await self._fail(job, exc.info)
-                    return
-                done = await self.store.transition(
-                    job.id, JobState.FINALIZING, JobState.SUCCEEDED,
-                    results=results, provider_outputs=[], progress=1.0, stage_reason=None,
-                )
+        with self.lifecycle.busy():
+            try:
+                if not job.provider_outputs:
+                    raise EaselError(ErrorCode.TASK_FAILED, "provider returned no outputs")
+                results = await self._results(job)
+            except EaselError as exc:
+                await self._fail(job, exc.info)
+                return
+            done = await self.store.transition(
+                job.id, JobState.FINALIZING, JobState.SUCCEEDED,
+                results=results, provider_outputs=[], progress=1.0, stage_reason=None,
+            )
         if done is not None:
             log.info("job succeeded", extra={"outputs": len(results)})
             self.monitor.emit("job.succeeded", job.provider, model=job.model)
@@ -406,10 +405,13 @@ class Finalizer:
         spec = self.catalog.get(job.serving_model)
         kind = spec.kind if spec is not None else MediaKind.IMAGE
         # Every download first, then every put: provider URLs expire, stores wait.
+        # Only downloads take the limiter: a slow or failing store must not keep
+        # another job's download waiting until its URL expires.
         staged: dict[int, Upload] = {}
-        for index, url in enumerate(job.provider_outputs):
-            if upload or url.startswith("data:"):
-                staged[index] = await self._staged(job, index, url)
+        async with self._limiter:
+            for index, url in enumerate(job.provider_outputs):
+                if upload or url.startswith("data:"):
+                    staged[index] = await self._staged(job, index, url)
         results = []
         for index, url in enumerate(job.provider_outputs):
             if index not in staged:
