@@ -23,6 +23,8 @@ from actors.monitor import Monitor
 from actors.storage import MeteredStorage, S3Settings
 from actors.storage.s3 import S3Storage
 from actors.store import open_store
+from daemon import config as config_module
+from daemon.config import ConfigError
 from tests.conftest import EmbeddedDaemon
 from tests.s3server import BUCKET, MotoServer
 from tests.storage_contract import LARGE, Backend, StorageContract, fetch
@@ -34,6 +36,7 @@ from tests.test_finalizer import (
     serve_output,
     until_settled,
 )
+from tests.test_outbox import SECRET, start_receiver, verify
 
 
 @pytest.fixture
@@ -132,3 +135,31 @@ async def test_a_large_video_output_is_streamed_and_sent_in_parts(
     assert head["ETag"].strip('"').endswith("-3") and head["ContentType"] == "video/mp4"
     assert not (tmp_path / "staging" / job.id).exists()
     await storage.aclose()
+
+
+async def test_a_client_webhook_carries_a_presigned_url_made_at_delivery(
+    easel_daemon: Any, moto: MotoServer, nursery: trio.Nursery
+) -> None:
+    receiver = await start_receiver(nursery)
+    easel: EmbeddedDaemon = await easel_daemon(
+        f'{moto.toml()}\n[webhooks]\nsecret = "{SECRET}"\nallow_private_targets = true\n')
+    response = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "a date",
+                                   "webhook_url": receiver.url})
+    await easel.wait(response.json()["id"])
+    with trio.fail_after(10):
+        [received] = await receiver.wait_for(1)
+    [result] = verify(received)["results"]
+    assert "X-Amz-Signature=" in result["url"] and result["urlExpiresAt"]
+    media = await fetch(result["url"])
+    assert hashlib.sha256(media.content).hexdigest() == result["sha256"]
+    # The stored payload holds the key only: the URL was made when it was sent.
+    [row] = await easel.runtime.store.webhooks_of(response.json()["id"])
+    assert "X-Amz" not in row.payload
+
+
+def test_the_s3_backend_needs_a_bucket(tmp_path: Path) -> None:
+    path = tmp_path / "easel.toml"
+    path.write_text('[storage]\nbackend = "s3"\n')
+    with pytest.raises(ConfigError) as refused:
+        config_module.load(path, environ={})
+    assert refused.value.problems == ['storage.s3.bucket: must be set when storage.backend is "s3"']
