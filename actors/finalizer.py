@@ -145,6 +145,18 @@ def local_cause(exc: BaseException) -> OSError | None:
     return None
 
 
+def _told_clients(exc: Exception) -> str:
+    """What a client may read of a local problem (the job's ``stageReason`` and
+    events): the system's words for it, never paths, keys or endpoints, which
+    only the log gets."""
+    errors = [c for c in _causes(exc) if isinstance(c, OSError) and c.strerror]
+    if isinstance(exc, StorageError):
+        return f"storage: {errors[0].strerror}" if errors else "storage backend unavailable"
+    if errors:
+        return str(errors[0].strerror)
+    return "internal error"
+
+
 def _private_literal(url: str) -> str | None:
     """The host of ``url`` when it is ``localhost`` or a non-public address literal."""
     try:
@@ -341,17 +353,18 @@ class Finalizer:
         self, job_id: str, exc: Exception, attempt: int, delay: float
     ) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:300]
+        said = _told_clients(exc)
         if isinstance(exc, OSError | LocalProblem | StorageError):
             log.warning("finalizing attempt %d failed here (%s); again in %.0f s",
                         attempt, reason, delay)
         else:
             log.exception("finalizing attempt %d failed; again in %.0f s", attempt, delay)
         self.monitor.emit("finalize.retry", attempt=attempt, error=reason)
-        info = ErrorInfo(ErrorCode.STORAGE_ERROR, reason)
+        info = ErrorInfo(ErrorCode.STORAGE_ERROR, said)
         try:
             await self.store.update(
                 job_id, JobState.FINALIZING,
-                stage_reason=f"local problem, retrying in {delay:.0f} s: {reason}",
+                stage_reason=f"local problem, retrying in {delay:.0f} s: {said}",
                 event={"kind": "finalize_retry", "attempt": attempt, "error": info.to_json()},
             )
         except Exception as note_failed:  # the store may be the problem itself

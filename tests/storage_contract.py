@@ -153,7 +153,11 @@ class StorageContract:
             reason = job["stageReason"] or ""
             return job if job["stage"] == "FINALIZING" and "local problem" in reason else None
 
-        await wait_for(waiting)
+        waited = await wait_for(waiting)
+        # Clients read why, in the system's words: no path, key or endpoint.
+        assert waited["stageReason"].split(": ", 1)[1].startswith("storage")
+        assert str(easel.state_dir) not in waited["stageReason"]
+        assert "127.0.0.1" not in waited["stageReason"]
         health = (await easel.client.get("/api/health/detailed")).json()
         assert health["storage"]["reachable"] is False
         assert health["storage"]["lastError"]
