@@ -28,6 +28,7 @@ import trio
 from quart_trio import QuartTrio
 from trio.testing import MockClock
 
+from actors.catalog import ModelSpec
 from actors.finalizer import DOWNLOAD_RETRY, DOWNLOAD_RETRY_AFTER_CAP, Finalizer, MediaSettings
 from actors.jobs import Job, JobState, new_job_id
 from actors.lifecycle import Lifecycle
@@ -89,11 +90,12 @@ def make_finalizer(store: Store, tmp_path: Path, storage: Storage | None = None,
                    **settings: Any) -> Finalizer:
     monitor = Monitor()
     providers = settings.pop("providers", None)
+    catalog = settings.pop("catalog", None)
     values = {"allow_private_downloads": True, **settings}
     return Finalizer(
         store, storage or MeteredStorage(LocalStorage(tmp_path / "media"), monitor),
         Lifecycle(), monitor, changes=store.subscribe(), staging=tmp_path / "staging",
-        settings=MediaSettings(**values), providers=providers,
+        settings=MediaSettings(**values), providers=providers, catalog=catalog,
     )
 
 
@@ -220,6 +222,24 @@ async def test_upload_outputs_false_keeps_the_providers_url(
     assert job.state is JobState.SUCCEEDED
     assert job.results == [{"type": "image", "url": output.url}]
     assert output.times == []
+
+
+async def test_a_models_upload_outputs_overrides_its_providers(
+    tmp_path: Path, serve: Callable[..., Awaitable[Output]], clock: MockClock
+) -> None:
+    output = await serve()
+
+    def catalog(upload: bool) -> dict[str, ModelSpec]:
+        return {"sandbox-image": ModelSpec(provider="sandbox", provider_model="sandbox-image",
+                                           upload_outputs=upload)}
+
+    async with open_store(tmp_path / "db.sqlite") as store:
+        kept = await finalized(store, tmp_path, output.url, catalog=catalog(False))
+        stored = await finalized(store, tmp_path, output.url, catalog=catalog(True),
+                                 providers={"sandbox": ProviderSettings(upload_outputs=False)})
+    assert kept.results == [{"type": "image", "url": output.url}]
+    assert stored.results[0]["key"] == f"{stored.id}/0.png"
+    assert len(output.times) == 1
 
 
 @contextmanager
