@@ -64,6 +64,9 @@ class ModelSpec:
     #: What one output costs, in the operator's own units (cents, credits): a job
     #: costs this times its outputs, and a key's ``daily_spend`` limit adds them up.
     cost: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    #: Store this model's outputs (``true``) or keep the provider's own URLs
+    #: (``false``); unset: its provider section's ``upload_outputs``.
+    upload_outputs: bool | None = None
 
 
 def fallback_chain(catalog: Mapping[str, ModelSpec], model: str) -> list[str]:

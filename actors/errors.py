@@ -36,6 +36,8 @@ class ErrorCode(str, enum.Enum):
     CONFLICT = "CONFLICT"
     SHUTTING_DOWN = "SHUTTING_DOWN"
     UNCERTAIN_SUBMISSION = "UNCERTAIN_SUBMISSION"
+    #: Outputs could not be stored here (storage backend, disk, file descriptors).
+    STORAGE_ERROR = "STORAGE_ERROR"
 
 
 #: HTTP status and retryability of each code, as a client sees them.
@@ -59,6 +61,7 @@ _TABLE: dict[ErrorCode, tuple[int, bool]] = {
     ErrorCode.CONFLICT: (409, False),
     ErrorCode.SHUTTING_DOWN: (503, True),
     ErrorCode.UNCERTAIN_SUBMISSION: (500, False),
+    ErrorCode.STORAGE_ERROR: (503, True),
 }
 
 

@@ -5,7 +5,8 @@ the same transaction that makes a job with a ``webhook_url`` terminal, so a cras
 can never lose a delivery). It takes no messages: the store's change feed wakes it
 when a new row may be due, and a timer when a retry falls due.
 
-Each delivery POSTs the job JSON (``Job.to_api()``, media URLs made absolute)
+Each delivery POSTs the job JSON (``Job.to_api()``, result URLs made at delivery
+by ``ResultLinks``: a presigned URL is fresh when it leaves)
 signed per Standard Webhooks (``webhook-id`` stable per delivery,
 ``webhook-timestamp``, ``webhook-signature: v1,<base64 HMAC-SHA256>``) through the
 SSRF-checked ``Fetcher`` (``actors/fetch.py``). A 2xx marks it delivered; 410 Gone
@@ -42,7 +43,7 @@ from actors.monitor import Monitor
 from actors.redaction import SECRETS
 from actors.retry import Backoff, parse_retry_after
 from actors.signing import SignatureError, secret_key, sign
-from actors.storage import MEDIA_PREFIX
+from actors.storage import ResultLinks
 from actors.store import (
     OUTBOX_DELIVERED,
     OUTBOX_FAILED,
@@ -119,20 +120,6 @@ def load_or_create_secret(path: Path) -> str:
     return secret
 
 
-def absolutise(data: dict[str, Any], base_url: str) -> dict[str, Any]:
-    """The job JSON with its ``/media/...`` result URLs made absolute on ``base_url``
-    (as the HTTP API does), since a receiver has no request to resolve them against."""
-    base = base_url.rstrip("/")
-    if not base:
-        return data
-    results = [
-        {**r, "url": base + r["url"]}
-        if isinstance(r, dict) and str(r.get("url", "")).startswith(MEDIA_PREFIX) else r
-        for r in data.get("results") or []
-    ]
-    return {**data, "results": results}
-
-
 class _Failed(Exception):
     """One attempt failed; ``status`` is the receiver's answer when there was one,
     ``retry_after`` the seconds its ``Retry-After`` asked for."""
@@ -155,18 +142,19 @@ class Outbox:
         *,
         changes: trio.MemoryReceiveChannel[Job],
         monitor: Monitor,
-        base_url: str = "",
+        links: ResultLinks | None = None,
         rng: random.Random | None = None,
         resolve: Resolver = resolve_host,
         public: Callable[[IPAddress], bool] = is_public,
     ) -> None:
         """``changes``: the store's change feed (a job that ended with a
-        ``webhook_url`` has a new row to deliver). ``resolve`` and ``public`` are
+        ``webhook_url`` has a new row to deliver). ``links`` makes the result URLs
+        of each payload (none: sent as stored). ``resolve`` and ``public`` are
         the ``Fetcher``'s seams for tests."""
         self.store = store
         self.settings = settings
         SECRETS.add_fields(settings)  # the signing secret, even a generated one
-        self.base_url = base_url
+        self.links = links
         self.monitor = monitor
         self._changes = changes
         self._rng = rng or random.Random()
@@ -277,8 +265,11 @@ class Outbox:
         )
         self._emit("webhook.retry")
 
-    def _signed(self, row: OutboxRow) -> tuple[bytes, dict[str, str]]:
-        body = json.dumps(absolutise(json.loads(row.payload), self.base_url)).encode()
+    async def _signed(self, row: OutboxRow) -> tuple[bytes, dict[str, str]]:
+        payload = json.loads(row.payload)
+        if self.links is not None:
+            payload = await self.links.present(payload)
+        body = json.dumps(payload).encode()
         # Real wall time, not trio's clock: receivers compare it with their own clock.
         timestamp = int(time.time())
         return body, {
@@ -292,7 +283,7 @@ class Outbox:
     async def _post(self, fetcher: Fetcher, row: OutboxRow) -> int:
         """One attempt: the status of the final answer, if 2xx; else ``_Failed``
         (``TargetRefused`` for a URL or a redirect hop that may not be sent to)."""
-        body, headers = self._signed(row)
+        body, headers = await self._signed(row)
         try:
             async with fetcher.stream("POST", row.url, content=body, headers=headers) as response:
                 status = response.status_code  # the body is never read

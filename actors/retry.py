@@ -4,9 +4,10 @@ Owns ``Backoff`` (exponential, capped, jittered, honouring ``Retry-After``),
 ``RetryPolicy`` (a ``Backoff`` with a number of attempts) and
 ``parse_retry_after`` (the header, in seconds). Every retry in the daemon
 draws its waits from these: a provider's repeatable calls and the finalizer's
-downloads (``RetryPolicy``), the supervisor's restarts and the outbox's delivery
-schedule (``Backoff``; the supervisor bounds restarts by its intensity, the outbox
-by a row's age, not by a count).
+downloads (``RetryPolicy``), the supervisor's restarts, the outbox's delivery
+schedule and the finalizer's attempts after a local problem (``Backoff``; the
+supervisor bounds restarts by its intensity, the outbox by a row's age, the
+finalizer not at all: a billed output is never given up for a local problem).
 
 Why not ``stamina``: it sleeps with ``trio.sleep`` under trio (so MockClock would
 drive it), but it is a loop around a call, not a schedule, and only the provider's

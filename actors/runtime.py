@@ -14,6 +14,7 @@ the store or an actor directly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,7 @@ import trio
 
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
-from actors.finalizer import Finalizer
+from actors.finalizer import Finalizer, MediaSettings
 from actors.images.inputs import InputPreparer
 from actors.images.presets import PreprocessSettings
 from actors.images.publish import LocalInputs
@@ -48,7 +49,7 @@ from actors.providers.base import Adapter, ProviderSettings, WebhookReceiver
 from actors.quotas import Quotas, QuotaSettings
 from actors.routing import Router
 from actors.scheduler import Scheduler
-from actors.storage import LocalStorage
+from actors.storage import ResultLinks, StorageError, StorageSettings, open_storage
 from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, JobQuery, Store
 from actors.supervisor import (
     RESTART_BACKOFF,
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 SCHEDULER_MAILBOX = 1024
 PROVIDER_MAILBOX = 256
 POLLER_MAILBOX = 1024
+#: The longest a health check waits for the storage backend to answer.
+STORAGE_PROBE_SECONDS = 5.0
 
 
 @attrs.frozen
@@ -85,20 +88,24 @@ class Runtime:
         providers: dict[str, ProviderSettings],
         catalog: dict[str, ModelSpec],
         media_dir: Path,
-        max_download_bytes: int = 200 * 1024 * 1024,
+        media: MediaSettings | None = None,
+        storage: StorageSettings | None = None,
         max_restarts: int = 5,
         max_restart_seconds: float = 60.0,
         public_base_url: str = "",
         idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
         webhooks: OutboxSettings | None = None,
-        webhook_base_url: str = "",
+        media_base_url: str = "",
         limits: QuotaSettings | None = None,
         key_cache_seconds: float = 1.0,
         preprocess: PreprocessSettings | None = None,
     ) -> None:
         """``webhooks`` configures client webhook delivery (its ``secret`` must be
-        set: the daemon generates one when the operator did not);
-        ``webhook_base_url`` makes ``/media/`` result URLs in them absolute;
+        set: the daemon generates one when the operator did not).
+        ``media_base_url`` is where clients reach Easel (``[daemon]
+        public_base_url``, else the address it listens on): the base of
+        ``/media/`` result URLs in API answers and webhooks, never a request's
+        ``Host``. Downloads are staged in ``staging/`` beside ``media_dir``.
         ``limits`` are the quotas (``actors/quotas.py``), and ``key_cache_seconds``
         how long a key read from the store is trusted (``actors/keys.py``);
         ``preprocess``: input-image presets and limits (``[preprocess]``)."""
@@ -123,7 +130,10 @@ class Runtime:
         self.families = {name: settings.adapter or name for name, settings in providers.items()}
         self.lifecycle = Lifecycle()
         self.monitor = Monitor()
-        self.storage = LocalStorage(media_dir)
+        self.storage = open_storage(storage or StorageSettings(), media_dir, media_base_url,
+                                    self.monitor)
+        #: Makes result URLs each time a job is read (``present``).
+        self.links = ResultLinks(self.storage, media_base_url)
         self.keys = KeyRing(store, key_cache_seconds)
         self.quotas = Quotas(limits or QuotaSettings(), store=store, keys=self.keys,
                              catalog=self.catalog, changes=store.subscribe())
@@ -137,7 +147,8 @@ class Runtime:
         self._to_scheduler = to_scheduler
         self.finalizer = Finalizer(
             store, self.storage, self.lifecycle, self.monitor,
-            changes=store.subscribe(), max_bytes=max_download_bytes,
+            changes=store.subscribe(), staging=media_dir.parent / "staging",
+            settings=media, catalog=self.catalog, providers=enabled,
         )
         self.adapters: dict[str, Adapter] = {}
         #: Sections whose provider pushes task updates (``Capabilities.webhooks``).
@@ -182,7 +193,7 @@ class Runtime:
         )
         self.outbox = Outbox(
             store, webhooks or OutboxSettings(), changes=store.subscribe(),
-            monitor=self.monitor, base_url=webhook_base_url,
+            monitor=self.monitor, links=self.links,
         )
         self.supervisor = self._tree(Intensity(max_restarts, max_restart_seconds))
 
@@ -240,6 +251,7 @@ class Runtime:
                 for adapter in self.adapters.values():
                     await adapter.aclose()
                 await self.finalizer.aclose()
+                await self.storage.aclose()
 
     def fits(self, job: Job, model: str) -> bool:
         """Whether catalog ``model`` can take ``job``'s request as it was stored."""
@@ -310,6 +322,17 @@ class Runtime:
         if job is None or (owner is not None and job.owner != owner):
             raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
         return job
+
+    async def present(self, job: Job) -> dict[str, Any]:
+        """The job as clients see it (``Job.to_api()``), with its result URLs made
+        now: presigned ones expire, so none is stored."""
+        return await self.links.present(job.to_api())
+
+    async def probe_storage(self) -> None:
+        """Ask the storage backend whether it answers (its figures record the
+        outcome; a failure is not raised: health reports it)."""
+        with contextlib.suppress(StorageError), trio.move_on_after(STORAGE_PROBE_SECONDS):
+            await self.storage.probe()
 
     async def wait_for_job(self, job_id: str, seconds: float, owner: str | None = None) -> Job:
         """The job once it is terminal, or as it stands after ``seconds`` (of
@@ -387,4 +410,6 @@ class Runtime:
             "restarts": self.supervisor.statistics().restarts,
             "monitor": self.monitor.statistics(),
             "store": attrs.asdict(self.store.statistics()),
+            "storage": self.storage.statistics(),
+            "finalizer": self.finalizer.statistics(),
         }

@@ -25,12 +25,14 @@ import cattrs
 
 from actors.catalog import ModelSpec, check_fallbacks
 from actors.conversion import make_converter, problems_of
+from actors.finalizer import MediaSettings
 from actors.images.presets import PreprocessSettings, structure_presets
 from actors.outbox import OutboxSettings
 from actors.providers import known_adapters, structure_sections
 from actors.providers.base import ProviderSettings
 from actors.quotas import QuotaSettings
 from actors.redaction import SECRETS
+from actors.storage import StorageSettings
 from daemon.logs import FORMATS, parse_level
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
@@ -79,12 +81,6 @@ class LoggingSettings:
 
 
 @attrs.frozen
-class MediaSettings:
-    #: Largest output Easel downloads from a provider, in bytes.
-    max_download_bytes: int = 200 * 1024 * 1024
-
-
-@attrs.frozen
 class AuthSettings:
     """``[auth]``: who may call the API (``daemon/api/auth.py``)."""
 
@@ -125,6 +121,8 @@ class Config:
     limits: QuotaSettings = attrs.field(factory=QuotaSettings)
     #: ``[preprocess]``: input-image limits and presets (actors/images/).
     preprocess: PreprocessSettings = attrs.field(factory=PreprocessSettings)
+    #: ``[storage]``: where outputs are kept (actors/storage/).
+    storage: StorageSettings = attrs.field(factory=StorageSettings)
 
     @property
     def state_dir(self) -> Path:
@@ -327,6 +325,8 @@ def _problems(config: Config) -> Iterator[str]:
         parse_level(config.logging.level)
     except ValueError as exc:
         yield f"logging.level: {exc}"
+    if config.storage.backend == "s3" and not config.storage.s3.bucket:
+        yield "storage.s3.bucket: must be set when storage.backend is \"s3\""
     if config.logging.format not in FORMATS:
         yield f"logging.format: must be one of {', '.join(map(repr, FORMATS))}"
 
@@ -340,7 +340,8 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     elif SYSTEM_CONFIG.exists():
         tree = merge(tree, _read_toml(SYSTEM_CONFIG))
     config = structure(interpolate(tree, environ))
-    for section in (config.webhooks, config.auth, *config.providers.values()):
+    for section in (config.webhooks, config.auth, config.storage.s3,
+                    *config.providers.values()):
         SECRETS.add_fields(section)  # masked by value in logs and errors from now on
     problems = list(_problems(config))
     if problems:

@@ -123,13 +123,14 @@ async def _serve(
                 providers=config.providers,
                 catalog=config.models,
                 media_dir=media_dir,
-                max_download_bytes=config.media.max_download_bytes,
+                media=config.media,
+                storage=config.storage,
                 max_restarts=config.daemon.max_restarts,
                 max_restart_seconds=config.daemon.max_restart_seconds,
                 public_base_url=config.daemon.public_base_url,
                 idempotency_window=config.daemon.idempotency_window,
                 webhooks=webhooks,
-                webhook_base_url=config.daemon.public_base_url or _bind_url(config.daemon.bind),
+                media_base_url=config.daemon.public_base_url or _bind_url(config.daemon.bind),
                 limits=config.limits,
                 key_cache_seconds=config.auth.key_cache_seconds,
                 preprocess=config.preprocess,
@@ -167,8 +168,8 @@ async def _serve(
 
 
 def _bind_url(binds: list[str]) -> str:
-    """The base of media URLs in webhooks when ``public_base_url`` is not set: the
-    first TCP address the API listens on (a client reached it there)."""
+    """The base of media URLs when ``public_base_url`` is not set: the first TCP
+    address the API listens on (a client reached it there)."""
     for bind in binds:
         if not bind.startswith(("unix:", "fd://")):
             return f"http://{bind}"

@@ -33,6 +33,7 @@ from actors.monitor import Monitor
 from actors.outbox import BACKOFF, Outbox, OutboxSettings
 from actors.providers.sandbox import SandboxSettings
 from actors.runtime import Runtime
+from actors.storage import LocalStorage, ResultLinks
 from actors.store import Store, open_store
 from daemon import config as config_module
 
@@ -163,6 +164,12 @@ async def running_outbox(store: Store, outbox_settings: OutboxSettings,
         nursery.cancel_scope.cancel()
 
 
+def local_links(tmp_path: Path, base_url: str) -> ResultLinks:
+    """Result URLs as a daemon with the local backend at ``base_url`` makes them
+    (the test's results hold ``/media/`` paths, as results stored before keys did)."""
+    return ResultLinks(LocalStorage(tmp_path / "media", base_url), base_url)
+
+
 async def wait_until(check: Callable[[], Any], step: float = 1.0, within: float = 300.0) -> Any:
     """Poll an async ``check`` until it returns something truthy."""
     with trio.fail_after(within):
@@ -208,7 +215,7 @@ async def test_terminal_transition_writes_the_row_in_its_transaction(tmp_path: P
 async def test_delivery_is_signed_per_standard_webhooks(tmp_path: Path, nursery) -> None:
     receiver = await start_receiver(nursery)
     async with open_store(tmp_path / "db.sqlite") as store, running_outbox(
-        store, settings(), base_url="https://easel.example/"
+        store, settings(), links=local_links(tmp_path, "https://easel.example/")
     ):
         job = await ended_job(store, receiver.url)
         [received] = await receiver.wait_for(1)
@@ -381,7 +388,7 @@ def sandbox_runtime(store: Store, tmp_path: Path) -> Runtime:
         catalog={"sandbox-image": ModelSpec(provider="sandbox", provider_model="sandbox-image")},
         media_dir=tmp_path / "media",
         webhooks=settings(),
-        webhook_base_url="http://easel.test:8700",
+        media_base_url="http://easel.test:8700",
     )
 
 

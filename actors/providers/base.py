@@ -88,6 +88,9 @@ class ProviderSettings:
     #: documented hosts (``actors/providers/http.py``, ``AllowedHosts``); the host
     #: of ``base_url`` is always allowed.
     allowed_hosts: tuple[str, ...] = ()
+    #: Download and store outputs (the storage backend); ``false`` keeps the
+    #: provider's own URLs in results (they expire at the provider's pace).
+    upload_outputs: bool = True
 
 
 @attrs.frozen

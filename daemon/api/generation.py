@@ -27,7 +27,6 @@ from quart import Blueprint, Response, request
 from actors import context, metrics
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job
-from actors.outbox import absolutise
 from actors.validation import job_from, parse_submission, request_hash
 from daemon.api import listing
 from daemon.api.auth import caller
@@ -61,12 +60,11 @@ def wait_seconds(text: str | None) -> float:
     return seconds
 
 
-def absolute(job: Job) -> dict[str, Any]:
-    """The job as the API shows it, its ``/media/`` URLs made absolute."""
-    data = job.to_api()
-    if not job.results:  # nothing to resolve (every new job): no base URL to work out
-        return data
-    return absolutise(data, services().public_base_url or request.host_url)
+async def absolute(job: Job) -> dict[str, Any]:
+    """The job as the API shows it, its result URLs made now (from ``[daemon]
+    public_base_url`` or the bind address, or the storage backend: never from the
+    request's ``Host``, which the client chooses)."""
+    return await services().runtime.present(job)
 
 
 #: ``easel_jobs_submitted_total``'s child per model, looked up once.
@@ -116,7 +114,7 @@ async def accept(body: Any) -> tuple[Job, bool]:
 async def submit() -> Response:
     refuse_while_draining()
     job, created = await accept(await json_body())
-    return json_response(absolute(job), 202 if created else 200)
+    return json_response(await absolute(job), 202 if created else 200)
 
 
 @blueprint.get("")
@@ -125,7 +123,7 @@ async def list_jobs() -> Response:
     filters and the cursor are read by ``daemon.api.listing``."""
     query = listing.job_query(request.args, caller().viewer)
     jobs, cursor = await listing.page(services().runtime, query)
-    return json_response({"data": [absolute(job) for job in jobs], "nextCursor": cursor,
+    return json_response({"data": [await absolute(job) for job in jobs], "nextCursor": cursor,
                           "hasMore": cursor is not None})
 
 
@@ -133,7 +131,7 @@ async def list_jobs() -> Response:
 async def status(job_id: str) -> Response:
     wait = wait_seconds(request.args.get("wait"))
     job = await services().runtime.wait_for_job(job_id, wait, caller().viewer)
-    return json_response(absolute(job))
+    return json_response(await absolute(job))
 
 
 @blueprint.get("/<job_id>/events")
@@ -147,4 +145,4 @@ async def cancel(job_id: str) -> Response:
     context.job_id.set(job_id)
     job = await services().runtime.cancel(job_id, caller().viewer)
     log.info("job cancelled", extra={"provider": job.provider})
-    return json_response(absolute(job))
+    return json_response(await absolute(job))

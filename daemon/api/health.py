@@ -5,7 +5,8 @@
 an actor is restarting and reloading its state (``actors`` names them). Its
 answer is cached for ``HEALTH_CACHE_SECONDS`` so frequent checks cost one database
 ping a second at most. ``/api/health/detailed`` adds the runtime's statistics and
-job counts; ``/api/metrics`` is the Prometheus registry, with the job and slot
+job counts (``storage``: the backend, probed on each call, whether it answered, its
+last error, bytes stored, upload latencies); ``/api/metrics`` is the Prometheus registry, with the job and slot
 gauges refreshed from the same figures when scraped.
 """
 
@@ -72,6 +73,7 @@ async def health() -> Response:
 async def health_detailed() -> Response:
     runtime = services().runtime
     counts = await runtime.count_by_state()
+    await runtime.probe_storage()  # "storage" then says whether it answers now
     return json_response({**runtime.statistics(), "jobs": counts})
 
 

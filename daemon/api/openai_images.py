@@ -28,13 +28,13 @@ from werkzeug.security import safe_join
 from actors.catalog import MediaKind
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job, JobState
-from actors.outbox import MEDIA_PREFIX
 from daemon.api.errors import error_response, json_response
 from daemon.api.generation import absolute, accept, refuse_while_draining
 from daemon.api.openai_compat import (
     data_uri,
     failed,
     invalid,
+    local_output,
     openai_blueprint,
     openai_request,
     submission,
@@ -93,18 +93,25 @@ async def _generate(fields: dict[str, Any], images: list[str]) -> Response:
 
 
 async def _images(job: Job, answer_as: str) -> dict[str, Any]:
-    results = absolute(job)["results"] if answer_as == "url" else job.results
-    data = [{"url": result["url"]} if answer_as == "url" else
-            {"b64_json": base64.b64encode(await _stored(job, result["url"])).decode()}
-            for result in results]
+    if answer_as == "url":
+        data = [{"url": result["url"]} for result in (await absolute(job))["results"]]
+    else:
+        data = [{"b64_json": base64.b64encode(await _stored(job, result)).decode()}
+                for result in job.results]
     return {"created": int(job.created_at), "data": data}
 
 
-async def _stored(job: Job, url: str) -> bytes:
-    """The bytes of a stored output (``/media/<job>/<n>.<ext>``)."""
-    path = safe_join(str(services().media_dir), url.removeprefix(MEDIA_PREFIX))
-    if not url.startswith(MEDIA_PREFIX) or path is None:
-        raise EaselError(ErrorCode.INTERNAL_ERROR, f"job {job.id}'s output is not stored here")
+async def _stored(job: Job, result: Any) -> bytes:
+    """The bytes of an output kept on local storage. Outputs kept elsewhere (an S3
+    bucket, the provider) are offered by URL only: Easel does not fetch them back."""
+    relative = local_output(result)
+    path = None if relative is None else safe_join(str(services().media_dir), relative)
+    if path is None:
+        raise EaselError(
+            ErrorCode.INVALID_REQUEST,
+            f"job {job.id}'s outputs are not on local storage: b64_json is offered for "
+            "local storage only; ask for response_format=url (the job is done and kept)",
+            {"param": "response_format", "jobId": job.id})
     return await trio.to_thread.run_sync(_read, path, limiter=_reads)
 
 

@@ -22,20 +22,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Response, request, send_from_directory
+from quart import Response, redirect, request, send_from_directory
 
 from actors.catalog import MediaKind
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job, JobState
-from actors.outbox import MEDIA_PREFIX
 from actors.store import JobQuery
 from daemon.api import listing
 from daemon.api.auth import caller
 from daemon.api.errors import json_response
-from daemon.api.generation import accept, refuse_while_draining
+from daemon.api.generation import absolute, accept, refuse_while_draining
 from daemon.api.openai_compat import (
     data_uri,
     invalid,
+    local_output,
     openai_blueprint,
     openai_request,
     own_job,
@@ -122,10 +122,11 @@ async def content(video_id: str) -> Response:
     if job.state is not JobState.SUCCEEDED or not job.results:
         raise EaselError(ErrorCode.CONFLICT, f"video {video_id} is {STATUSES[job.state]}, "
                                              "not completed", {"status": STATUSES[job.state]})
-    url = str(job.results[0]["url"])
-    if not url.startswith(MEDIA_PREFIX):
-        raise EaselError(ErrorCode.INTERNAL_ERROR, f"video {video_id} is not stored here")
-    return await send_from_directory(services().media_dir, url.removeprefix(MEDIA_PREFIX))
+    relative = local_output(job.results[0])
+    if relative is None:  # kept by S3 or the provider: its URL, made now
+        url = (await absolute(job))["results"][0]["url"]
+        return redirect(url, 302)
+    return await send_from_directory(services().media_dir, relative)
 
 
 @blueprint.get("")
