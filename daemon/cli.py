@@ -387,6 +387,18 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_url(text: str) -> str:
+    """``--url``: an http or https URL with a host, or a usage error (exit 2) rather
+    than a request that could never leave."""
+    try:
+        url = httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected http://HOST:PORT or https://...")
+    return text
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="easel", description="AI image and video generation daemon",
                                 epilog=EXIT_HELP)
@@ -407,7 +419,7 @@ def parser() -> argparse.ArgumentParser:
         """A command that talks to a running daemon."""
         cmd = add(name, help_, json_help)
         cmd.add_argument(
-            "--url", help="daemon base URL, e.g. http://127.0.0.1:8700 "
+            "--url", type=_base_url, help="daemon base URL, e.g. http://127.0.0.1:8700 "
                           "(default: the first [daemon] bind of the config)",
         )
         cmd.add_argument(

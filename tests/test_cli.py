@@ -258,7 +258,8 @@ async def test_a_missing_unix_socket_exits_3(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", [["status", "--bogus", "gen_x"], ["jobs", "--limit", "x"],
-                                     ["cancel"], ["nope"]])
+                                     ["cancel"], ["nope"], ["jobs", "--url", "ftp://x"],
+                                     ["events", "--url", "localhost:8700", "gen_x"]])
 async def test_usage_errors_exit_2(command: list[str]) -> None:
     with trio.fail_after(60):
         result = await easel(*command)
