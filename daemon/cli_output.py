@@ -10,6 +10,7 @@ whole percent, so a log or a CI job shows the same history without escape codes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -91,11 +92,13 @@ def when(at: Any) -> str:
 
 
 def events_table(events: Sequence[Mapping[str, Any]]) -> str:
-    """A job's events, oldest first: when, what, and the rest as ``key=value``."""
+    """A job's events, oldest first: when, what, and the rest as ``key=value`` (a
+    value that is not a string as JSON)."""
     rows = [["AT", "EVENT", "DETAILS"]]
     for event in events:
-        details = " ".join(f"{key}={value}" for key, value in event.items()
-                           if key not in ("at", "kind"))
+        details = " ".join(
+            f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+            for key, value in event.items() if key not in ("at", "kind"))
         rows.append([when(event.get("at")), str(event.get("kind")), details])
     return table(rows)
 
