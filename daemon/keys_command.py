@@ -6,22 +6,28 @@ one write waits for the daemon's transaction of the moment. The daemon sees a ne
 or revoked key within ``[auth] key_cache_seconds`` (``actors/keys.py``).
 
 A new key is printed once, alone on stdout (so ``KEY=$(easel keys create ...)``
-works); what was made goes to stderr. Only its hash is stored.
+works); what was made goes to stderr. Only its hash is stored. With ``--json`` each
+action prints its keys as ``key_json`` shapes them (``create`` adds the secret as
+``key``), nothing else on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from actors.clock import wall_now
+from actors.jobs import iso
 from actors.keys import ApiKey, KeyLimits, new_key, parse_scopes
 from actors.store import open_store
+from daemon.cli_output import table
 
 #: The daemon's database under ``state_dir`` (as ``daemon/service.py`` opens it).
 DATABASE = "easel.db"
@@ -53,7 +59,8 @@ async def _create(database: Path, args: argparse.Namespace) -> int:
     key, secret = new_key(name, parse_scopes(args.scope), _limits(args), wall_now())
     async with open_store(database) as store:
         await store.create_key(key)
-    print(secret, flush=True)
+    print(json.dumps({"key": secret, **key_json(key)}, indent=2) if args.json else secret,
+          flush=True)
     scopes = ",".join(sorted(s.value for s in key.scopes))
     print(f"easel: created key {key.id} ({name}) with scopes {scopes}; the key above is "
           "shown this once only: keep it now", file=sys.stderr)
@@ -70,6 +77,17 @@ def _limit(value: float | None) -> str:
     return "default" if value is None else f"{value:g}"
 
 
+def key_json(key: ApiKey) -> dict[str, Any]:
+    """A key as ``--json`` prints it: never its secret nor its hash; a limit left to
+    the ``[limits]`` default is null."""
+    limits = key.limits
+    return {"id": key.id, "name": key.name, "scopes": sorted(s.value for s in key.scopes),
+            "createdAt": iso(key.created_at), "revokedAt": iso(key.revoked_at),
+            "limits": {"rate": limits.rate, "burst": limits.burst,
+                       "maxActiveJobs": limits.max_active_jobs,
+                       "dailySpend": limits.daily_spend}}
+
+
 def _row(key: ApiKey) -> list[str]:
     limits = key.limits
     return [key.id, key.name, ",".join(sorted(s.value for s in key.scopes)),
@@ -80,15 +98,14 @@ def _row(key: ApiKey) -> list[str]:
 async def _list(database: Path, args: argparse.Namespace) -> int:
     async with open_store(database) as store:
         keys = await store.list_keys()
+    if args.json:
+        print(json.dumps([key_json(key) for key in keys], indent=2))
+        return 0
     if not keys:
         print("no keys (create one with: easel keys create --name NAME)")
         return 0
-    table = [["ID", "NAME", "SCOPES", "CREATED", "REVOKED", "RATE", "BURST", "MAX_ACTIVE",
-              "DAILY_SPEND"], *map(_row, keys)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-              .rstrip())
+    print(table([["ID", "NAME", "SCOPES", "CREATED", "REVOKED", "RATE", "BURST", "MAX_ACTIVE",
+                  "DAILY_SPEND"], *map(_row, keys)]))
     return 0
 
 
@@ -98,5 +115,8 @@ async def _revoke(database: Path, args: argparse.Namespace) -> int:
     if key is None:
         print(f"easel: keys: no key {args.id}", file=sys.stderr)
         return 1
-    print(f"revoked {key.id} ({key.name}) at {_when(key.revoked_at)}")
+    if args.json:
+        print(json.dumps(key_json(key), indent=2))
+    else:
+        print(f"revoked {key.id} ({key.name}) at {_when(key.revoked_at)}")
     return 0

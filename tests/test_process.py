@@ -219,7 +219,8 @@ def test_cli_submit_wait_produces_a_png(tmp_path: Path) -> None:
         png.write_bytes(httpx.get(url).content)
         assert Image.open(png).format == "PNG"
         status = subprocess.run(
-            [sys.executable, "-m", "daemon", "status", "--config", str(config), job_id],
+            [sys.executable, "-m", "daemon", "status", "--json", "--config", str(config),
+             job_id],
             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30,
         )
         assert json.loads(status.stdout)["status"] == "SUCCESS"
