@@ -236,3 +236,19 @@ async def test_a_wrong_key_is_an_authentication_error(easel_daemon) -> None:
             await client.images.generate(model="sandbox-image", prompt="x")
     assert (refused.value.type, refused.value.code) == ("authentication_error",
                                                          "authentication_failed")
+
+
+@pytest.mark.parametrize(("result", "path"), [
+    ({"type": "image", "storage": "local", "key": "gen_1/0.png"}, "gen_1/0.png"),
+    ({"type": "image", "key": "gen_1/0.png"}, "gen_1/0.png"),  # local is the default
+    ({"type": "video", "storage": "s3", "key": "easel/2026/12/01/gen_1/0.mp4"}, None),
+    ({"type": "image", "url": "/media/gen_1/0.png"}, "gen_1/0.png"),  # stored before keys
+    ({"type": "image", "url": "https://provider.example/out.png"}, None),  # kept there
+    ("not a result", None),
+])
+def test_only_outputs_in_the_media_directory_are_read_back(result: Any, path: str | None) -> None:
+    """b64_json and video downloads read the media directory for these; the others
+    (a bucket's, a provider's) are offered by their URL."""
+    from daemon.api.openai_compat import local_output
+
+    assert local_output(result) == path
