@@ -10,7 +10,9 @@
   backend.
 - The SQLite backend: ``sqlite`` (``SQLiteStore``, ``open_store``) on ``engine``
   (owner threads, group commit, poll notes), ``migrations``, and one repository per
-  table family: ``jobs`` (with events), ``idempotency``, ``outbox``, ``durations``.
+  table family: ``jobs`` (with events), ``idempotency``, ``outbox``, ``durations``,
+  and for the monitor ``errorlog``, ``alerts`` (with their notifications) and
+  ``gauges`` (figures its rules read).
 
 Where the domain policy went, and why: the outbox row owed by a terminal job and the
 idempotency answer are decided in ``policy`` and only *applied* by a backend, inside
