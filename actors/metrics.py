@@ -59,3 +59,10 @@ FALLBACKS = Counter(
     "easel_fallbacks", "Jobs moved to a fallback model", ["model", "to", "reason"],
     registry=REGISTRY,
 )
+ALERTS_FIRING = Gauge(
+    "easel_alerts_firing", "Alerts firing now (the monitor's built-in rules)", registry=REGISTRY,
+)
+ALERT_NOTIFICATIONS = Counter(
+    "easel_alert_notifications", "Alert notification attempts by channel and outcome "
+    "(sent, retry, failed)", ["channel", "outcome"], registry=REGISTRY,
+)

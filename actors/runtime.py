@@ -22,6 +22,8 @@ from typing import Any, cast
 import attrs
 import trio
 
+from actors.alerts.records import Alert, AlertState, ErrorEntry
+from actors.alerts.settings import MonitoringSettings
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.finalizer import Finalizer
@@ -87,10 +89,14 @@ class Runtime:
         idempotency_window: float = DEFAULT_IDEMPOTENCY_WINDOW,
         webhooks: OutboxSettings | None = None,
         webhook_base_url: str = "",
+        monitoring: MonitoringSettings | None = None,
+        watched_dirs: list[Path] | None = None,
     ) -> None:
         """``webhooks`` configures client webhook delivery (its ``secret`` must be
         set: the daemon generates one when the operator did not);
-        ``webhook_base_url`` makes ``/media/`` result URLs in them absolute."""
+        ``webhook_base_url`` makes ``/media/`` result URLs in them absolute.
+        ``monitoring``: the error log, alert rules and alerters; ``watched_dirs``
+        (with ``media_dir``) the directories whose free disk space is watched."""
         self.store = store
         self.idempotency_window = idempotency_window
         # A section without its keys is never started (``usable`` logs why), and
@@ -111,7 +117,10 @@ class Runtime:
         }
         self.families = {name: settings.adapter or name for name, settings in providers.items()}
         self.lifecycle = Lifecycle()
-        self.monitor = Monitor()
+        self.monitor = Monitor(
+            store=store, settings=monitoring, changes=store.subscribe(),
+            watched_dirs=[*(watched_dirs or []), media_dir],
+        )
         self.storage = LocalStorage(media_dir)
 
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
@@ -196,7 +205,7 @@ class Runtime:
             for name in self.providers
         ]
         return Supervisor("easel", [
-            ChildSpec("monitor", started_on_entry(self.monitor.run)),
+            ChildSpec("monitor", self.monitor.run),
             ChildSpec("finalizer", self.finalizer.run),
             ChildSpec("outbox", started_on_entry(self.outbox.run)),
             ChildSpec("scheduler", self.scheduler.run),
@@ -319,6 +328,36 @@ class Runtime:
             return f"job is {job.state.value}"
         await self._channels[provider].poller.send(Observed(job.id, event.status))
         return "applied"
+
+    # -- monitoring (the admin pages and API) ---------------------------------
+
+    async def list_errors(
+        self, filters: Mapping[str, Any] | None = None, limit: int = 100
+    ) -> list[ErrorEntry]:
+        return await self.store.list_errors(filters, limit)
+
+    async def resolve_error(self, error_id: int, by: str) -> ErrorEntry:
+        entry = await self.store.resolve_error(error_id, by)
+        if entry is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no error {error_id}")
+        return entry
+
+    async def list_alerts(self, state: AlertState | None = None, limit: int = 100) -> list[Alert]:
+        return await self.store.list_alerts(state, limit)
+
+    async def acknowledge_alert(self, alert_id: int, by: str) -> Alert:
+        alert = await self.store.acknowledge_alert(alert_id, by)
+        if alert is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no alert {alert_id}")
+        return alert
+
+    async def resolve_alert(self, alert_id: int, by: str) -> Alert:
+        """Resolved by the monitor, which owns each alert's life (and sends the
+        resolved notice)."""
+        alert = await self.monitor.resolve_alert(alert_id, by)
+        if alert is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no alert {alert_id}")
+        return alert
 
     def not_running(self) -> list[str]:
         """Supervised actors (by path) that are not up now: starting and reloading

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from actors.alerts.settings import MonitoringSettings
 from actors.catalog import ModelSpec, check_fallbacks
 from actors.conversion import make_converter, problems_of
 from actors.outbox import OutboxSettings
@@ -81,6 +82,8 @@ class Config:
     media: MediaSettings = attrs.field(factory=MediaSettings)
     #: ``[webhooks]``: signed client webhooks (actors/outbox.py).
     webhooks: OutboxSettings = attrs.field(factory=OutboxSettings)
+    #: ``[monitoring]``: error log retention, alert rules, alerters (actors/alerts/).
+    monitoring: MonitoringSettings = attrs.field(factory=MonitoringSettings)
     providers: dict[str, ProviderSettings] = attrs.field(factory=dict)
     models: dict[str, ModelSpec] = attrs.field(factory=dict)
 

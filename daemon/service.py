@@ -116,6 +116,8 @@ async def _serve(
                 idempotency_window=config.daemon.idempotency_window,
                 webhooks=webhooks,
                 webhook_base_url=config.daemon.public_base_url or _bind_url(config.daemon.bind),
+                monitoring=config.monitoring,
+                watched_dirs=[config.state_dir],
             )
             app = create_app(
                 runtime,

@@ -192,7 +192,7 @@ def test_unknown_keys_are_reported_per_table(tmp_path: Path) -> None:
 
 def test_unknown_top_level_key_has_no_empty_path(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, "bogus = 1\n")
-    assert problems == ["unknown key(s): bogus (known: daemon, logging, media, webhooks, "
+    assert problems == ["unknown key(s): bogus (known: daemon, logging, media, webhooks, monitoring, "
                         "providers, models)"]
 
 

@@ -55,6 +55,9 @@ class Tracker:
         """An operator resolved the alert: a condition still holding is a new one."""
         self._tracks.pop(fingerprint, None)
 
+    def firing(self) -> int:
+        return sum(track.alert is not None for track in self._tracks.values())
+
     def pending(self) -> list[str]:
         return sorted(fp for fp, track in self._tracks.items() if track.alert is None)
 
