@@ -157,6 +157,7 @@ class Monitor:
         self.errors_dropped = 0
         self._bell = Bell()
         self.handler = ErrorLogHandler(self)
+        self._providers: dict[str, ProviderFigures] = {}
 
     @property
     def channels(self) -> list[str]:
@@ -331,6 +332,8 @@ class Monitor:
         elif event.kind == "provider.call":
             outcome = event.data.get("outcome", "")
             self.seen.calls.add(provider, outcome != "ok", now)
+            self._providers.setdefault(provider, ProviderFigures()).note(
+                outcome, event.data.get("seconds"), now)
             metrics.PROVIDER_CALLS.labels(
                 provider=provider, call=event.data.get("call", ""), outcome=outcome,
             ).inc()
@@ -371,7 +374,47 @@ class Monitor:
             by_kind[kind] += n
         return {"events": dict(by_kind), "dropped": self.dropped,
                 "errorsDropped": self.errors_dropped, "alertsFiring": self._tracker.firing(),
-                "alertsPending": len(self._tracker.pending())}
+                "alertsPending": len(self._tracker.pending()),
+                "databaseError": self.seen.database_error,
+                "diskFree": dict(self.seen.disk_free),
+                "providers": {name: figures.to_json()
+                              for name, figures in self._providers.items()}}
+
+
+#: Call latencies kept per provider for its p95.
+LATENCY_SAMPLES = 500
+
+
+@attrs.define
+class ProviderFigures:
+    """A provider's calls as the monitor saw them: for the detailed health."""
+
+    calls: int = 0
+    failures: int = 0
+    latencies: collections.deque[float] = attrs.field(
+        factory=lambda: collections.deque(maxlen=LATENCY_SAMPLES))
+    last_success: float | None = None
+    last_error: str | None = None
+    last_at: float | None = None
+
+    def note(self, outcome: str, seconds: float | None, now: float) -> None:
+        self.calls += 1
+        self.last_at = now
+        if seconds is not None:
+            self.latencies.append(seconds)
+        if outcome == "ok":
+            self.last_success = now
+        else:
+            self.failures += 1
+            self.last_error = outcome
+
+    def to_json(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies)
+        p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] if ordered else None
+        mean = sum(ordered) / len(ordered) if ordered else None
+        return {"calls": self.calls, "failures": self.failures,
+                "p95Seconds": p95, "meanSeconds": mean, "lastSuccess": self.last_success,
+                "lastError": self.last_error, "lastCall": self.last_at}
 
 
 def _count_notification(channel: str, outcome: str) -> None:
