@@ -60,3 +60,6 @@ _.sees_all
 
 # aiosmtpd calls its handler's handle_DATA (the SMTP server in the alerting tests).
 _.handle_DATA
+
+# The admin pages (daemon/api/admin.py): routes and a template filter, called by Quart.
+_when, logout, overview

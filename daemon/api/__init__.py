@@ -5,7 +5,8 @@ Families (each its own module, each a ``blueprint``):
 - ``generation``: submit, status (``?wait=``), events, cancel;
 - ``provider_webhooks``: providers reporting finished tasks;
 - ``health``: health, detailed health, Prometheus metrics;
-- ``media``: stored outputs.
+- ``media``: stored outputs;
+- ``admin``: the admin pages (HTML: errors, alerts, jobs).
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
 strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
@@ -25,7 +26,7 @@ from quart import Blueprint
 from quart_trio import QuartTrio
 
 from actors.runtime import Runtime
-from daemon.api import auth, errors, generation, health, media, provider_webhooks
+from daemon.api import admin, auth, errors, generation, health, media, provider_webhooks
 from daemon.api.access import AccessLog
 from daemon.api.services import Services
 
@@ -37,6 +38,7 @@ FAMILIES: tuple[Blueprint, ...] = (
     provider_webhooks.blueprint,
     health.blueprint,
     media.blueprint,
+    admin.blueprint,
 )
 
 
@@ -54,5 +56,5 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
     errors.install(app)
     for family in FAMILIES:
         app.register_blueprint(family)
-    app.asgi_app = AccessLog(app.asgi_app)  # type: ignore[method-assign]
+    app.asgi_app = AccessLog(admin.KeyCookie(app.asgi_app))  # type: ignore[method-assign]
     return app

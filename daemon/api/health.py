@@ -81,7 +81,7 @@ def _iso(at: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds")
 
 
-async def _summary() -> dict[str, Any]:
+async def summary() -> dict[str, Any]:
     api = services()
     runtime = api.runtime
     database = await _database()
@@ -120,7 +120,7 @@ def _answer(body: dict[str, Any]) -> Response:
 
 @blueprint.get("/health")
 async def health() -> Response:
-    return _answer(await _summary())
+    return _answer(await summary())
 
 
 def _adapter(name: str, figures: dict[str, Any], seen: dict[str, Any]) -> dict[str, Any]:
@@ -143,7 +143,7 @@ def _adapter(name: str, figures: dict[str, Any], seen: dict[str, Any]) -> dict[s
 async def health_detailed() -> Response:
     require_admin()
     runtime = services().runtime
-    body = await _summary()
+    body = await summary()
     database = await _database()
     stats = runtime.statistics()
     monitor = stats["monitor"]
