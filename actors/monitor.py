@@ -247,6 +247,16 @@ class Monitor:
             return
         now = wall_now()
         code = job.error.code if job.error else None
+        metrics.JOBS_COMPLETED.labels(model=job.model, state=job.state.value,
+                                      code=code.value if code else "").inc()
+        if job.attempts > 1:
+            metrics.JOB_ATTEMPTS_RETRIED.labels(model=job.model).inc(job.attempts - 1)
+        if job.started_at is not None and job.completed_at is not None:
+            metrics.JOB_RUN_SECONDS.labels(model=job.model).observe(
+                max(0.0, job.completed_at - job.started_at))
+        if job.submitting_at is not None:
+            metrics.JOB_QUEUE_SECONDS.labels(model=job.model).observe(
+                max(0.0, job.submitting_at - job.created_at))
         if job.state is not JobState.CANCELLED:
             self.seen.finishes.add(job.provider, code is ErrorCode.TASK_TIMEOUT, now)
         if job.attempts > self.settings.rules.max_retries:
@@ -284,6 +294,7 @@ class Monitor:
             with trio.fail_after(PING_TIMEOUT):
                 oldest = await store.oldest_queued_at()
             seen.queue_age = now - oldest if oldest is not None else None
+            metrics.QUEUE_OLDEST_AGE.set(seen.queue_age or 0.0)
         except (Exception, trio.TooSlowError) as exc:
             seen.database_error = f"{type(exc).__name__}: {exc}"
         seen.disk_free = await trio.to_thread.run_sync(_disk_free, self._dirs)
