@@ -331,6 +331,9 @@ class Runtime:
 
     # -- monitoring (the admin pages and API) ---------------------------------
 
+    async def job_totals(self, since: float, until: float) -> dict[str, Any]:
+        return await self.store.job_totals(since, until)
+
     async def list_errors(
         self, filters: Mapping[str, Any] | None = None, limit: int = 100
     ) -> list[ErrorEntry]:

@@ -810,3 +810,17 @@ class StoreContract:
             assert await store.oldest_queued_at() == first.created_at
             await store.transition(first.id, JobState.QUEUED, JobState.CANCELLED)
             assert await store.oldest_queued_at() == first.created_at + 10
+
+    async def test_job_totals_in_a_time_range(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async with open_backend() as store:
+            start = wall_now()
+            ran = await inserted(store, started_at=start)
+            autojump_clock.jump(30)
+            await store.transition(ran.id, JobState.QUEUED, JobState.SUCCEEDED)
+            await inserted(store)
+            totals = await store.job_totals(start, wall_now() + 1)
+            assert totals == {"byState": {"SUCCEEDED": 1, "QUEUED": 1}, "meanRunSeconds": 30}
+            assert await store.job_totals(start + 1, wall_now() + 1) == {
+                "byState": {"QUEUED": 1}, "meanRunSeconds": None}

@@ -1,5 +1,6 @@
 """The monitoring HTTP surface of a running daemon: ``/api/metrics`` parsed by
-``prometheus_client``'s own parser, with every series the README documents."""
+``prometheus_client``'s own parser, with every series the README documents; the
+admin stats in their documented shape."""
 
 from __future__ import annotations
 
@@ -32,3 +33,24 @@ async def test_metrics_parse_and_hold_the_documented_series(easel_daemon: Any) -
                  if s.name == "easel_jobs_completed_total"]
     assert any(s.labels == {"model": "sandbox-image", "state": "SUCCEEDED", "code": ""}
                for s in completed)
+
+
+async def test_stats_cover_jobs_adapters_and_the_process(easel_daemon: Any) -> None:
+    easel = await easel_daemon(FAST_SANDBOX)
+    job = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "m"})
+    await easel.wait(job.json()["id"])
+    stats = (await easel.client.get("/api/admin/monitoring/stats")).json()
+    assert stats["totals"]["jobs"] == 1 and stats["totals"]["succeeded"] == 1
+    assert stats["successRate"] == 1.0 and stats["averageDuration"] >= 0
+    assert stats["adapters"]["sandbox"]["calls"] >= 1
+    assert stats["process"]["memoryBytes"] > 0
+    assert set(stats) >= {"timeRange", "totals", "rates", "lastError"}
+    empty = (await easel.client.get("/api/admin/monitoring/stats",
+                                    params={"from": "2001-01-01T00:00:00Z",
+                                            "to": "2001-01-02T00:00:00Z"})).json()
+    assert empty["totals"]["jobs"] == 0 and empty["successRate"] is None
+    bad = await easel.client.get("/api/admin/monitoring/stats", params={"from": "yesterday"})
+    assert bad.status_code == 400
+    listed = (await easel.client.get("/api/admin/monitoring/alerts")).json()
+    assert listed == {"alerts": []}
+    assert "errors" in (await easel.client.get("/api/admin/monitoring/errors")).json()

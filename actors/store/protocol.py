@@ -317,3 +317,8 @@ class Store(Protocol):
     async def oldest_queued_at(self) -> float | None:
         """When the oldest QUEUED job was created, if any is queued."""
         ...
+
+    async def job_totals(self, since: float, until: float) -> dict[str, Any]:
+        """Jobs created in ``[since, until)``: ``{"byState": {state: count},
+        "meanRunSeconds": mean start-to-end seconds of those that ran, or None}``."""
+        ...

@@ -243,6 +243,9 @@ class SQLiteStore:
     async def oldest_queued_at(self) -> float | None:
         return await self.engine.read(gauges.oldest_queued_at)
 
+    async def job_totals(self, since: float, until: float) -> dict[str, Any]:
+        return await self.engine.read(gauges.job_totals, since, until)
+
 
 @asynccontextmanager
 async def open_store(

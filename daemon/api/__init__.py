@@ -6,7 +6,8 @@ Families (each its own module, each a ``blueprint``):
 - ``provider_webhooks``: providers reporting finished tasks;
 - ``health``: health, detailed health, Prometheus metrics;
 - ``media``: stored outputs;
-- ``admin``: the admin pages (HTML: errors, alerts, jobs).
+- ``admin``: the admin pages (HTML: errors, alerts, jobs);
+- ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON).
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
 strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
@@ -26,7 +27,16 @@ from quart import Blueprint
 from quart_trio import QuartTrio
 
 from actors.runtime import Runtime
-from daemon.api import admin, auth, errors, generation, health, media, provider_webhooks
+from daemon.api import (
+    admin,
+    auth,
+    errors,
+    generation,
+    health,
+    media,
+    monitoring,
+    provider_webhooks,
+)
 from daemon.api.access import AccessLog
 from daemon.api.services import Services
 
@@ -39,6 +49,7 @@ FAMILIES: tuple[Blueprint, ...] = (
     health.blueprint,
     media.blueprint,
     admin.blueprint,
+    monitoring.blueprint,
 )
 
 
