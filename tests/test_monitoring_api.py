@@ -1,13 +1,18 @@
 """The monitoring HTTP surface of a running daemon: ``/api/metrics`` parsed by
 ``prometheus_client``'s own parser, with every series the README documents; the
-admin stats in their documented shape."""
+admin stats in their documented shape; the shipped Grafana dashboard and
+Prometheus rules query only series Easel exports."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from actors import metrics
 from tests.test_api import FAST_SANDBOX
 
 #: The series the README lists (family names, as the parser gives them).
@@ -54,3 +59,53 @@ async def test_stats_cover_jobs_adapters_and_the_process(easel_daemon: Any) -> N
     listed = (await easel.client.get("/api/admin/monitoring/alerts")).json()
     assert listed == {"alerts": []}
     assert "errors" in (await easel.client.get("/api/admin/monitoring/errors")).json()
+
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+SERIES = re.compile(r"\beasel_[a-z_]+")
+
+
+def exported() -> set[str]:
+    """Every series name Easel's registry exports (with counter and histogram
+    suffixes)."""
+    names = set()
+    for family in metrics.REGISTRY.collect():
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        if family.type == "histogram":
+            names.update(family.name + end for end in ("_bucket", "_count", "_sum"))
+    return names
+
+
+def test_the_grafana_dashboard_loads_and_queries_exported_series() -> None:
+    dashboard = json.loads((CONFIG / "grafana-dashboard.json").read_text())
+    assert {"title", "uid", "schemaVersion", "panels"} <= set(dashboard)
+    assert isinstance(dashboard["schemaVersion"], int)
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
+    for topic in ("queue depth", "throughput", "success ratio", "p50", "p95", "circuit",
+                  "alerts"):
+        assert topic in titles, topic
+    names = exported()
+    for panel in dashboard["panels"]:
+        assert {"type", "title", "gridPos", "targets", "datasource"} <= set(panel)
+        assert {"h", "w", "x", "y"} <= set(panel["gridPos"])
+        for target in panel["targets"]:
+            used = set(SERIES.findall(target["expr"]))
+            assert used and used <= names, (panel["title"], used - names)
+
+
+def test_the_prometheus_rules_name_exported_series() -> None:
+    text = (CONFIG / "prometheus-alerts.yml").read_text()
+    rules = re.findall(r"^\s+- alert: (\w+)", text, re.M)
+    assert {"failure_rate", "timeout_rate", "job_retried", "crash_loop", "circuit_open",
+            "queue_lag", "webhook_failing"} <= set(rules)
+    exprs = text.split("expr:")[1:]
+    assert len(exprs) == len(rules)
+    names = exported()
+    for expr in exprs:
+        used = set(SERIES.findall(expr.split("labels:")[0]))
+        assert used and used <= names, used - names
