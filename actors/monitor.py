@@ -342,7 +342,8 @@ class Monitor:
             metrics.JOBS_FINISHED.labels(provider=provider, outcome=event.kind[4:]).inc()
         elif event.kind == "provider.call":
             outcome = event.data.get("outcome", "")
-            self.seen.calls.add(provider, outcome != "ok", now)
+            if outcome != ErrorCode.RATE_LIMITED.value:  # a 429 says nothing of health
+                self.seen.calls.add(provider, outcome != "ok", now)
             self._providers.setdefault(provider, ProviderFigures()).note(
                 outcome, event.data.get("seconds"), now)
             metrics.PROVIDER_CALLS.labels(

@@ -40,6 +40,8 @@ from actors.clock import wall_now
 from actors.monitor import Monitor
 from actors.store import open_store
 from tests.conftest import free_port
+from tests.simulators.base import Knobs, serve_simulator
+from tests.simulators.replicate import ReplicateSimulator
 from tests.test_outbox import Receiver, start_receiver
 
 RULES = RuleSettings(min_samples=10, for_seconds=0.2, keep_firing_for=0.3,
@@ -234,3 +236,83 @@ async def test_errors_reach_the_log_in_batches_and_old_ones_are_pruned(
         assert entries[1].level is Level.ERROR and "RuntimeError" in (entries[1].stack or "")
         assert entries[1].source == "component:actors.storage"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_provider_behind_a_running_daemon_alerts_every_channel(
+    easel_daemon: Any, nursery: trio.Nursery, channels: dict[str, Any],
+) -> None:
+    """The whole path: a Replicate simulator failing 60 % of requests (5xx) behind
+    an embedded daemon fires the failure-rate alert, notified once per channel; it
+    resolves once the simulator recovers."""
+    webhook: Receiver = channels["webhook"]
+    slack: Receiver = channels["slack"]
+    mailbox, smtp_port = channels["smtp"]
+    sim = ReplicateSimulator(Knobs(token="t", duration=0.05, error_5xx_rate=0.6, seed=3))
+    url = await nursery.start(serve_simulator, sim)
+    easel = await easel_daemon(f"""
+[providers.replicate]
+base_url = "{url}"
+api_token = "t"
+request_timeout = 0.5
+max_attempts = 1
+lookup_window = 0.3
+breaker_min_calls = 100000
+
+[models.primary]
+provider = "replicate"
+provider_model = "owner/flux"
+kind = "image"
+expected_duration = 0.05
+max_duration = 60
+polling = {{ strategy = "fixed", interval = 0.05 }}
+
+[monitoring]
+evaluate_interval = 0.05
+flush_interval = 0.05
+retry_base = 0.05
+retry_cap = 0.5
+
+[monitoring.rules]
+min_samples = 10
+for_seconds = 0.2
+keep_firing_for = 0.3
+
+[monitoring.email]
+host = "127.0.0.1"
+port = {smtp_port}
+starttls = false
+username = "ops"
+password = "hunter2"
+to = ["ops@example.com"]
+
+[monitoring.webhook]
+url = "{webhook.url}"
+
+[monitoring.slack]
+webhook_url = "{slack.url}"
+min_interval = 0.1
+""")
+
+    async def jobs(count: int) -> None:
+        async with trio.open_nursery() as batch:
+            for _ in range(count):
+                batch.start_soon(easel.submit, {"modelIdentifier": "primary", "prompt": "x"})
+
+    with trio.fail_after(60):
+        while not webhook.requests:
+            await jobs(5)
+            await trio.sleep(0.2)
+    await until(lambda: len(mailbox.messages) >= 1 and len(slack.requests) >= 2)
+    assert webhook.requests[0].json()["alerts"][0]["labels"]["subject"] == "replicate"
+    assert mailbox.messages[0]["Subject"] == "Easel [FIRING] failure_rate replicate"
+
+    sim.knobs = attrs.evolve(sim.knobs, error_5xx_rate=0.0)
+    with trio.fail_after(60):
+        while len(webhook.requests) < 2:
+            await jobs(5)
+            await trio.sleep(0.2)
+    await until(lambda: len(mailbox.messages) == 2 and len(slack.requests) == 3)
+    assert [r.json()["status"] for r in webhook.requests] == ["firing", "resolved"]
+    assert mailbox.messages[1]["Subject"] == "Easel [RESOLVED] failure_rate replicate"
+    await trio.sleep(0.3)
+    assert (len(mailbox.messages), len(webhook.requests), len(slack.requests)) == (2, 2, 3)

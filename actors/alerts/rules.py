@@ -8,7 +8,7 @@ repeats or resolves is ``actors/alerts/firing.py``'s business, not a rule's.
 The rules, with ``RuleSettings``' defaults:
 
 - ``failure_rate``: a provider's calls fail more than 50 % over 1 h (at least
-  ``min_samples`` calls);
+  ``min_samples`` calls; a 429 is not counted: it says nothing of health);
 - ``timeout_rate``: more than 20 % of a provider's finished jobs over 1 h failed
   TASK_TIMEOUT;
 - ``job_retried``: a job was attempted more than 3 times;
