@@ -100,7 +100,7 @@ def _entry_of(record: logging.LogRecord) -> ErrorEntry:
     elif record.stack_info:
         stack = record.stack_info
     source = f"component:{record.name}"
-    if record.name == "actors.supervisor" and record.args:  # "%s crashed", path
+    if record.name == "actors.supervisor" and record.msg == "%s crashed" and record.args:
         source = f"actor:{record.args[0]}"  # type: ignore[index]
     context = {"logger": record.name, "function": record.funcName, "line": record.lineno}
     for key in ("job_id", "provider", "request_id"):

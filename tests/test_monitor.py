@@ -316,3 +316,27 @@ min_interval = 0.1
     assert mailbox.messages[1]["Subject"] == "Easel [RESOLVED] failure_rate replicate"
     await trio.sleep(0.3)
     assert (len(mailbox.messages), len(webhook.requests), len(slack.requests)) == (2, 2, 3)
+
+
+async def test_a_crash_loop_is_logged_with_its_stack_and_alerts(
+    tmp_path: Path, channels: dict[str, Any],
+) -> None:
+    webhook: Receiver = channels["webhook"]
+    settings = attrs.evolve(settings_for(channels), slack=SlackSettings(),
+                            email=EmailSettings())
+    async with open_store(tmp_path / "easel.db") as store, trio.open_nursery() as nursery:
+        monitor, _ = await start_monitor(nursery, store, settings, tmp_path)
+        for _ in range(3):  # as the supervisor does for each crash
+            try:
+                raise KeyError("lost")
+            except KeyError as exc:
+                logging.getLogger("actors.supervisor").error("%s crashed", "scheduler",
+                                                             exc_info=exc)
+            monitor.emit("actor.crash", actor="scheduler")
+        [request] = await webhook.wait_for(1, within=30)
+        assert request.json()["groupKey"] == '{}:{alertname="crash_loop",subject="scheduler"}'
+        with trio.fail_after(30):
+            while len(entries := await store.list_errors({"source": "actor:scheduler"})) < 3:
+                await trio.sleep(0.02)
+        assert all("KeyError" in (entry.stack or "") for entry in entries)
+        nursery.cancel_scope.cancel()
