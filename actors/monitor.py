@@ -11,8 +11,9 @@ which only appends to a thread-safe buffer: a log call never waits for it).
 What it owns:
 
 - counters by kind and provider, and the Prometheus metrics of those events;
-- the error log: entries buffered and written in one batch every
-  ``flush_interval``, never in a request's path;
+- the error log: entries buffered and written in one batch ``flush_interval``
+  after the first arrives (no timer runs while the buffer is empty), never in a
+  request's path;
 - the alert rules' observations (``actors/alerts/rules.py``), evaluated every
   ``evaluate_interval``, and each alert's life (``actors/alerts/firing.py``): an
   alert's change and its notifications are stored together, then each channel's
@@ -158,6 +159,9 @@ class Monitor:
         self._bell = Bell()
         self.handler = ErrorLogHandler(self)
         self._providers: dict[str, ProviderFigures] = {}
+        #: Set when entries wait in the buffer; the run's token, for other threads.
+        self._waiting = trio.Event()
+        self._token: trio.lowlevel.TrioToken | None = None
 
     @property
     def channels(self) -> list[str]:
@@ -182,6 +186,25 @@ class Monitor:
         component = _component(entry.context.get("logger", ""))
         if component is not None:
             self._system_errors.append(component)
+        self._wake_flush()
+
+    def _wake_flush(self) -> None:
+        """Start the flush timer: at once in the trio thread, through the run's token
+        from any other (no timer ticks while nothing waits to be written)."""
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            token = self._token
+            if token is not None:
+                try:
+                    token.run_sync_soon(self._set_waiting)
+                except trio.RunFinishedError:
+                    pass
+            return
+        self._set_waiting()
+
+    def _set_waiting(self) -> None:
+        self._waiting.set()
 
     async def resolve_alert(self, alert_id: int, by: str) -> Alert | None:
         """Ask the monitor to resolve an alert (it owns their life) and wait."""
@@ -204,12 +227,13 @@ class Monitor:
         firing = await store.list_alerts(AlertState.FIRING, limit=100_000)
         self._tracker.load(firing)
         metrics.ALERTS_FIRING.set(len(firing))
+        self._token = trio.lowlevel.current_trio_token()
         root = logging.getLogger()
         root.addHandler(self.handler)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._follow_changes)
-                nursery.start_soon(self._every, self.settings.flush_interval, self._flush)
+                nursery.start_soon(self._flush_when_waiting)
                 nursery.start_soon(self._every, self.settings.evaluate_interval, self._evaluate)
                 nursery.start_soon(self._every, self.settings.prune_interval, self._prune)
                 backoff = Backoff(base=self.settings.retry_base, cap=self.settings.retry_cap)
@@ -235,6 +259,14 @@ class Monitor:
         while True:
             await trio.sleep(seconds)
             await step()
+
+    async def _flush_when_waiting(self) -> None:
+        """Write the buffer ``flush_interval`` after an entry arrives (a batch)."""
+        while True:
+            await self._waiting.wait()
+            await trio.sleep(self.settings.flush_interval)
+            self._waiting = trio.Event()
+            await self._flush()
 
     async def _follow_changes(self) -> None:
         if self._changes is None:
