@@ -57,3 +57,10 @@ autojump_clock
 _stop_logging
 # The replicate client's and configparser's settings, read by those libraries.
 _.poll_interval, _.optionxform
+
+
+# aiosmtpd calls its handler's handle_DATA (the SMTP server in the alerting tests).
+_.handle_DATA
+
+# The admin pages (daemon/api/admin.py): routes and a template filter, called by Quart.
+_when, logout, overview

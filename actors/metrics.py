@@ -59,3 +59,33 @@ FALLBACKS = Counter(
     "easel_fallbacks", "Jobs moved to a fallback model", ["model", "to", "reason"],
     registry=REGISTRY,
 )
+ALERTS_FIRING = Gauge(
+    "easel_alerts_firing", "Alerts firing now (the monitor's built-in rules)", registry=REGISTRY,
+)
+ALERT_NOTIFICATIONS = Counter(
+    "easel_alert_notifications", "Alert notification attempts by channel and outcome "
+    "(sent, retry, failed)", ["channel", "outcome"], registry=REGISTRY,
+)
+
+#: Run time and queue wait buckets: 1 s to 30 min.
+DURATION_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1200, 1800)
+JOBS_COMPLETED = Counter(
+    "easel_jobs_completed", "Jobs that reached a terminal state, by model, state and error code",
+    ["model", "state", "code"], registry=REGISTRY,
+)
+JOB_ATTEMPTS_RETRIED = Counter(
+    "easel_job_retries", "Submission attempts beyond the first, by model, of finished jobs",
+    ["model"], registry=REGISTRY,
+)
+JOB_RUN_SECONDS = Histogram(
+    "easel_job_run_seconds", "From a job's start at the provider to its end", ["model"],
+    buckets=DURATION_BUCKETS, registry=REGISTRY,
+)
+JOB_QUEUE_SECONDS = Histogram(
+    "easel_job_queue_wait_seconds", "From a job's acceptance to its submission", ["model"],
+    buckets=DURATION_BUCKETS, registry=REGISTRY,
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "easel_queue_oldest_age_seconds", "Age of the oldest QUEUED job (0: none queued)",
+    registry=REGISTRY,
+)

@@ -23,6 +23,8 @@ from typing import Any, cast
 import attrs
 import trio
 
+from actors.alerts.records import Alert, AlertState, ErrorEntry
+from actors.alerts.settings import MonitoringSettings
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.finalizer import Finalizer, MediaSettings
@@ -99,6 +101,8 @@ class Runtime:
         limits: QuotaSettings | None = None,
         key_cache_seconds: float = 1.0,
         preprocess: PreprocessSettings | None = None,
+        monitoring: MonitoringSettings | None = None,
+        watched_dirs: list[Path] | None = None,
     ) -> None:
         """``webhooks`` configures client webhook delivery (its ``secret`` must be
         set: the daemon generates one when the operator did not).
@@ -108,7 +112,9 @@ class Runtime:
         ``Host``. Downloads are staged in ``staging/`` beside ``media_dir``.
         ``limits`` are the quotas (``actors/quotas.py``), and ``key_cache_seconds``
         how long a key read from the store is trusted (``actors/keys.py``);
-        ``preprocess``: input-image presets and limits (``[preprocess]``)."""
+        ``preprocess``: input-image presets and limits (``[preprocess]``).
+        ``monitoring``: the error log, alert rules and alerters; ``watched_dirs``
+        (with ``media_dir``) the directories whose free disk space is watched."""
         self.store = store
         self.idempotency_window = idempotency_window
         # A section without its keys is never started (``usable`` logs why), and
@@ -129,7 +135,10 @@ class Runtime:
         }
         self.families = {name: settings.adapter or name for name, settings in providers.items()}
         self.lifecycle = Lifecycle()
-        self.monitor = Monitor()
+        self.monitor = Monitor(
+            store=store, settings=monitoring, changes=store.subscribe(),
+            watched_dirs=[*(watched_dirs or []), media_dir],
+        )
         self.storage = open_storage(storage or StorageSettings(), media_dir, media_base_url,
                                     self.monitor)
         #: Makes result URLs each time a job is read (``present``).
@@ -141,7 +150,6 @@ class Runtime:
         # Inputs published for URL-only providers, under /media/inputs/.
         inputs_at = LocalInputs(media_dir, public_base_url, self.preprocess.input_url_days)
         image_threads = trio.CapacityLimiter(self.preprocess.threads)
-
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX)
         self._to_scheduler = to_scheduler
@@ -231,7 +239,7 @@ class Runtime:
         return Supervisor("easel", [
             # First: its counts are reloaded before any other actor writes.
             ChildSpec("quotas", self.quotas.run),
-            ChildSpec("monitor", started_on_entry(self.monitor.run)),
+            ChildSpec("monitor", self.monitor.run),
             ChildSpec("finalizer", self.finalizer.run),
             ChildSpec("outbox", started_on_entry(self.outbox.run)),
             ChildSpec("scheduler", self.scheduler.run),
@@ -385,6 +393,39 @@ class Runtime:
             return f"job is {job.state.value}"
         await self._channels[provider].poller.send(Observed(job.id, event.status))
         return "applied"
+
+    # -- monitoring (the admin pages and API) ---------------------------------
+
+    async def job_totals(self, since: float, until: float) -> dict[str, Any]:
+        return await self.store.job_totals(since, until)
+
+    async def list_errors(
+        self, filters: Mapping[str, Any] | None = None, limit: int = 100
+    ) -> list[ErrorEntry]:
+        return await self.store.list_errors(filters, limit)
+
+    async def resolve_error(self, error_id: int, by: str) -> ErrorEntry:
+        entry = await self.store.resolve_error(error_id, by)
+        if entry is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no error {error_id}")
+        return entry
+
+    async def list_alerts(self, state: AlertState | None = None, limit: int = 100) -> list[Alert]:
+        return await self.store.list_alerts(state, limit)
+
+    async def acknowledge_alert(self, alert_id: int, by: str) -> Alert:
+        alert = await self.store.acknowledge_alert(alert_id, by)
+        if alert is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no alert {alert_id}")
+        return alert
+
+    async def resolve_alert(self, alert_id: int, by: str) -> Alert:
+        """Resolved by the monitor, which owns each alert's life (and sends the
+        resolved notice)."""
+        alert = await self.monitor.resolve_alert(alert_id, by)
+        if alert is None:
+            raise EaselError(ErrorCode.NOT_FOUND, f"no alert {alert_id}")
+        return alert
 
     def not_running(self) -> list[str]:
         """Supervised actors (by path) that are not up now: starting and reloading

@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from actors.alerts.settings import MonitoringSettings
 from actors.catalog import ModelSpec, check_fallbacks
 from actors.conversion import make_converter, problems_of
 from actors.finalizer import MediaSettings
@@ -114,6 +115,8 @@ class Config:
     #: ``[webhooks]``: signed client webhooks (actors/outbox.py).
     webhooks: OutboxSettings = attrs.field(factory=OutboxSettings)
     openai_compat: OpenAICompatSettings = attrs.field(factory=OpenAICompatSettings)
+    #: ``[monitoring]``: error log retention, alert rules, alerters (actors/alerts/).
+    monitoring: MonitoringSettings = attrs.field(factory=MonitoringSettings)
     providers: dict[str, ProviderSettings] = attrs.field(factory=dict)
     models: dict[str, ModelSpec] = attrs.field(factory=dict)
     auth: AuthSettings = attrs.field(factory=AuthSettings)
@@ -340,9 +343,11 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     elif SYSTEM_CONFIG.exists():
         tree = merge(tree, _read_toml(SYSTEM_CONFIG))
     config = structure(interpolate(tree, environ))
-    for section in (config.webhooks, config.auth, config.storage.s3,
+    for section in (config.webhooks, config.auth, config.storage.s3, config.monitoring.email,
                     *config.providers.values()):
         SECRETS.add_fields(section)  # masked by value in logs and errors from now on
+    # A Slack incoming webhook's URL is its credential: whoever has it may post.
+    SECRETS.add(config.monitoring.slack.webhook_url)
     problems = list(_problems(config))
     if problems:
         raise ConfigError(problems)

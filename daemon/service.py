@@ -134,6 +134,8 @@ async def _serve(
                 limits=config.limits,
                 key_cache_seconds=config.auth.key_cache_seconds,
                 preprocess=config.preprocess,
+                monitoring=config.monitoring,
+                watched_dirs=[config.state_dir],
             )
             app = create_app(
                 runtime,

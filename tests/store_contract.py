@@ -24,6 +24,15 @@ import pytest
 import trio
 import trio.testing
 
+from actors.alerts.records import (
+    DELIVERY_PENDING,
+    DELIVERY_SENT,
+    Alert,
+    AlertState,
+    ErrorEntry,
+    Level,
+    Severity,
+)
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job, JobState, new_job_id
@@ -807,3 +816,130 @@ class StoreContract:
             assert await store.spend_since("a", 0) == 7.5
             assert await store.spend_since("a", since + 1) == 4.0
             assert await store.spend_since("c", 0) == 0.0
+
+    # -- monitoring: the error log and alerts --------------------------------
+
+    async def test_error_log_batches_filter_and_resolve(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        start = wall_now()
+        async with open_backend() as store:
+            await store.add_errors([
+                ErrorEntry(Level.ERROR, "provider:fal", "boom", start, stack="Traceback...",
+                           context={"code": "PROVIDER_ERROR"}, job_id="gen_1",
+                           provider_task_id="t1"),
+                ErrorEntry(Level.WARN, "actor:scheduler", "slow", start + 10),
+                ErrorEntry(Level.CRITICAL, "component:database", "gone", start + 20),
+            ])
+            every = await store.list_errors()
+            assert [e.message for e in every] == ["gone", "slow", "boom"]
+            boom = every[-1]
+            assert (boom.stack, boom.context, boom.job_id, boom.provider_task_id) == (
+                "Traceback...", {"code": "PROVIDER_ERROR"}, "gen_1", "t1")
+            assert [e.message for e in await store.list_errors({"level": "WARN"})] == ["slow"]
+            assert [e.message for e in await store.list_errors({"source": "provider"})] == ["boom"]
+            window = {"since": start + 5, "until": start + 20}
+            assert [e.message for e in await store.list_errors(window)] == ["slow"]
+            assert len(await store.list_errors(limit=2)) == 2
+
+            assert boom.id is not None
+            autojump_clock.jump(5)
+            resolved = await store.resolve_error(boom.id, "ops")
+            assert resolved is not None and resolved.resolved and resolved.resolved_by == "ops"
+            again = await store.resolve_error(boom.id, "someone else")
+            assert again is not None and again.resolved_by == "ops"
+            assert again.resolved_at == resolved.resolved_at
+            assert await store.resolve_error(10_000, "ops") is None
+            assert [e.message for e in await store.list_errors({"resolved": False})] == [
+                "gone", "slow"]
+
+    async def test_an_alert_and_its_notifications_are_written_together(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        now = wall_now()
+        alert = Alert("failure_rate:fal", "failure_rate", "fal", Severity.HIGH,
+                      "fal fails 60 %", now, details={"rate": 0.6})
+        async with open_backend() as store:
+            stored = await store.record_alert(alert, ["email", "slack"])
+            assert alert.id is None and stored.id is not None  # the caller's copy is kept
+            assert (stored.sent_at, stored.channel) == (now, "email,slack")
+            with pytest.raises(ValueError):  # one firing row per fingerprint
+                await store.record_alert(alert)
+            due = await store.due_alert_deliveries("email", now, 10)
+            assert [(d.status, d.state, d.alert.id) for d in due] == [
+                (AlertState.FIRING, DELIVERY_PENDING, stored.id)]
+            assert await store.next_alert_delivery_at("slack") == now
+
+            await store.record_alert_delivery(due[0].id, DELIVERY_PENDING, error="refused",
+                                              next_attempt_at=now + 30)
+            assert await store.due_alert_deliveries("email", now, 10) == []
+            assert await store.next_alert_delivery_at("email") == now + 30
+            later = await store.due_alert_deliveries("email", now + 30, 10)
+            assert (later[0].attempts, later[0].last_error) == (1, "refused")
+            await store.record_alert_delivery(later[0].id, DELIVERY_SENT, error=None)
+            await store.record_alert_delivery(later[0].id, DELIVERY_PENDING, error="late")
+            assert await store.next_alert_delivery_at("email") is None  # sent stays sent
+
+            autojump_clock.jump(60)
+            ended = attrs.evolve(stored, state=AlertState.RESOLVED, ends_at=wall_now())
+            await store.record_alert(ended, ["email"])
+            notices = await store.due_alert_deliveries("email", wall_now(), 10)
+            assert [(d.status, d.alert.ends_at) for d in notices] == [
+                (AlertState.RESOLVED, ended.ends_at)]
+            fresh = await store.record_alert(alert)  # resolved: it may fire anew
+            assert fresh.id != stored.id
+            assert [a.id for a in await store.list_alerts(AlertState.FIRING)] == [fresh.id]
+            assert [a.id for a in await store.list_alerts()] == [fresh.id, stored.id]
+
+            assert fresh.id is not None
+            acked = await store.acknowledge_alert(fresh.id, "ops")
+            assert acked is not None and acked.acknowledged and acked.acknowledged_by == "ops"
+            loaded = await store.get_alert(fresh.id)
+            assert loaded is not None and loaded.acknowledged_at == acked.acknowledged_at
+            assert await store.acknowledge_alert(10_000, "ops") is None
+
+    async def test_prune_keeps_what_is_recent_and_what_still_fires(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        old = wall_now()
+        async with open_backend() as store:
+            await store.add_errors([ErrorEntry(Level.ERROR, "actor:x", "old", old)])
+            firing = await store.record_alert(
+                Alert("a:1", "a", "1", Severity.LOW, "still", old), ["webhook"])
+            gone = await store.record_alert(
+                Alert("a:2", "a", "2", Severity.LOW, "over", old, state=AlertState.RESOLVED,
+                      ends_at=old), ["webhook"])
+            autojump_clock.jump(100)
+            await store.add_errors([ErrorEntry(Level.ERROR, "actor:x", "new", wall_now())])
+            assert await store.prune_monitoring(wall_now() - 50) == 2
+            assert [e.message for e in await store.list_errors()] == ["new"]
+            assert [a.id for a in await store.list_alerts()] == [firing.id]
+            assert gone.id is not None and await store.get_alert(gone.id) is None
+            pending = await store.due_alert_deliveries("webhook", wall_now(), 10)
+            assert [d.alert.id for d in pending] == [firing.id]
+
+    async def test_oldest_queued_job(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async with open_backend() as store:
+            assert await store.oldest_queued_at() is None
+            first = await inserted(store)
+            autojump_clock.jump(10)
+            await inserted(store)
+            assert await store.oldest_queued_at() == first.created_at
+            await store.transition(first.id, JobState.QUEUED, JobState.CANCELLED)
+            assert await store.oldest_queued_at() == first.created_at + 10
+
+    async def test_job_totals_in_a_time_range(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async with open_backend() as store:
+            start = wall_now()
+            ran = await inserted(store, started_at=start)
+            autojump_clock.jump(30)
+            await store.transition(ran.id, JobState.QUEUED, JobState.SUCCEEDED)
+            await inserted(store)
+            totals = await store.job_totals(start, wall_now() + 1)
+            assert totals == {"byState": {"SUCCEEDED": 1, "QUEUED": 1}, "meanRunSeconds": 30}
+            assert await store.job_totals(start + 1, wall_now() + 1) == {
+                "byState": {"QUEUED": 1}, "meanRunSeconds": None}

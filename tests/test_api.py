@@ -185,7 +185,8 @@ async def test_draining_refuses_submissions_with_retry_after(easel_daemon) -> No
     assert_error_shape(response.json(), "SHUTTING_DOWN")
     assert response.json()["error"]["isRetryable"] is True
     health = await easel.client.get("/api/health")
-    assert health.json()["status"] == "draining"
+    assert health.status_code == 503
+    assert health.json()["status"] == "unhealthy" and health.json()["draining"] is True
 
 
 async def test_health_and_metrics(easel_daemon) -> None:
@@ -193,8 +194,16 @@ async def test_health_and_metrics(easel_daemon) -> None:
     job = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "m"})
     await easel.wait(job.json()["id"])
     health = await easel.client.get("/api/health")
-    assert health.status_code == 200 and health.json()["database"] == "ok"
-    assert health.json()["actors"] == "ok"
+    assert health.status_code == 200
+    assert set(health.json()) >= {"status", "timestamp", "uptime", "version"}
+    assert health.json()["status"] == "healthy"
+    detailed = (await easel.client.get("/api/health/detailed")).json()
+    components = detailed["components"]
+    assert components["database"]["status"] == "up"
+    assert components["adapters"]["sandbox"]["status"] == "up"
+    assert components["adapters"]["sandbox"]["lastSuccess"] is not None
+    assert components["adapters"]["sandbox"]["responseTime"] >= 0
+    assert set(components) == {"database", "storage", "adapters", "pollingService"}
     metrics = await easel.client.get("/api/metrics")
     assert 'easel_jobs{state="SUCCEEDED"}' in metrics.text
     assert "easel_provider_calls_total" in metrics.text

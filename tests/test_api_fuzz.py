@@ -148,7 +148,7 @@ async def run_property(easel_daemon: Any, prop: Callable[[httpx.Client], None]) 
 
     await trio.to_thread.run_sync(run)
     health = await easel.client.get("/api/health")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200 and health.json()["status"] in ("healthy", "degraded")
 
 
 async def test_arbitrary_json_values_never_get_a_5xx(easel_daemon: Any) -> None:

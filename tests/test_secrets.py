@@ -138,9 +138,14 @@ def test_easel_keys_and_the_metrics_token_are_masked(tmp_path: Any) -> None:
     assert secret not in redact_text(f"key {token} was refused")
     scraper = "scrape-" + "s" * 12
     path = tmp_path / "easel.toml"
-    path.write_text(f'[auth]\nmetrics_token = "{scraper}"\n')
+    smtp = "smtp-" + "p" * 12
+    slack = "https://hooks.slack.com/services/T0/B0/" + "x" * 24
+    path.write_text(f'[auth]\nmetrics_token = "{scraper}"\n'
+                    f'[monitoring.email]\npassword = "{smtp}"\n'
+                    f'[monitoring.slack]\nwebhook_url = "{slack}"\n')
     load(path, {})
-    assert scraper not in redact_text(f"echo {scraper}")
+    for secret in (scraper, smtp, slack):
+        assert secret not in redact_text(f"echo {secret}")
 
 
 async def test_input_image_urls_with_credentials_are_refused_and_never_logged(

@@ -12,7 +12,8 @@
   (owner threads, group commit, poll notes), ``migrations``, and one repository per
   table family: ``jobs`` (with events), ``listing`` (``JobQuery``: the job list),
   ``idempotency``, ``outbox``, ``durations``, ``keys`` (API keys, and the job
-  figures their limits read).
+  figures their limits read), and for the monitor ``errorlog``, ``alerts`` (with
+  their notifications) and ``gauges`` (figures its rules read).
 
 Where the domain policy went, and why: the outbox row owed by a terminal job and the
 idempotency answer are decided in ``policy`` and only *applied* by a backend, inside

@@ -155,6 +155,66 @@ MIGRATIONS: list[str] = [
     CREATE INDEX generation_requests_twins ON generation_requests(provider, request_hash)
         WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
     """,
+    # 9: monitoring: the error log and alerts (actors/monitor.py, actors/alerts/).
+    # error_log: level WARN|ERROR|CRITICAL, source "kind:name", context JSON,
+    # resolved by an operator. alerts: one row per episode of a condition
+    # (fingerprint = type + subject), state firing -> resolved; at most one firing
+    # row per fingerprint. alert_deliveries: one notification of an alert on one
+    # channel, PENDING -> SENT | FAILED, written with the alert's change.
+    """
+    CREATE TABLE error_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        level TEXT NOT NULL,
+        source TEXT NOT NULL,
+        message TEXT NOT NULL,
+        stack TEXT,
+        context TEXT NOT NULL DEFAULT '{}',
+        job_id TEXT,
+        provider_task_id TEXT,
+        resolved INTEGER NOT NULL DEFAULT 0,
+        resolved_at REAL,
+        resolved_by TEXT
+    );
+    CREATE INDEX error_log_at ON error_log(at);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        fingerprint TEXT NOT NULL,
+        type TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        message TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}',
+        state TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL,
+        channel TEXT NOT NULL DEFAULT '',
+        sent_at REAL,
+        acknowledged INTEGER NOT NULL DEFAULT 0,
+        acknowledged_at REAL,
+        acknowledged_by TEXT,
+        updated_at REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX alerts_firing ON alerts(fingerprint) WHERE state = 'firing';
+    CREATE INDEX alerts_starts ON alerts(starts_at);
+    CREATE TABLE alert_deliveries (
+        id TEXT PRIMARY KEY,
+        alert_id INTEGER NOT NULL,
+        channel TEXT NOT NULL,
+        status TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'PENDING',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        created_at REAL NOT NULL,
+        finished_at REAL
+    );
+    CREATE INDEX alert_deliveries_due ON alert_deliveries(channel, next_attempt_at)
+        WHERE state = 'PENDING';
+    CREATE INDEX alert_deliveries_alert ON alert_deliveries(alert_id);
+    CREATE INDEX generation_requests_queued_age ON generation_requests(created_at)
+        WHERE state = 'QUEUED';
+    """,
 ]
 
 

@@ -23,12 +23,13 @@ The rules a backend keeps, whatever it runs on:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
 import trio
 
+from actors.alerts.records import Alert, AlertState, Delivery, ErrorEntry
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
 from actors.store.listing import JobQuery
@@ -70,7 +71,7 @@ class StoreStatistics:
 
 class Store(Protocol):
     """Durable job state: jobs and their events, idempotency keys, the client webhook
-    outbox, task durations, and API keys."""
+    outbox, task durations, API keys, and the monitor's error log and alerts."""
 
     # -- committed changes ------------------------------------------------
 
@@ -304,4 +305,75 @@ class Store(Protocol):
 
     async def spend_since(self, owner: str, since: float) -> float:
         """The sum of the ``cost`` of ``owner``'s jobs created at or after ``since``."""
+        ...
+
+    # -- monitoring: the error log and alerts (actors/monitor.py) ------------
+
+    async def add_errors(self, entries: Sequence[ErrorEntry]) -> None:
+        """Append error log entries (the monitor's batch), in one transaction."""
+        ...
+
+    async def list_errors(
+        self, filters: Mapping[str, Any] | None = None, limit: int = 100
+    ) -> list[ErrorEntry]:
+        """Error log entries, newest first. ``filters`` (each optional): ``level``,
+        ``source`` (a prefix of it), ``since`` and ``until`` (Unix seconds, the
+        latter excluded), ``resolved`` (a bool)."""
+        ...
+
+    async def resolve_error(self, error_id: int, by: str) -> ErrorEntry | None:
+        """Mark an entry resolved by ``by`` now (an entry resolved already keeps who
+        and when); the entry, or None for no such entry."""
+        ...
+
+    async def record_alert(self, alert: Alert, notify: Sequence[str] = ()) -> Alert:
+        """Insert ``alert`` (``id`` None) or store its new state, and in the same
+        transaction queue a notification of that state on each channel of
+        ``notify`` (stamping ``sent_at`` and ``channel``). Returns it with its id.
+        A second firing row for a fingerprint already firing raises ``ValueError``."""
+        ...
+
+    async def get_alert(self, alert_id: int) -> Alert | None: ...
+
+    async def list_alerts(
+        self, state: AlertState | None = None, limit: int = 100
+    ) -> list[Alert]:
+        """Alerts in ``state`` (any when None), newest first."""
+        ...
+
+    async def acknowledge_alert(self, alert_id: int, by: str) -> Alert | None:
+        """Mark an alert acknowledged by ``by`` now (once); None for no such alert."""
+        ...
+
+    async def due_alert_deliveries(
+        self, channel: str, now: float, limit: int
+    ) -> list[Delivery]:
+        """Up to ``limit`` pending notifications of ``channel`` due at ``now``,
+        oldest due first, each with its alert as stored now."""
+        ...
+
+    async def next_alert_delivery_at(self, channel: str) -> float | None:
+        """When ``channel``'s next pending notification is due, if any."""
+        ...
+
+    async def record_alert_delivery(
+        self, delivery_id: str, state: str, *, error: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Count one attempt of a pending notification: PENDING again (at
+        ``next_attempt_at``), SENT or FAILED. One no longer pending is left alone."""
+        ...
+
+    async def prune_monitoring(self, before: float) -> int:
+        """Delete error log entries from before ``before`` and resolved alerts that
+        ended before it (with their notifications); how many rows went."""
+        ...
+
+    async def oldest_queued_at(self) -> float | None:
+        """When the oldest QUEUED job was created, if any is queued."""
+        ...
+
+    async def job_totals(self, since: float, until: float) -> dict[str, Any]:
+        """Jobs created in ``[since, until)``: ``{"byState": {state: count},
+        "meanRunSeconds": mean start-to-end seconds of those that ran, or None}``."""
         ...

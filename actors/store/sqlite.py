@@ -10,17 +10,28 @@ other writes of its batch.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from actors.alerts.records import Alert, AlertState, Delivery, ErrorEntry
 from actors.clock import wall_now
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
-from actors.store import durations, idempotency, jobs, keys, listing, outbox
+from actors.store import (
+    alerts,
+    durations,
+    errorlog,
+    gauges,
+    idempotency,
+    jobs,
+    keys,
+    listing,
+    outbox,
+)
 from actors.store.changes import Changes
 from actors.store.engine import Engine, Write, open_engine
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_POLICY, StorePolicy
@@ -221,6 +232,68 @@ class SQLiteStore:
 
     async def spend_since(self, owner: str, since: float) -> float:
         return await self.engine.read(keys.spend_since, owner, since)
+
+
+    # -- monitoring -----------------------------------------------------------
+
+    async def add_errors(self, entries: Sequence[ErrorEntry]) -> None:
+        batch = list(entries)
+        await self.engine.write(lambda conn, write: errorlog.add(conn, batch))
+
+    async def list_errors(
+        self, filters: Mapping[str, Any] | None = None, limit: int = 100
+    ) -> list[ErrorEntry]:
+        return await self.engine.read(errorlog.select, dict(filters or {}), limit)
+
+    async def resolve_error(self, error_id: int, by: str) -> ErrorEntry | None:
+        at = wall_now()
+        return await self.engine.write(
+            lambda conn, write: errorlog.resolve(conn, error_id, by, at))
+
+    async def record_alert(self, alert: Alert, notify: Sequence[str] = ()) -> Alert:
+        now = wall_now()
+        channels = list(notify)
+        return await self.engine.write(
+            lambda conn, write: alerts.record(conn, alert, channels, now))
+
+    async def get_alert(self, alert_id: int) -> Alert | None:
+        return await self.engine.read(alerts.get, alert_id)
+
+    async def list_alerts(
+        self, state: AlertState | None = None, limit: int = 100
+    ) -> list[Alert]:
+        return await self.engine.read(alerts.select, state, limit)
+
+    async def acknowledge_alert(self, alert_id: int, by: str) -> Alert | None:
+        at = wall_now()
+        return await self.engine.write(
+            lambda conn, write: alerts.acknowledge(conn, alert_id, by, at))
+
+    async def due_alert_deliveries(
+        self, channel: str, now: float, limit: int
+    ) -> list[Delivery]:
+        return await self.engine.read(alerts.due, channel, now, limit)
+
+    async def next_alert_delivery_at(self, channel: str) -> float | None:
+        return await self.engine.read(alerts.next_due, channel)
+
+    async def record_alert_delivery(
+        self, delivery_id: str, state: str, *, error: str | None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        now = wall_now()
+        await self.engine.write(lambda conn, write: alerts.record_attempt(
+            conn, delivery_id, state, error, next_attempt_at, now))
+
+    async def prune_monitoring(self, before: float) -> int:
+        return await self.engine.write(
+            lambda conn, write: errorlog.prune(conn, before) + alerts.prune(conn, before))
+
+    async def oldest_queued_at(self) -> float | None:
+        return await self.engine.read(gauges.oldest_queued_at)
+
+    async def job_totals(self, since: float, until: float) -> dict[str, Any]:
+        return await self.engine.read(gauges.job_totals, since, until)
 
 
 @asynccontextmanager

@@ -10,6 +10,8 @@ Families (each its own module, each a ``blueprint``):
   same jobs (``openai_compat`` holds what they share: OpenAI's error envelope and
   the translation of its requests);
 - ``openapi``: the OpenAPI document of all of them and a page listing it.
+- ``admin``: the admin pages (HTML: errors, alerts, jobs);
+- ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON).
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
 strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
@@ -30,11 +32,13 @@ from quart_trio import QuartTrio
 
 from actors.runtime import Runtime
 from daemon.api import (
+    admin,
     auth,
     errors,
     generation,
     health,
     media,
+    monitoring,
     openai_images,
     openai_videos,
     openapi,
@@ -56,6 +60,8 @@ FAMILIES: tuple[Blueprint, ...] = (
     openai_images.blueprint,
     openai_videos.blueprint,
     openapi.blueprint,
+    admin.blueprint,
+    monitoring.blueprint,
 )
 
 
@@ -75,6 +81,7 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
     errors.install(app)
     for family in FAMILIES:
         app.register_blueprint(family)
-    # The guard inside the access log, so a 408 for a slow body is logged as one.
-    app.asgi_app = AccessLog(ConnectionGuard(app.asgi_app, read_timeout))  # type: ignore[method-assign]
+    # The guard inside the access log, so a 408 for a slow body is logged as one; the
+    # admin pages' cookie becomes a Bearer header before anything reads it.
+    app.asgi_app = AccessLog(admin.KeyCookie(ConnectionGuard(app.asgi_app, read_timeout)))  # type: ignore[method-assign]
     return app
