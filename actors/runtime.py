@@ -30,7 +30,7 @@ from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.finalizer import Finalizer, MediaSettings
 from actors.images.inputs import InputPreparer
 from actors.images.presets import PreprocessSettings
-from actors.images.publish import LocalInputs
+from actors.images.publish import Bucket, BucketInputs, InputPublisher, LocalInputs
 from actors.jobs import Job, JobState
 from actors.keys import KeyRing
 from actors.lifecycle import Lifecycle
@@ -147,8 +147,13 @@ class Runtime:
         self.quotas = Quotas(limits or QuotaSettings(), store=store, keys=self.keys,
                              catalog=self.catalog, changes=store.subscribe())
         self.preprocess = preprocess or PreprocessSettings()
-        # Inputs published for URL-only providers, under /media/inputs/.
-        inputs_at = LocalInputs(media_dir, public_base_url, self.preprocess.input_url_days)
+        # Inputs published for URL-only providers: in the bucket with the s3
+        # backend, else under /media/inputs/ (reached at public_base_url).
+        days = self.preprocess.input_url_days
+        inputs_at: InputPublisher = (
+            BucketInputs(cast(Bucket, self.storage.backend), days)
+            if (storage or StorageSettings()).backend == "s3"
+            else LocalInputs(media_dir, public_base_url, days))
         image_threads = trio.CapacityLimiter(self.preprocess.threads)
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX)

@@ -163,3 +163,24 @@ def test_the_s3_backend_needs_a_bucket(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as refused:
         config_module.load(path, environ={})
     assert refused.value.problems == ['storage.s3.bucket: must be set when storage.backend is "s3"']
+
+
+async def test_inputs_for_url_only_providers_are_published_in_the_bucket(
+        moto: MotoServer) -> None:
+    """With the s3 backend a prepared input goes to ``{prefix}/inputs/`` of the
+    bucket, at a presigned URL good for the configured days, fetched over HTTP."""
+    import httpx
+
+    from actors.images.publish import BucketInputs
+
+    storage = S3Storage(S3Settings(bucket=BUCKET, endpoint_url=moto.url, region="us-east-1",
+                                   access_key_id="a", secret_access_key="b", prefix="easel"))
+    data = b"\xff\xd8\xff a prepared input"
+    url = await BucketInputs(storage, days=2).publish_input(data, "image/jpeg")
+    name = hashlib.sha256(data).hexdigest() + ".jpg"
+    assert f"/easel/inputs/{name}" in url and "Expires=172800" in url.replace("X-Amz-", "")
+    fetched = await trio.to_thread.run_sync(lambda: httpx.get(url))
+    assert fetched.status_code == 200 and fetched.content == data
+    head = moto.client().head_object(Bucket=BUCKET, Key=f"easel/inputs/{name}")
+    assert head["ContentType"] == "image/jpeg"
+    await storage.aclose()

@@ -7,6 +7,11 @@
 removed once they are older than the configured days (1 to 7), checked at most
 once an hour when something is published.
 
+``BucketInputs`` is the s3 backend's: objects under ``{prefix}/inputs/`` of the
+bucket, each URL presigned for the configured days (SigV4 allows at most seven,
+the setting's range). The bucket keeps the objects until its lifecycle rule on
+that prefix removes them (README, "Storage"): Easel never lists the bucket.
+
 Names are the sha256 of the bytes: the same prepared image is one file and one
 URL however often it is sent, and a name says nothing of the job or its owner.
 """
@@ -42,6 +47,29 @@ class InputPublisher(Protocol):
         ...
 
 
+class Bucket(Protocol):
+    """What ``BucketInputs`` needs of a bucket (``actors.storage.s3.S3Storage``)."""
+
+    async def publish(self, name: str, data: bytes, content_type: str, seconds: int) -> str:
+        ...
+
+
+class BucketInputs:
+    """``InputPublisher`` in an S3-compatible bucket (module doc)."""
+
+    def __init__(self, bucket: Bucket, days: int) -> None:
+        self.bucket = bucket
+        self.seconds = days * 86400
+
+    async def publish_input(self, data: bytes, content_type: str) -> str:
+        return await self.bucket.publish(_name(data, content_type), data, content_type,
+                                         self.seconds)
+
+
+def _name(data: bytes, content_type: str) -> str:
+    return f"{hashlib.sha256(data).hexdigest()}.{_EXTENSIONS[content_type]}"
+
+
 class LocalInputs:
     """``InputPublisher`` on local disk (module doc)."""
 
@@ -58,7 +86,7 @@ class LocalInputs:
         if not self.base_url:
             raise NotPublishable("[daemon] public_base_url is not set, so no URL of Easel's "
                                  "can be fetched from outside")
-        name = f"{hashlib.sha256(data).hexdigest()}.{_EXTENSIONS[content_type]}"
+        name = _name(data, content_type)
         await trio.to_thread.run_sync(self._write, name, data, limiter=self._limiter)
         return f"{self.base_url}/media/{INPUTS_DIR}/{name}"
 

@@ -123,6 +123,25 @@ class S3Storage:
         url = await self._call("presign", self._presign, key, limiter=self._sign_limiter)
         return Link(url, expires_at)
 
+    def _publish(self, key: str, data: bytes, content_type: str, seconds: int) -> str:
+        self._client().put_object(Bucket=self.settings.bucket, Key=key, Body=data,
+                                  ContentType=content_type)
+        url: str = self._client().generate_presigned_url(
+            "get_object", Params={"Bucket": self.settings.bucket, "Key": key},
+            ExpiresIn=seconds)
+        return url
+
+    async def publish(self, name: str, data: bytes, content_type: str, seconds: int) -> str:
+        """Put ``data`` at ``{prefix}/inputs/{name}`` for a provider to fetch; a URL
+        good for ``seconds`` (a presigned GET, or the public base URL's). A small
+        object (an input image is at most a few MB): one PUT, no multipart."""
+        key = f"{self.prefix}/inputs/{name}" if self.prefix else f"inputs/{name}"
+        url: str = await self._call("publish", self._publish, key, data, content_type,
+                                    seconds, limiter=self._limiter)
+        if self.settings.public_base_url:
+            return f"{self.settings.public_base_url.rstrip('/')}/{quote(key)}"
+        return url
+
     def _head_bucket(self) -> None:
         self._client().head_bucket(Bucket=self.settings.bucket)
 
