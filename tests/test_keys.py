@@ -91,6 +91,26 @@ async def test_no_key_is_401_with_a_bearer_challenge(easel_daemon) -> None:
     assert (await easel.client.get("/api/health")).status_code == 200
 
 
+async def test_admin_pages_ask_for_an_admin_key_with_their_login_form(easel_daemon) -> None:
+    from daemon.api.admin import COOKIE
+
+    easel = await easel_daemon(KEYS)
+    admin, reader = await make_key(easel, "admin"), await make_key(easel, "read")
+    page = "/admin/monitoring"
+    anonymous = await easel.client.get(page)
+    assert anonymous.status_code == 401 and "<form" in anonymous.text  # a page, not JSON
+    assert (await easel.client.get(page, headers=bearer(reader))).status_code == 401
+    assert (await easel.client.get(page, headers=bearer("easel_nope"))).status_code == 401
+    assert (await easel.client.get(page, headers=bearer(admin))).status_code == 200
+    with_cookie = await easel.client.get(page, headers={"Cookie": f"{COOKIE}={admin}"})
+    assert with_cookie.status_code == 200
+    # The monitoring API behind the pages takes an admin key like any other route.
+    api = "/api/admin/monitoring/errors"
+    assert (await easel.client.get(api)).status_code == 401
+    assert (await easel.client.get(api, headers=bearer(reader))).status_code == 403
+    assert (await easel.client.get(api, headers=bearer(admin))).status_code == 200
+
+
 async def test_published_inputs_are_open_to_providers_and_nothing_else_is(
         easel_daemon) -> None:
     """A URL-only provider fetches the inputs Easel published for it without a key;

@@ -53,7 +53,8 @@ async def test_every_route_is_documented(easel_daemon) -> None:
     app = create_app(easel.runtime, media_dir=easel.state_dir / "media")
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        # The admin pages are HTML for people (a login form, tables), not the API.
+        if rule.endpoint == "static" or rule.endpoint.startswith("admin."):
             continue
         path = openapi_path(rule.rule)
         routes |= {(path, method) for method in rule.methods - {"HEAD", "OPTIONS"}}

@@ -56,6 +56,10 @@ class Gate(enum.Enum):
     OPEN = "open"
     #: An admin key, or the ``[auth] metrics_token`` a Prometheus scraper holds.
     METRICS = "metrics"
+    #: Pages that answer a caller without the right key with their own login form
+    #: (the admin pages): a valid key is identified, anyone else is let through
+    #: with no scope, and the page decides.
+    LOGIN = "login"
 
 
 #: What each route family needs, by its blueprint's name, and the endpoints
@@ -78,6 +82,9 @@ NEEDS: dict[str, Scope | Gate] = {
     "openai_videos.create": Scope.SUBMIT,
     # The API's description holds no job and no secret: open, for client generators.
     "openapi": Gate.OPEN,
+    # The admin pages show a login form to whoever lacks an admin key.
+    "admin": Gate.LOGIN,
+    "monitoring": Scope.ADMIN,
 }
 
 
@@ -154,6 +161,10 @@ async def authenticate() -> Response | None:
         g.caller = _KEYLESS
         return None
     token = _bearer(request.headers.get("Authorization"))
+    if need is Gate.LOGIN:
+        key = None if token is None else await runtime.keys.identify(token)
+        g.caller = _KEYLESS if key is None else Caller(owner=key.id, scopes=key.scopes)
+        return None
     if token is None:
         return _refused(401, ErrorCode.AUTHENTICATION_FAILED,
                         "an API key is needed: Authorization: Bearer <key>", "")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import resource
 import time
 from typing import Any
@@ -32,9 +33,13 @@ def _moment(name: str, default: float) -> float:
     if not value:
         return default
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise EaselError(ErrorCode.INVALID_REQUEST, f"{name}: expected a finite time")
+        return seconds
     try:
         moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -283,6 +283,22 @@ def _paths() -> dict[str, Any]:
             {"200": _json(_OBJECT, "OpenAPI 3.1")})}},
         "/api/docs": {"get": {"summary": "This document as a page", "responses": _responses(
             {"200": {"description": "HTML", "content": {"text/html": binary}}})}},
+        "/api/admin/monitoring/stats": {"get": {
+            "summary": "Admin: jobs by outcome, success rate, run time, adapters, process",
+            "parameters": [_query("from", _STRING, "Unix seconds or ISO 8601 (default: a day"
+                                                   " before to)"),
+                           _query("to", _STRING, "Unix seconds or ISO 8601 (default: now)")],
+            "responses": _responses({"200": _json(_OBJECT, "the figures")})}},
+        "/api/admin/monitoring/errors": {"get": {
+            "summary": "Admin: the error log, newest first (200 at most)",
+            "parameters": [_query("level", {"enum": ["WARN", "ERROR", "CRITICAL"]}, "level"),
+                           _query("source", _STRING, "a prefix of the source"),
+                           _query("resolved", {"enum": ["true", "false"]}, "resolved or not")],
+            "responses": _responses({"200": _json(_OBJECT, "{errors: [...]}")})}},
+        "/api/admin/monitoring/alerts": {"get": {
+            "summary": "Admin: alerts, newest first (200 at most)",
+            "parameters": [_query("state", {"enum": ["firing", "resolved"]}, "their state")],
+            "responses": _responses({"200": _json(_OBJECT, "{alerts: [...]}")})}},
         "/media/inputs/{name}": {"get": {
             "summary": "An input image published for a URL-only provider (named by its"
                        " SHA-256)",
