@@ -37,6 +37,8 @@ from actors.storage import StorageSettings
 from daemon.logs import FORMATS, parse_level
 
 SYSTEM_CONFIG = Path("/etc/easel/easel.toml")
+#: The shortest last path segment of a Slack webhook URL taken for its token.
+SLACK_TOKEN_LENGTH = 16
 
 
 class ConfigError(Exception):
@@ -346,8 +348,12 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     for section in (config.webhooks, config.auth, config.storage.s3, config.monitoring.email,
                     *config.providers.values()):
         SECRETS.add_fields(section)  # masked by value in logs and errors from now on
-    # A Slack incoming webhook's URL is its credential: whoever has it may post.
-    SECRETS.add(config.monitoring.slack.webhook_url)
+    # A Slack incoming webhook's URL is its credential: whoever has it may post. Its
+    # token is the last path segment (24 characters); the rest (a host, a port)
+    # must not be masked wherever it appears.
+    token = config.monitoring.slack.webhook_url.rstrip("/").rpartition("/")[2]
+    if len(token) >= SLACK_TOKEN_LENGTH:
+        SECRETS.add(token)
     problems = list(_problems(config))
     if problems:
         raise ConfigError(problems)

@@ -144,8 +144,11 @@ def test_easel_keys_and_the_metrics_token_are_masked(tmp_path: Any) -> None:
                     f'[monitoring.email]\npassword = "{smtp}"\n'
                     f'[monitoring.slack]\nwebhook_url = "{slack}"\n')
     load(path, {})
-    for secret in (scraper, smtp, slack):
+    for secret in (scraper, smtp, "x" * 24):
         assert secret not in redact_text(f"echo {secret}")
+    assert "x" * 24 not in redact_text(f"posting to {slack}")
+    # Only the token: the host, and loopback URLs of anything else, stay readable.
+    assert "http://127.0.0.1:8700/media/" in redact_text("at http://127.0.0.1:8700/media/")
 
 
 async def test_input_image_urls_with_credentials_are_refused_and_never_logged(
