@@ -21,7 +21,7 @@ from actors.clock import wall_now
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
 from actors.store import durations, idempotency, jobs, keys, listing, outbox
-from actors.store.changes import Changes
+from actors.store.changes import Changes, Watch
 from actors.store.engine import Engine, Write, open_engine
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_POLICY, StorePolicy
 from actors.store.protocol import OutboxRow, StoreStatistics
@@ -41,7 +41,7 @@ class SQLiteStore:
     def subscribe(self) -> trio.MemoryReceiveChannel[Job]:
         return self._changes.subscribe()
 
-    def watch(self, job_id: str) -> trio.Event:
+    def watch(self, job_id: str) -> Watch:
         return self._changes.watch(job_id)
 
     def statistics(self) -> StoreStatistics:
