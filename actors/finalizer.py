@@ -318,7 +318,7 @@ class Finalizer:
     def _start(self, nursery: trio.Nursery, job: Job) -> None:
         if job.id not in self._active:
             self._active.add(job.id)
-            nursery.start_soon(self._follow, job.id)
+            nursery.start_soon(self._follow, job)
 
     async def aclose(self) -> None:
         await self._fetcher.aclose()
@@ -328,15 +328,18 @@ class Finalizer:
         """Jobs being finalized, and those of them waiting after a local problem."""
         return {"active": len(self._active), "retrying": len(self._retrying)}
 
-    async def _follow(self, job_id: str) -> None:
-        """Finalize ``job_id`` until it leaves FINALIZING, however many attempts
-        local problems take."""
+    async def _follow(self, seen: Job) -> None:
+        """Finalize the job until it leaves FINALIZING, however many attempts local
+        problems take. The first attempt takes the job as the feed or the reload
+        handed it over (committed FINALIZING: no read needed; every move out of
+        FINALIZING is conditional on it); later ones read it again."""
+        job_id = seen.id
         context.job_id.set(job_id)
         attempt = 0
         try:
             while True:
                 try:
-                    await self._attempt(job_id)
+                    await self._attempt(job_id, seen if attempt == 0 else None)
                     return
                 except Exception as exc:  # a problem of this host: never the job's failure
                     attempt += 1
@@ -370,10 +373,11 @@ class Finalizer:
         except Exception as note_failed:  # the store may be the problem itself
             log.warning("could not record the finalizing problem: %r", note_failed)
 
-    async def _attempt(self, job_id: str) -> None:
-        """One attempt at a job: done, or failed for the provider's fault, or
-        raising for a problem of this host."""
-        job = await self.store.get_job(job_id)
+    async def _attempt(self, job_id: str, job: Job | None) -> None:
+        """One attempt at a job (``job``: as last committed, else read here): done,
+        or failed for the provider's fault, or raising for a problem of this host."""
+        if job is None:
+            job = await self.store.get_job(job_id)
         if job is None or job.state is not JobState.FINALIZING:
             return  # a reload took care of it, or it was cancelled
         context.provider.set(job.provider)
@@ -447,6 +451,11 @@ class Finalizer:
         """Output ``index`` downloaded (or kept from an earlier attempt)."""
         directory = self.staging / job.id
         path = directory / f"{index}.out"
+        if url.startswith("data:"):
+            # A synchronous provider's output is already here: decoded, checked,
+            # written and synced in one worker-thread call (each hop to a thread
+            # costs more than this work, and the base64 decode stays off the loop).
+            return await trio.to_thread.run_sync(self._stage_data, url, path, limiter=self._io)
         if await trio.to_thread.run_sync(path.exists, limiter=self._io):
             head, sha256, size = await trio.to_thread.run_sync(_reread, path, limiter=self._io)
             content_type = sniff(head)
@@ -466,16 +475,30 @@ class Finalizer:
                 await trio.sleep(DOWNLOAD_RETRY.delay(attempt, retry_after))
         raise AssertionError("the loop returns or raises")
 
+    def _stage_data(self, url: str, path: Path) -> Upload:
+        """A ``data:`` URI's bytes staged at ``path`` as a download would be: type
+        sniffed, size capped by kind, synced, then renamed into place."""
+        data, declared = decode_data_uri(url)
+        content_type = sniff(data[:HEAD_BYTES])
+        if content_type is None:
+            raise _not_media(declared)
+        cap = self.settings.cap(kind_of(content_type))
+        if len(data) > cap:
+            raise _too_large(cap)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".part")
+        with open(partial, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+        return Upload(path, content_type, hashlib.sha256(data).hexdigest(), len(data))
+
     async def _download(self, job: Job, url: str, path: Path) -> Upload:
         partial = path.with_name(path.name + ".part")
         file = await trio.to_thread.run_sync(open, partial, "wb", limiter=self._io)
         try:
-            if url.startswith("data:"):
-                data, declared = decode_data_uri(url)
-                sink = _Sink(file, self.settings, declared, self._io)
-                await sink.add(data)
-            else:
-                sink = await self._fetch(job, url, file)
+            sink = await self._fetch(job, url, file)
             content_type, sha256 = await sink.finish()
         finally:
             await trio.to_thread.run_sync(file.close, limiter=self._io)

@@ -350,14 +350,17 @@ class Runtime:
     async def wait_for_job(self, job_id: str, seconds: float, owner: str | None = None) -> Job:
         """The job once it is terminal, or as it stands after ``seconds`` (of
         ``owner`` when given)."""
+        # One read per state the job is seen in, not two: the watch hands over the
+        # job as committed, and only a wake that is not the end needs a re-read
+        # (after watching again, so no change slips by between the two).
+        changed = self.store.watch(job_id)
         job = await self.get_job(job_id, owner)
         with trio.move_on_after(seconds):
             while not job.state.terminal:
-                changed = self.store.watch(job_id)
-                job = await self.get_job(job_id)  # re-read after watching: no change slips by
+                job = await changed.wait()
                 if job.state.terminal:
                     break
-                await changed.wait()
+                changed = self.store.watch(job_id)
                 job = await self.get_job(job_id)
         return job
 

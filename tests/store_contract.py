@@ -751,6 +751,7 @@ class StoreContract:
             assert not event.is_set()  # a losing transition changes nothing
             await store.transition(job.id, JobState.QUEUED, JobState.SUBMITTING)
             assert event.is_set()
+            assert (await event.wait()).state is JobState.SUBMITTING  # as committed
             fresh = store.watch(job.id)
             assert fresh is not event and not fresh.is_set()
 

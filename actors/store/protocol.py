@@ -32,6 +32,7 @@ import trio
 from actors.alerts.records import Alert, AlertState, Delivery, ErrorEntry
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
+from actors.store.changes import Watch
 from actors.store.listing import JobQuery
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW
 
@@ -91,8 +92,9 @@ class Store(Protocol):
         """
         ...
 
-    def watch(self, job_id: str) -> trio.Event:
-        """An event set at the next committed state change of ``job_id``."""
+    def watch(self, job_id: str) -> Watch:
+        """Set at the next committed state change of ``job_id``; its ``wait()``
+        returns the job as that change committed it."""
         ...
 
     def statistics(self) -> StoreStatistics: ...

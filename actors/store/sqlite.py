@@ -32,7 +32,7 @@ from actors.store import (
     listing,
     outbox,
 )
-from actors.store.changes import Changes
+from actors.store.changes import Changes, Watch
 from actors.store.engine import Engine, Write, open_engine
 from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_POLICY, StorePolicy
 from actors.store.protocol import OutboxRow, StoreStatistics
@@ -52,7 +52,7 @@ class SQLiteStore:
     def subscribe(self) -> trio.MemoryReceiveChannel[Job]:
         return self._changes.subscribe()
 
-    def watch(self, job_id: str) -> trio.Event:
+    def watch(self, job_id: str) -> Watch:
         return self._changes.watch(job_id)
 
     def statistics(self) -> StoreStatistics:
