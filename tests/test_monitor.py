@@ -193,12 +193,16 @@ async def test_fires_once_on_every_channel_then_resolves_across_a_restart(
         nursery.cancel_scope.cancel()
 
 
+def webhook_only(channels: dict[str, Any]) -> MonitoringSettings:
+    """The test channels' settings with the webhook alerter alone."""
+    return attrs.evolve(settings_for(channels), slack=SlackSettings(), email=EmailSettings())
+
+
 async def test_a_notification_queued_before_a_crash_is_sent_after_it(
     tmp_path: Path, channels: dict[str, Any],
 ) -> None:
     webhook: Receiver = channels["webhook"]
-    settings = attrs.evolve(settings_for(channels), slack=SlackSettings(),
-                            email=EmailSettings())
+    settings = webhook_only(channels)
     async with open_store(tmp_path / "easel.db") as store, trio.open_nursery() as nursery:
         # Stored and queued, as a monitor cancelled right after the commit leaves it.
         await store.record_alert(
@@ -322,8 +326,7 @@ async def test_a_crash_loop_is_logged_with_its_stack_and_alerts(
     tmp_path: Path, channels: dict[str, Any],
 ) -> None:
     webhook: Receiver = channels["webhook"]
-    settings = attrs.evolve(settings_for(channels), slack=SlackSettings(),
-                            email=EmailSettings())
+    settings = webhook_only(channels)
     async with open_store(tmp_path / "easel.db") as store, trio.open_nursery() as nursery:
         monitor, _ = await start_monitor(nursery, store, settings, tmp_path)
         for _ in range(3):  # as the supervisor does for each crash
