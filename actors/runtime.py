@@ -139,7 +139,8 @@ class Runtime:
             store=store, settings=monitoring, changes=store.subscribe(),
             watched_dirs=[*(watched_dirs or []), media_dir],
         )
-        self.storage = open_storage(storage or StorageSettings(), media_dir, media_base_url,
+        storage = storage or StorageSettings()
+        self.storage = open_storage(storage, media_dir, media_base_url,
                                     self.monitor)
         #: Makes result URLs each time a job is read (``present``).
         self.links = ResultLinks(self.storage, media_base_url)
@@ -152,7 +153,7 @@ class Runtime:
         days = self.preprocess.input_url_days
         inputs_at: InputPublisher = (
             BucketInputs(cast(Bucket, self.storage.backend), days)
-            if (storage or StorageSettings()).backend == "s3"
+            if storage.backend == "s3"
             else LocalInputs(media_dir, public_base_url, days))
         image_threads = trio.CapacityLimiter(self.preprocess.threads)
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](

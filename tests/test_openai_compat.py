@@ -249,6 +249,6 @@ async def test_a_wrong_key_is_an_authentication_error(easel_daemon) -> None:
 def test_only_outputs_in_the_media_directory_are_read_back(result: Any, path: str | None) -> None:
     """b64_json and video downloads read the media directory for these; the others
     (a bucket's, a provider's) are offered by their URL."""
-    from daemon.api.openai_compat import local_output
+    from actors.storage.links import local_output
 
     assert local_output(result) == path

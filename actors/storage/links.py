@@ -7,7 +7,8 @@ expires and a public base can change; so the URL is never stored.
 
 Also read: results that hold a ``url`` (a provider's own, kept by
 ``upload_outputs = false``, shown as it is) and results stored before keys, whose
-``url`` is a ``/media/...`` path (made absolute like a local key). The base of
+``url`` is a ``/media/...`` path (made absolute like a local key). ``local_output``
+reads the same shapes for code that serves a local output's bytes itself. The base of
 Easel's own URLs is ``[daemon] public_base_url``, else the address it listens on:
 never a request's ``Host`` header, which the client chooses.
 """
@@ -66,3 +67,18 @@ class ResultLinks:
             return Link(self.base_url + MEDIA_PREFIX + key)
         log.warning("output %s is kept by the %s backend, which is not configured", key, backend)
         return None
+
+
+def local_output(result: Any) -> str | None:
+    """Where a stored result is under the media directory (``<job>/<n>.<ext>``), or
+    None when another backend (S3) or the provider keeps it: those are reached by
+    their URL only."""
+    if not isinstance(result, dict):
+        return None
+    key = result.get("key")
+    if isinstance(key, str):
+        return key if (result.get("storage") or "local") == "local" else None
+    url = result.get("url")  # stored before results held keys
+    if isinstance(url, str) and url.startswith(MEDIA_PREFIX):
+        return url.removeprefix(MEDIA_PREFIX)
+    return None

@@ -35,7 +35,6 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from actors.catalog import MediaKind
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job
-from actors.storage import MEDIA_PREFIX
 from actors.validation import rules_for
 from daemon.api.auth import caller
 from daemon.api.errors import json_body, json_response, speak_under
@@ -198,20 +197,6 @@ def submission(fields: Mapping[str, Any], kind: MediaKind, images: list[str]) ->
         body["input_images"] = images
     return body
 
-
-def local_output(result: Any) -> str | None:
-    """Where a stored result is under the media directory (``<job>/<n>.<ext>``), or
-    None when another backend (S3) or the provider keeps it: those are reached by
-    their URL only."""
-    if not isinstance(result, dict):
-        return None
-    key = result.get("key")
-    if isinstance(key, str):
-        return key if (result.get("storage") or "local") == "local" else None
-    url = result.get("url")  # stored before results held keys
-    if isinstance(url, str) and url.startswith(MEDIA_PREFIX):
-        return url.removeprefix(MEDIA_PREFIX)
-    return None
 
 
 async def own_job(job_id: str) -> Job:

@@ -28,13 +28,13 @@ from werkzeug.security import safe_join
 from actors.catalog import MediaKind
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job, JobState
+from actors.storage.links import local_output
 from daemon.api.errors import error_response, json_response
 from daemon.api.generation import absolute, accept, refuse_while_draining
 from daemon.api.openai_compat import (
     data_uri,
     failed,
     invalid,
-    local_output,
     openai_blueprint,
     openai_request,
     submission,

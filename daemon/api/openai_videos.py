@@ -27,6 +27,7 @@ from quart import Response, redirect, request, send_from_directory
 from actors.catalog import MediaKind
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import Job, JobState
+from actors.storage.links import local_output
 from actors.store import JobQuery
 from daemon.api import listing
 from daemon.api.auth import caller
@@ -35,7 +36,6 @@ from daemon.api.generation import absolute, accept, refuse_while_draining
 from daemon.api.openai_compat import (
     data_uri,
     invalid,
-    local_output,
     openai_blueprint,
     openai_request,
     own_job,
