@@ -93,7 +93,9 @@ def drive(browser_path: str, base: str, error_id: int, alert_id: int) -> dict[st
             row.locator("summary").click()
             seen["stack_shown"] = "ValueError" in row.locator("pre").first.inner_text()
             page.screenshot(path=str(ARTIFACTS / "errors.png"), full_page=True)
-            row.locator("button", has_text="Resolve").click()
+            # The form posts and is redirected back: reload only once that has landed.
+            with page.expect_navigation():
+                row.locator("button", has_text="Resolve").click()
             page.reload()
             seen["error_state"] = page.locator(f"#error-{error_id} .state").inner_text()
 
@@ -102,7 +104,8 @@ def drive(browser_path: str, base: str, error_id: int, alert_id: int) -> dict[st
 
             page.goto(f"{base}/admin/monitoring/alerts")
             alert = page.locator(f"#alert-{alert_id}")
-            alert.locator("button", has_text="Acknowledge").click()
+            with page.expect_navigation():
+                alert.locator("button", has_text="Acknowledge").click()
             page.reload()
             seen["alert_ack"] = page.locator(f"#alert-{alert_id} .ack").inner_text()
             page.screenshot(path=str(ARTIFACTS / "alerts.png"), full_page=True)
