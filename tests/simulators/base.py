@@ -960,12 +960,14 @@ class Simulator:
 
     async def _handle(self, kind: str, handler: Handler, url_values: dict[str, Any]) -> Response:
         self.requests[kind] += 1
+        # Read the body first, whatever the answer: one left unread by an early
+        # answer (a refused key, a rate limit, a 5xx) stalls the next request on
+        # the same keep-alive connection until the client gives up. The handlers
+        # read it again from quart's cache.
+        await request.get_data()
         if self.knobs.echo_key and kind in self.knobs.fault_routes:
             status = self.knobs.echo_key[self.faults[Fault.ECHO_KEY.value] % len(self.knobs.echo_key)]
             self.faults[Fault.ECHO_KEY.value] += 1
-            # Read the body first: left unread, it would stall the next request
-            # on this keep-alive connection.
-            await request.get_data()
             return self.echo_key_response(status)
         if not self.authorized():
             return self.auth_error_response()
