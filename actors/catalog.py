@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
+
+from actors.pricing import CostUnit, job_cost
 
 
 class MediaKind(str, enum.Enum):
@@ -61,12 +64,18 @@ class ModelSpec:
     #: order, when its provider's circuit is open or a submission provably never
     #: reached it (see ``ProviderActor`` and the scheduler).
     fallbacks: list[str] = attrs.field(factory=list)
-    #: What one output costs, in the operator's own units (cents, credits): a job
-    #: costs this times its outputs, and a key's ``daily_spend`` limit adds them up.
+    #: The price, in the operator's own units (cents, credits), per ``cost_per``
+    #: (``actors/pricing.py``): a key's ``daily_spend``, a batch's estimate and an
+    #: experiment's spend add the jobs' prices up.
     cost: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    cost_per: CostUnit = CostUnit.OUTPUT
     #: Store this model's outputs (``true``) or keep the provider's own URLs
     #: (``false``); unset: its provider section's ``upload_outputs``.
     upload_outputs: bool | None = None
+
+    def price(self, number_of_outputs: int, parameters: Mapping[str, Any]) -> float:
+        """What a request for this model costs (``actors/pricing.py``)."""
+        return job_cost(self.cost, self.cost_per, number_of_outputs, parameters)
 
 
 def fallback_chain(catalog: Mapping[str, ModelSpec], model: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 Per key (its own limits stored with it, else the ``[limits]`` defaults): a request
 rate (a token bucket, spent by every request the key makes), a maximum of
-unfinished jobs (queued or at a provider), and an optional daily spend (the
-catalog's ``cost`` of one output times the outputs, summed over the jobs the key
+unfinished jobs (queued or at a provider), and an optional daily spend (each
+job's price from the catalog, ``actors/pricing.py``, summed over the jobs the key
 had accepted since midnight UTC). For the daemon: a maximum of unfinished jobs
 across all callers (``max_queue_depth``). Past any of them the request is refused
 with RATE_LIMITED (429), ``Retry-After`` and the limit named in the error's
@@ -163,7 +163,7 @@ class Quotas:
         """Reserve room for ``job`` (stamping its ``cost``), or raise RATE_LIMITED
         naming the limit it would pass."""
         spec = self._catalog.get(job.model)
-        cost = spec.cost * job.number_of_outputs if spec is not None else 0.0
+        cost = spec.price(job.number_of_outputs, job.parameters) if spec is not None else 0.0
         if cost:
             job.cost = cost
         limits = KeyLimits()
