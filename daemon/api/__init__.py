@@ -10,7 +10,8 @@ Families (each its own module, each a ``blueprint``):
   same jobs (``openai_compat`` holds what they share: OpenAI's error envelope and
   the translation of its requests);
 - ``openapi``: the OpenAPI document of all of them and a page listing it.
-- ``admin``: the admin pages (HTML: errors, alerts, jobs);
+- ``admin``: the admin pages (HTML: errors, alerts, jobs, and nested in them
+  ``experiment_pages``: experiments);
 - ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON).
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
@@ -35,6 +36,7 @@ from daemon.api import (
     admin,
     auth,
     errors,
+    experiment_pages,
     generation,
     health,
     media,
@@ -50,6 +52,10 @@ from daemon.config import AuthSettings
 from daemon.connections import ConnectionGuard
 
 __all__ = ["FAMILIES", "create_app"]
+
+# The experiment pages are admin pages: nested in that family, they share its login,
+# its cookie path and its place outside the OpenAPI document.
+admin.blueprint.register_blueprint(experiment_pages.blueprint)
 
 #: The route families, registered in this order.
 FAMILIES: tuple[Blueprint, ...] = (
