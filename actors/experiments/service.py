@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import trio
 
 from actors.catalog import ModelSpec
 from actors.clock import wall_now
@@ -156,6 +157,8 @@ class ExperimentService:
         self._running: list[Experiment] = []
         #: Bandit experiments: the last chance of each arm to be best.
         self.p_best: dict[str, dict[str, float]] = {}
+        #: Set (and replaced) each time the running experiments are reloaded.
+        self.changed = trio.Event()
 
     # -- the cache ------------------------------------------------------------
 
@@ -164,6 +167,8 @@ class ExperimentService:
         change made here)."""
         every = await self.store.list_experiments()
         self._running = [e for e in every if e.state is ExperimentState.RUNNING]
+        changed, self.changed = self.changed, trio.Event()
+        changed.set()
 
     def running(self) -> list[Experiment]:
         """The experiments taking traffic now, oldest first (from memory)."""

@@ -30,8 +30,8 @@ from actors.jobs import Job
 from actors.store import jobs
 
 #: The unit a job was assigned by, in SQL: the same rule as
-#: ``actors.experiments.enroll.unit_of`` (user id, else the API key, else the job).
-UNIT_SQL = "COALESCE(user_id, owner, id)"
+#: ``actors.experiments.hashing.unit_for`` (user id, else the API key, else the job).
+UNIT_SQL = "COALESCE(NULLIF(user_id, ''), 'key:' || owner, 'job:' || id)"
 
 _EXPERIMENT_COLUMNS = (
     "id", "name", "description", "state", "match_model", "coverage", "seed", "namespace",

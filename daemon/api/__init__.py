@@ -11,7 +11,8 @@ Families (each its own module, each a ``blueprint``):
   the translation of its requests);
 - ``openapi``: the OpenAPI document of all of them and a page listing it.
 - ``admin``: the admin pages (HTML: errors, alerts, jobs);
-- ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON).
+- ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON);
+- ``experiments``: the admin experiments API (create, lifecycle, weights, results).
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
 strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
@@ -35,6 +36,7 @@ from daemon.api import (
     admin,
     auth,
     errors,
+    experiments,
     generation,
     health,
     media,
@@ -62,6 +64,7 @@ FAMILIES: tuple[Blueprint, ...] = (
     openapi.blueprint,
     admin.blueprint,
     monitoring.blueprint,
+    experiments.blueprint,
 )
 
 
