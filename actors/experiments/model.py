@@ -97,6 +97,8 @@ class BanditSettings:
     cadence: float = 3600.0
     #: Pause an arm whose chance to be best stays below this (None: never).
     pause_below: float | None = None
+    #: ...for this many consecutive re-weightings (one low draw pauses nothing).
+    pause_after: int = 3
     #: A winner is declared at this chance to be best.
     win_at: float = 0.95
 
@@ -173,6 +175,24 @@ class Observation:
     #: The job's value of the experiment's ``segment_attribute``.
     segment: str | None = None
     created_at: float = 0.0
+
+    def value(self, metric: MetricName) -> float | None:
+        """This job's value of ``metric``; None when it has none (yet).
+
+        Success and rating rate count finished jobs (1 or 0); queue wait, run time
+        and cost jobs that have them; rating the rated jobs.
+        """
+        if metric is MetricName.SUCCESS_RATE:
+            return None if self.succeeded is None else float(self.succeeded)
+        if metric is MetricName.RATING_RATE:
+            return None if self.succeeded is None else float(self.rating is not None)
+        value = {
+            MetricName.QUEUE_WAIT: self.queue_wait,
+            MetricName.RUN_TIME: self.run_time,
+            MetricName.COST: self.cost,
+            MetricName.RATING: self.rating,
+        }[metric]
+        return None if value is None else float(value)
 
 
 # -- results --------------------------------------------------------------------

@@ -12,7 +12,8 @@ Families (each its own module, each a ``blueprint``):
 - ``openapi``: the OpenAPI document of all of them and a page listing it.
 - ``admin``: the admin pages (HTML: errors, alerts, jobs, and nested in them
   ``experiment_pages``: experiments);
-- ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON).
+- ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON);
+- ``experiments``: the admin experiments API (create, lifecycle, weights, results).
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
 strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
@@ -37,6 +38,7 @@ from daemon.api import (
     auth,
     errors,
     experiment_pages,
+    experiments,
     generation,
     health,
     media,
@@ -68,6 +70,7 @@ FAMILIES: tuple[Blueprint, ...] = (
     openapi.blueprint,
     admin.blueprint,
     monitoring.blueprint,
+    experiments.blueprint,
 )
 
 

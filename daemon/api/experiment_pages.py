@@ -21,7 +21,7 @@
   ``/media/...`` itself once keys are in force.
 
 These are admin pages: their blueprint is nested in the admin pages' one
-(``daemon/api/admin.py``), so the endpoints are ``admin.experiments.*``: the same
+(``daemon/api/admin.py``), so the endpoints are ``admin.experiment_pages.*``: the same
 login (``KeyCookie``, the admin scope, the login form for anyone else), the same
 family in ``NEEDS``, and like every admin page they are left out of the OpenAPI
 document. Changes are POST only, under the admin cookie's ``SameSite=Strict``.
@@ -58,7 +58,7 @@ from daemon.api.auth import caller
 from daemon.api.charts import Bar, comparison_chart
 from daemon.api.services import services
 
-blueprint = Blueprint("experiments", __name__, url_prefix="/experiments")
+blueprint = Blueprint("experiment_pages", __name__, url_prefix="/experiments")
 
 #: Variant rows the create form offers at first (a button adds more).
 FORM_ROWS = 3
