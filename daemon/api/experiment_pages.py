@@ -173,9 +173,10 @@ class Form:
                         "parameters: must be a JSON object")
                 elif parameters is not None:
                     variant["parameters"] = parameters
-            weight = self._number(row["weight"] or "1", f"variant {variant['id']}: weight", i)
-            if weight is not None:
-                variant["weight"] = weight
+            if row["weight"]:
+                weight = self._number(row["weight"], "weight", i)
+                if weight is not None:
+                    variant["weight"] = weight
             variants.append(variant)
         metrics = [{"name": name, "type": chosen["role"], "goal": chosen["goal"]}
                    for name, chosen in self.metrics.items()
@@ -185,16 +186,17 @@ class Form:
                                 "variants": variants, "metrics": metrics,
                                 "allocation": self.values["allocation"] or Allocation.FIXED.value}
         if self.values["match_model"]:
-            body["matchModel"] = self.values["match_model"]
+            body["match"] = self.values["match_model"]
         coverage = self._number(self.values["coverage"] or "100", "coverage")
         if coverage is not None:
-            body["coverage"] = coverage / 100
+            body["trafficAllocation"] = coverage
         if self.values["budget"]:
             body["budget"] = self._number(self.values["budget"], "budget")
         if self.values["segment_attribute"]:
             body["segmentAttribute"] = self.values["segment_attribute"]
         if self.values["min_sample"]:
-            body["minSample"] = self._number(self.values["min_sample"], "minimum sample")
+            least = self._number(self.values["min_sample"], "minimum sample")
+            body["minSample"] = int(least) if least is not None and least.is_integer() else least
         return body
 
     def _number(self, text: str, what: str, row: int | None = None) -> float | None:
@@ -221,8 +223,9 @@ class Form:
                 if row["model"] or row["id"] or row["template"] or row["parameters"]]
         for problem in problems:
             match = _VARIANT.match(problem)
-            if match and int(match.group(1)) < len(used):
-                self.row_problems.setdefault(used[int(match.group(1))], []).append(problem)
+            index = int(match.group(1) or match.group(2)) if match else len(used)
+            if index < len(used):
+                self.row_problems.setdefault(used[index], []).append(problem)
             else:
                 self.problems.append(problem)
 
@@ -250,7 +253,7 @@ async def _list_page(form: Form, status: int = 200) -> tuple[str, int]:
     for experiment in await service.list():
         results = await _results(experiment)
         rows.append({"experiment": experiment, "traffic": _traffic(results),
-                     "spend": _spend(results)})
+                     "spend": await service.spend(experiment.id)})
     page = await render_template("admin/experiments.html", rows=rows, form=form,
                                  models=_models(), metrics=list(MetricName), labels=LABELS,
                                  roles=[role.value for role in Role],
@@ -267,21 +270,11 @@ async def _results(experiment: Experiment) -> Results | None:
 
 
 def _traffic(results: Results | None) -> dict[str, int]:
-    """Jobs per variant: the sample-ratio check's count (every enrolled job)."""
+    """Finished jobs per variant (what the success rate counts)."""
     if results is None:
         return {}
-    if results.srm is not None:
-        return dict(results.srm.observed)
     return {variant: arm[MetricName.SUCCESS_RATE].n for variant, arm in results.arms.items()
             if MetricName.SUCCESS_RATE in arm}
-
-
-def _spend(results: Results | None) -> float | None:
-    if results is None:
-        return None
-    totals = [arm[MetricName.COST].total for arm in results.arms.values()
-              if MetricName.COST in arm and arm[MetricName.COST].total is not None]
-    return sum(t for t in totals if t is not None) if totals else None
 
 
 @blueprint.get("")
