@@ -50,6 +50,7 @@ from actors.experiments.model import (
     Results,
     Role,
 )
+from actors.experiments.service import PROMPT_SLOT
 from actors.jobs import Job
 from actors.storage.local import MEDIA_PREFIX
 from daemon.api import media
@@ -102,6 +103,15 @@ def metric_format(metric: MetricName) -> Callable[[float], str]:
 
 def _share(value: float | None) -> str:
     return "" if value is None else f"{value * 100:.1f} %"
+
+
+def _chance(value: float | None) -> str:
+    """A confidence or a chance to be best: never a rounded "100.0 %"."""
+    if value is None:
+        return ""
+    if value > 0.999:
+        return "> 99.9 %"
+    return "< 0.1 %" if 0 < value < 0.001 else _share(value)
 
 
 def _p(value: float | None) -> str:
@@ -160,8 +170,10 @@ class Form:
                 continue
             variant: dict[str, Any] = {"id": row["id"] or chr(ord("a") + len(variants)),
                                        "modelIdentifier": row["model"]}
-            if row["template"]:
+            if PROMPT_SLOT in row["template"]:
                 variant["promptTemplate"] = row["template"]
+            elif row["template"]:  # no slot for the client's prompt: it replaces it
+                variant["prompt"] = row["template"]
             if row["parameters"]:
                 try:
                     parameters = json.loads(row["parameters"])
@@ -359,7 +371,7 @@ async def stats(experiment_id: str) -> Page:
 
 def _helpers() -> dict[str, Any]:
     return {"fmt": lambda metric, value: "" if value is None else metric_format(metric)(value),
-            "share": _share, "p": _p, "labels": LABELS}
+            "share": _share, "chance": _chance, "p": _p, "labels": LABELS}
 
 
 @blueprint.post("/<experiment_id>/<any(start, pause, complete):action>")
