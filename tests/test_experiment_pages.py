@@ -20,6 +20,7 @@ stays open while it arrives. Each form's POST and redirect is awaited
 from __future__ import annotations
 
 import functools
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -207,3 +208,72 @@ async def test_create_start_watch_and_complete_an_experiment(
         ExperimentState.COMPLETED
     for name in ("refused", "started", "results", "list", "results-phone"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 1000
+
+
+#: The sandbox with a price, so cost and spend have something to show.
+PRICED_SANDBOX = FAST_SANDBOX + """
+[models.sandbox-image]
+provider = "sandbox"
+provider_model = "sandbox-image"
+cost = 4
+"""
+
+
+async def test_the_pages_without_a_browser(easel_daemon: Any) -> None:
+    """What the browser test does not reach: a segmented experiment's table and its
+    caveat, cost and spend, the results section served alone, an added variant row,
+    a form the page itself refuses, and a missing experiment (no keys: everyone is
+    admin, as on the API)."""
+    easel = await easel_daemon(PRICED_SANDBOX)
+    service = easel.runtime.experiments
+    experiment = await service.create({
+        "name": "Plans", "match": "sandbox-image", "segmentAttribute": "plan", "minSample": 2,
+        "variants": [{"id": "a", "modelIdentifier": "sandbox-image"},
+                     {"id": "b", "modelIdentifier": "sandbox-image",
+                      "promptTemplate": "{prompt}, at dusk"}],
+        "metrics": [{"name": "success_rate"}, {"name": "cost", "type": "secondary"}]})
+    draft = await easel.client.get(f"/admin/experiments/{experiment.id}")
+    assert draft.status_code == 200 and "No results yet" in draft.text
+    await service.start(experiment.id)
+    for user in range(8):
+        answer = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "a red apple",
+                                     "user_id": f"u{user}",
+                                     "metadata": {"plan": "pro" if user % 2 else "free"}})
+        await easel.wait(answer.json()["id"])
+
+    page = await easel.client.get(f"/admin/experiments/{experiment.id}")
+    assert page.status_code == 200
+    text = page.text
+    assert 'id="segments"' in text and "plan=pro" in text and "plan=free" in text
+    assert 'id="segments-caveat"' in text
+    spends = [float(found) for found in re.findall(r"spend ([\d.]+), 4 per success", text)]
+    assert sum(spends) == 32  # 8 jobs at 4 each, split between the variants
+    assert 'id="chart-cost"' in text and 'id="chart-success_rate"' in text
+    assert "setInterval" in text  # running: the results refresh themselves
+
+    fragment = await easel.client.get(f"/admin/experiments/{experiment.id}/stats")
+    assert fragment.status_code == 200
+    assert fragment.text.lstrip().startswith('<section id="stats"')
+    assert "<html" not in fragment.text
+
+    listing = await easel.client.get("/admin/experiments")
+    row = listing.text.split(f'id="experiment-{experiment.id}"', 1)[1].split("</tr>", 1)[0]
+    assert "RUNNING" in row and ">32<" in row.replace(" ", "")  # 8 jobs at 4 each
+
+    more = await easel.client.post("/admin/experiments", data={
+        "rows": "3", "action": "add-row", "name": "kept", "variant-2-template": "{prompt}!"})
+    assert more.status_code == 200
+    assert more.text.count('class="variant-row"') == 4
+    assert 'value="kept"' in more.text and 'value="{prompt}!"' in more.text
+
+    refused = await easel.client.post("/admin/experiments", data={
+        "rows": "2", "action": "create", "name": "bad json",
+        "variant-0-model": "sandbox-image", "variant-1-model": "sandbox-image",
+        "variant-1-parameters": "{not json", "coverage": "lots"})
+    assert refused.status_code == 400
+    assert "parameters: not JSON" in refused.text and "coverage: &#39;lots&#39; is not a number" in refused.text
+    assert len(await service.list()) == 1
+
+    missing = await easel.client.get("/admin/experiments/exp_nothere")
+    assert missing.status_code == 404
+    assert "text/html" in missing.headers["content-type"] and "No experiment exp_nothere" in missing.text

@@ -259,7 +259,7 @@ def _models() -> list[str]:
     return sorted(services().runtime.catalog)
 
 
-async def _list_page(form: Form, status: int = 200) -> tuple[str, int]:
+async def _list_page(form: Form, status: int = 200, missing: str = "") -> tuple[str, int]:
     service = services().runtime.experiments
     rows = []
     for experiment in await service.list():
@@ -270,7 +270,7 @@ async def _list_page(form: Form, status: int = 200) -> tuple[str, int]:
                                  models=_models(), metrics=list(MetricName), labels=LABELS,
                                  roles=[role.value for role in Role],
                                  goals=[goal.value for goal in Goal],
-                                 allocations=[a.value for a in Allocation])
+                                 allocations=[a.value for a in Allocation], missing=missing)
     return page, status
 
 
@@ -353,7 +353,12 @@ def _shown_results(experiment: Experiment, results: Results) -> dict[str, Any]:
 @blueprint.get("/<experiment_id>")
 @admin_page
 async def detail(experiment_id: str) -> Page:
-    shown = await _detail(experiment_id)
+    try:
+        shown = await _detail(experiment_id)
+    except EaselError as exc:
+        if exc.code is not ErrorCode.NOT_FOUND:
+            raise
+        return await _list_page(Form.blank(_models()), 404, missing=experiment_id)
     recent = await services().runtime.experiments.recent_outputs(experiment_id,
                                                                  per_variant=RECENT)
     thumbnails = {variant: [await _thumbnail(job) for job in jobs]
