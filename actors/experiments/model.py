@@ -214,8 +214,16 @@ class ArmMetric:
     mean: float | None
     interval: Interval | None = None
     median: float | None = None
-    #: Sum over the arm (cost: the variant's spend).
+    #: Sum over the arm (cost: the variant's spend; rates: the count of successes or
+    #: of rated jobs).
     total: float | None = None
+    #: Distinct units (users) behind the ``n`` observations.
+    units: int | None = None
+    #: Cost only: the arm's spend on finished jobs divided by its successes.
+    per_success: float | None = None
+    #: Durations and cost: the level values were capped at (winsorised) before the
+    #: mean, its interval and the test; the median and the total are uncapped.
+    capped_at: float | None = None
 
 
 @attrs.frozen
@@ -236,6 +244,14 @@ class Comparison:
     test: str
     #: Whether the change is for the better, given the metric's goal.
     better: bool | None = None
+    #: Absolute difference, variant - control (rates: in proportion, 0.1 = 10 points).
+    difference: float | None = None
+    difference_interval: Interval | None = None
+    #: A primary metric (in the Holm family and the winner's decision).
+    primary: bool = False
+    #: A second test reported beside the first (ratings: "mann-whitney u").
+    check_test: str | None = None
+    check_p_value: float | None = None
 
 
 @attrs.frozen
@@ -256,6 +272,8 @@ class Winner:
     #: 1 - adjusted p (fixed allocation) or P(best) (bandit).
     confidence: float
     recommendation: str
+    #: The primary metric the decision rests on (None: a bandit's chance to be best).
+    metric: MetricName | None = None
 
 
 @attrs.define
@@ -277,3 +295,9 @@ class Results:
     segments: dict[str, dict[str, dict[MetricName, ArmMetric]]] | None = None
     #: Caveats shown with the results (multiple comparisons in segments, SRM...).
     notes: list[str] = attrs.field(factory=list)
+    #: The significance level of the tests and intervals (0.05: 95 % intervals).
+    alpha: float = 0.05
+    #: Units (users) had several jobs: per-unit (ratio-metric) variances were used.
+    per_unit: bool = False
+    #: The comparisons' p-values and intervals are always valid (sequential).
+    sequential: bool = False
