@@ -82,6 +82,8 @@ def test_no_reweighting_before_every_arm_has_its_sample() -> None:
     assert not decision.ready
     assert decision.weights == {"A": 0.5, "B": 0.5}
     assert decision.p_best == {}
+    # Nothing changed, so the phase (and every unit's hash) stays.
+    assert apply_decision(experiment, decision) == experiment
     assert decision.winner is None
     assert decision.paused == frozenset()
     # Unfinished jobs do not count toward the sample.
@@ -119,8 +121,13 @@ def test_traffic_shifts_to_the_better_arm_while_every_arm_keeps_its_floor() -> N
         assert sum(decision.weights.values()) == pytest.approx(1.0)
         assert min(decision.weights.values()) >= 0.05 - 1e-12
         history.append(decision)
+        before = experiment
         experiment = apply_decision(experiment, decision)
+        # New shares of traffic, new phase: each phase has constant weights.
+        moved = [v.weight for v in experiment.variants] != [v.weight for v in before.variants]
+        assert experiment.phase == before.phase + moved
     assert history[0].weights["C"] < 0.8
+    assert 1 < experiment.phase <= len(history)
     assert history[-1].weights["C"] > 0.85
     assert history[-1].weights["A"] == pytest.approx(0.05, abs=0.01)
     assert all(not decision.paused for decision in history)
@@ -179,6 +186,7 @@ def test_an_arm_that_stays_unlikely_is_paused_after_its_streak() -> None:
     assert "C" not in second.low_streaks
     paused = apply_decision(experiment, second)
     assert [v.paused for v in paused.variants] == [False, False, True]
+    assert paused.phase == experiment.phase + 1
     # A paused arm is out of later decisions; it keeps weight 0.
     third = reweigh(paused, observations, rng, low_streaks=second.low_streaks)
     assert set(third.p_best) == {"A", "B"}

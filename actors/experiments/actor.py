@@ -8,10 +8,11 @@ the HTTP API opens), then, for each running experiment:
 - with a ``budget``: every ``BUDGET_CHECK_SECONDS``, reads its spend (the summed
   ``cost`` of its enrolled jobs) and pauses it once the spend reaches the budget;
 - with ``allocation: bandit``: once its ``bandit.cadence`` has passed since its
-  weights last changed (``updated_at``, so a restart keeps the rhythm), asks the
-  bandit for new weights from the stored observations (``bandit.reweigh``) and
-  stores them as a new phase, pausing the arms it says to pause. Stored
-  assignments never move: only units not yet assigned follow the new weights.
+  weights last changed (``updated_at``, so a restart keeps the rhythm) or it last
+  looked, asks the bandit for new weights from the stored observations
+  (``bandit.reweigh``) and stores them (``bandit.apply_decision``: a new phase when
+  the shares move), pausing the arms it says to pause. Stored assignments never
+  move: only units not yet assigned follow the new weights.
 
 With nothing to watch it sleeps until an experiment changes, so an idle daemon
 has no timer running for it.
@@ -120,7 +121,6 @@ class ExperimentsActor:
         if not decision.ready:  # not every arm has its minimum sample yet
             return
         self.service.p_best[experiment.id] = decision.p_best
-        paused = {v.id for v in experiment.variants if v.paused} | decision.paused
-        await self.service.set_weights(experiment.id, decision.weights, paused=paused)
+        await self.service.reweighed(experiment.id, decision)
         self.monitor.emit("experiment.reweighed", experiment=experiment.id,
                           weights=decision.weights)

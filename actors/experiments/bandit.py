@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 import numpy as np
 
-from actors.experiments.hashing import normalized_weights
+from actors.experiments.hashing import traffic_shares
 from actors.experiments.model import Experiment, Goal, MetricName, Observation
 
 #: Rates, drawn from a Beta posterior; every other metric is a mean.
@@ -139,15 +139,12 @@ def reweigh(
     """The next weights of a bandit experiment (see the module docstring)."""
     settings = experiment.bandit
     metric = settings.metric
-    active = [variant for variant in experiment.variants if not variant.paused]
-    current = dict(
-        zip((v.id for v in active), normalized_weights(active), strict=True),
-    )
+    current = traffic_shares(experiment)
     weights = {variant.id: current.get(variant.id, 0.0) for variant in experiment.variants}
     values = arm_values(observations, metric, current)
     enough = max(settings.min_samples, 1 if metric in RATES else 2)
     streaks = {variant_id: (low_streaks or {}).get(variant_id, 0) for variant_id in current}
-    if len(active) < 2 or any(len(found) < enough for found in values.values()):
+    if len(current) < 2 or any(len(found) < enough for found in values.values()):
         return BanditDecision(weights, {}, frozenset(), None, False, streaks)
 
     chances = p_best(values, metric, goal_of(experiment, metric), rng, draws)
@@ -167,7 +164,15 @@ def reweigh(
 
 
 def apply_decision(experiment: Experiment, decision: BanditDecision) -> Experiment:
-    """The experiment with the decision's weights and pauses on its variants."""
+    """The experiment with the decision's weights and pauses on its variants.
+
+    When the shares of new traffic change, so does the phase (``hashing`` explains
+    why): within one phase the weights are constant, so the sample-ratio check can
+    compare each phase's assignments with that phase's weights. A decision that is
+    not ``ready`` changes nothing.
+    """
+    if not decision.ready:
+        return experiment
     variants = [
         attrs.evolve(
             variant,
@@ -176,4 +181,9 @@ def apply_decision(experiment: Experiment, decision: BanditDecision) -> Experime
         )
         for variant in experiment.variants
     ]
-    return attrs.evolve(experiment, variants=variants)
+    before = traffic_shares(experiment)
+    changed = decision.paused or any(
+        abs(before.get(variant.id, 0.0) - variant.weight) > 1e-12 for variant in variants
+    )
+    phase = experiment.phase + 1 if changed else experiment.phase
+    return attrs.evolve(experiment, variants=variants, phase=phase)

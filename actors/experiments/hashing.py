@@ -26,14 +26,17 @@ was submitted with (so one integration keeps one variant); without a key either
 randomisation, but a person who retries lands anywhere. ``unit_for`` is that rule;
 the fallbacks are prefixed (``key:``, ``job:``) so they never collide with a user id.
 
-**Phases.** The seed is the experiment's ``seed`` (its id when empty). Changing the
-weights, or adding or removing a variant, starts a new *phase*: ``phase_seed`` then
-gains the phase number, so units not yet assigned are re-bucketed with a fresh,
-independent hash instead of inheriting positions drawn under the old ranges. Units
-already assigned keep their stored ``Assignment`` (which records its phase), so
-nobody enrolled moves; results can tell the phases apart. Within one phase a unit's
-hash never changes: only the units between an old and a new range boundary would
-change variant, and those too keep their stored assignment.
+**Phases.** The seed is the experiment's ``seed`` (its id when empty). Any change
+to the shares of new traffic (a person changing the weights, adding, removing or
+pausing a variant, or a bandit re-weighting, see ``bandit.apply_decision``) starts
+a new *phase*: ``phase_seed`` then gains the phase number, so units not yet
+assigned are re-bucketed with a fresh, independent hash instead of inheriting
+positions drawn under the old ranges. Units already assigned keep their stored
+``Assignment`` (which records its phase), so nobody enrolled moves. Within one
+phase the weights are constant, so the sample-ratio check can compare each phase's
+assignments with that phase's weights; and within one phase a unit's hash never
+changes (only units between an old and a new range boundary would change variant,
+and those too keep their stored assignment).
 """
 
 from __future__ import annotations
@@ -130,12 +133,17 @@ def phase_seed(experiment: Experiment) -> str:
     return seed if experiment.phase == 0 else f"{seed}:{experiment.phase}"
 
 
-def normalized_weights(variants: Sequence[Variant]) -> list[float]:
-    """The variants' weights scaled to sum to 1 (equal when they sum to nothing)."""
-    total = sum(max(variant.weight, 0.0) for variant in variants)
-    if total <= 0:
-        return equal_weights(len(variants))
-    return [max(variant.weight, 0.0) / total for variant in variants]
+def traffic_shares(experiment: Experiment) -> dict[str, float]:
+    """Each active (not paused) variant's share of new units, in order; sums to 1.
+
+    The variants' weights scaled to sum to 1 (equal when they sum to nothing).
+    """
+    active = [variant for variant in experiment.variants if not variant.paused]
+    total = sum(max(variant.weight, 0.0) for variant in active)
+    return {
+        variant.id: max(variant.weight, 0.0) / total if total > 0 else 1 / len(active)
+        for variant in active
+    }
 
 
 def assign(experiment: Experiment, unit: str) -> Variant | None:
@@ -150,7 +158,10 @@ def assign(experiment: Experiment, unit: str) -> Variant | None:
         start, end = experiment.namespace_range
         if not in_namespace(unit, (experiment.namespace, start, end)):
             return None
-    active = [variant for variant in experiment.variants if not variant.paused]
-    ranges = bucket_ranges(len(active), experiment.coverage, normalized_weights(active))
+    shares = traffic_shares(experiment)
+    ranges = bucket_ranges(len(shares), experiment.coverage, list(shares.values()))
     index = choose_variant(hash_unit(phase_seed(experiment), unit), ranges)
-    return active[index] if index >= 0 else None
+    if index < 0:
+        return None
+    chosen = list(shares)[index]
+    return next(variant for variant in experiment.variants if variant.id == chosen)

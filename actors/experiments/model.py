@@ -91,7 +91,8 @@ class BanditSettings:
     metric: MetricName = MetricName.SUCCESS_RATE
     #: Every arm keeps at least this share: ``p = floor + (1 - K * floor) * w``.
     floor: float = 0.01
-    #: No re-weighting until every arm has this many finished jobs.
+    #: No re-weighting until every arm has this many values of the metric (finished
+    #: jobs; rated jobs for the rating; jobs with a cost for the cost...).
     min_samples: int = 100
     #: Seconds between re-weightings.
     cadence: float = 3600.0

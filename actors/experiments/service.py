@@ -20,9 +20,13 @@ once, each naming its variant. The request's shape (``create``)::
      "namespace": "homepage", "namespaceRange": [0, 0.5],
      "allocation": "fixed" | "bandit",
      "bandit": {"metric": "success_rate", "floor": 0.01, "minSamples": 100,
-                "cadence": 3600, "pauseBelow": null, "winAt": 0.95},
+                "cadence": 3600, "pauseBelow": null, "pauseAfter": 3, "winAt": 0.95},
      "budget": 500, "segmentAttribute": "plan", "minSample": 100, "sequential": false,
-     "factors": {"model": {"a": {"modelIdentifier": "x"}, ...}, ...}}  # multivariate
+     # multivariate, instead of variants: every combination of the levels
+     # (actors/experiments/factorial.py), the match model unless "model" is a factor
+     "factors": {"model": ["flux-dev", "flux-pro"], "parameters.steps": [20, 40],
+                 "prompt_template": ["{prompt}", "{prompt}, studio light"]},
+     "fractional": false}
 
 Its life: DRAFT -> RUNNING (start) <-> PAUSED (pause, start) -> COMPLETED
 (complete, from any other state); any other move is CONFLICT. Changing the
@@ -44,7 +48,8 @@ from actors.catalog import ModelSpec
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode
 from actors.experiments import analysis, factorial
-from actors.experiments.hashing import normalized_weights
+from actors.experiments.bandit import BanditDecision, apply_decision
+from actors.experiments.hashing import traffic_shares
 from actors.experiments.model import (
     Allocation,
     BanditSettings,
@@ -215,7 +220,8 @@ class ExperimentService:
         seed = read.text(body, "seed", "seed", limit=200) or ""
         known = {"name", "description", "trafficAllocation", "match", "variants", "metrics",
                  "namespace", "namespaceRange", "allocation", "bandit", "budget",
-                 "segmentAttribute", "minSample", "sequential", "seed", "factors"}
+                 "segmentAttribute", "minSample", "sequential", "seed", "factors",
+                 "fractional"}
         problems += [f"{key}: unknown field" for key in body if key not in known]
         if problems:
             raise invalid_parameters(problems)
@@ -238,11 +244,22 @@ class ExperimentService:
             if given is not None:
                 problems.append("variants: give either variants or factors, not both")
                 return []
-            try:
-                given = factorial.expand(factors)
-            except ValueError as exc:
-                problems.append(f"factors: {exc}")
+            fractional = body.get("fractional", False)
+            if not isinstance(factors, dict) or type(fractional) is not bool or not all(
+                    type(levels) is list for levels in factors.values()):
+                problems.append("factors: must be an object of factor -> list of levels,"
+                                " fractional true or false")
                 return []
+            match = body.get("match")
+            try:
+                expanded = factorial.expand(
+                    factors, model=match if type(match) is str else None, fractional=fractional)
+            except EaselError as exc:
+                problems.append(f"factors: {exc.info.message}")
+                return []
+            given = [{"id": v.id, "name": v.name, "modelIdentifier": v.model,
+                      "promptTemplate": v.prompt_template, "parameters": v.parameters,
+                      "factors": v.factors} for v in expanded]
         if type(given) is not list or not 2 <= len(given) <= MAX_VARIANTS:
             problems.append(f"variants: must be a list of 2 to {MAX_VARIANTS} variants")
             return []
@@ -386,14 +403,17 @@ class ExperimentService:
             min_samples = default.min_samples
         cadence = read.number(given, "cadence", "bandit.cadence", 1, 30 * 86_400)
         pause_below = read.number(given, "pauseBelow", "bandit.pauseBelow", 0, 1)
+        pause_after = read.number(given, "pauseAfter", "bandit.pauseAfter", 1, 1000)
         win_at = read.number(given, "winAt", "bandit.winAt", 0.5, 1)
         read.problems += [f"bandit.{key}: unknown field" for key in given
                           if key not in {"metric", "floor", "minSamples", "cadence",
-                                         "pauseBelow", "winAt"}]
+                                         "pauseBelow", "pauseAfter", "winAt"}]
         return BanditSettings(
             metric=metric, floor=default.floor if floor is None else floor,
             min_samples=min_samples, cadence=default.cadence if cadence is None else cadence,
-            pause_below=pause_below, win_at=default.win_at if win_at is None else win_at)
+            pause_below=pause_below,
+            pause_after=default.pause_after if pause_after is None else int(pause_after),
+            win_at=default.win_at if win_at is None else win_at)
 
     # -- reading --------------------------------------------------------------
 
@@ -418,8 +438,13 @@ class ExperimentService:
         experiment = await self.get(experiment_id)
         observations = await self.store.observations(experiment_id,
                                                      experiment.segment_attribute)
-        return analysis.analyze(experiment, observations, weights=weights_of(experiment),
-                                p_best=self.p_best.get(experiment_id))
+        results = analysis.analyze(experiment, observations, weights=weights_of(experiment),
+                                   p_best=self.p_best.get(experiment_id))
+        if any(variant.factors for variant in experiment.variants):
+            results.main_effects = factorial.main_effects(
+                experiment.variants, results.arms,
+                [metric.name for metric in experiment.primary_metrics()])
+        return results
 
     async def recent_outputs(self, experiment_id: str,
                              per_variant: int = 6) -> dict[str, list[Job]]:
@@ -473,12 +498,10 @@ class ExperimentService:
             experiment.completed_at = now
         return await self._save(experiment)
 
-    async def set_weights(self, experiment_id: str, weights: Any,
-                          paused: Any = None) -> Experiment:
+    async def set_weights(self, experiment_id: str, weights: Any) -> Experiment:
         """New traffic weights (variant id -> weight, each >= 0, not all 0), which
         start a new phase: units not yet assigned are bucketed afresh, those
-        assigned keep their variant. ``paused`` (variant ids) stops new units going
-        to those arms (the bandit's pause). CONFLICT once COMPLETED."""
+        assigned keep their variant. CONFLICT once COMPLETED."""
         experiment = await self.get(experiment_id)
         if experiment.state is ExperimentState.COMPLETED:
             raise EaselError(ErrorCode.CONFLICT, f"experiment {experiment_id} is COMPLETED",
@@ -493,19 +516,27 @@ class ExperimentService:
                          if (number := _number(value)) is None or number < 0]
             if not problems and sum(weights.values()) <= 0:
                 problems.append("weights: must not all be 0")
-        stopped = set(paused or ())
-        if not stopped <= set(ids) or stopped == set(ids):
-            problems.append("paused: must name some, not all, of the variants")
         if problems:
             raise invalid_parameters(problems)
         assert isinstance(weights, dict)
         experiment.variants = [
-            attrs.evolve(variant, weight=float(weights[variant.id]),
-                         paused=variant.id in stopped if paused is not None else variant.paused)
+            attrs.evolve(variant, weight=float(weights[variant.id]))
             for variant in experiment.variants]
         experiment.phase += 1
         experiment.updated_at = wall_now()
         return await self._save(experiment)
+
+    async def reweighed(self, experiment_id: str, decision: BanditDecision) -> Experiment:
+        """Apply a bandit's ``decision`` (new shares and paused arms; a new phase when
+        the shares move) to the experiment as stored now, if it is still RUNNING."""
+        experiment = await self.get(experiment_id)
+        if experiment.state is not ExperimentState.RUNNING:
+            return experiment
+        updated = apply_decision(experiment, decision)
+        if updated.phase == experiment.phase:
+            return experiment
+        updated.updated_at = wall_now()
+        return await self._save(updated)
 
     async def _save(self, experiment: Experiment) -> Experiment:
         await self.store.save_experiment(experiment)
@@ -545,8 +576,7 @@ class ExperimentService:
     def to_api(experiment: Experiment) -> dict[str, Any]:
         """The experiment as the admin API shows it (the request's spelling)."""
         e = experiment
-        shares = dict(zip([v.id for v in e.variants], normalized_weights(e.variants),
-                          strict=True))
+        shares = weights_of(e)
         return {
             "id": e.id, "name": e.name, "description": e.description, "state": e.state.value,
             "match": e.match_model, "trafficAllocation": round(e.coverage * 100, 6),
@@ -561,7 +591,8 @@ class ExperimentService:
             "bandit": None if e.allocation is Allocation.FIXED else {
                 "metric": e.bandit.metric.value, "floor": e.bandit.floor,
                 "minSamples": e.bandit.min_samples, "cadence": e.bandit.cadence,
-                "pauseBelow": e.bandit.pause_below, "winAt": e.bandit.win_at},
+                "pauseBelow": e.bandit.pause_below, "pauseAfter": e.bandit.pause_after,
+                "winAt": e.bandit.win_at},
             "budget": e.budget, "segmentAttribute": e.segment_attribute,
             "minSample": e.min_sample, "sequential": e.sequential, "seed": e.seed or e.id,
             "createdAt": iso(e.created_at), "updatedAt": iso(e.updated_at),
@@ -575,6 +606,5 @@ MAX_FEEDBACK = 4000
 
 def weights_of(experiment: Experiment) -> dict[str, float]:
     """The current traffic share of each variant (paused arms get none)."""
-    active = [v for v in experiment.variants if not v.paused]
-    shares = dict(zip([v.id for v in active], normalized_weights(active), strict=True))
+    shares = traffic_shares(experiment)
     return {v.id: shares.get(v.id, 0.0) for v in experiment.variants}

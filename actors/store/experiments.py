@@ -49,7 +49,8 @@ def bandit_json(settings: BanditSettings) -> str:
     return json.dumps({
         "metric": settings.metric.value, "floor": settings.floor,
         "min_samples": settings.min_samples, "cadence": settings.cadence,
-        "pause_below": settings.pause_below, "win_at": settings.win_at,
+        "pause_below": settings.pause_below, "pause_after": settings.pause_after,
+        "win_at": settings.win_at,
     })
 
 

@@ -103,7 +103,7 @@ def _path(name: str, description: str) -> dict[str, Any]:
 
 
 _JOB_ID = _path("id", "a job id (gen_...)")
-_EXPERIMENT_ID = _path("id", "an experiment id (exp_...)")
+_EXPERIMENT_ID = _path("experiment_id", "an experiment id (exp_...)")
 _VIDEO_ID = _path("id", "a video id: its Easel job id")
 
 
@@ -319,16 +319,16 @@ def _paths() -> dict[str, Any]:
             "get": {"summary": "Admin: every experiment, oldest first",
                     "responses": _responses({"200": _json(_OBJECT, "{experiments: [...]}")})},
         },
-        "/api/admin/experiments/{id}": {"get": {
+        "/api/admin/experiments/{experiment_id}": {"get": {
             "summary": "Admin: one experiment, with its spend",
             "parameters": [_EXPERIMENT_ID],
             "responses": _responses({"200": _json(_OBJECT, "the experiment")})}},
-        **{f"/api/admin/experiments/{{id}}/{action}": {"post": {
+        **{f"/api/admin/experiments/{{experiment_id}}/{action}": {"post": {
             "summary": f"Admin: {action} the experiment (409 from a wrong state)",
             "parameters": [_EXPERIMENT_ID],
             "responses": _responses({"200": _json(_OBJECT, "the experiment")})}}
            for action in ("start", "pause", "complete")},
-        "/api/admin/experiments/{id}/weights": {"post": {
+        "/api/admin/experiments/{experiment_id}/weights": {"post": {
             "summary": "Admin: new traffic weights, starting a new phase (assigned units"
                        " keep their variant)",
             "parameters": [_EXPERIMENT_ID],
@@ -337,7 +337,7 @@ def _paths() -> dict[str, Any]:
                     "type": "object", "additionalProperties": {"type": "number",
                                                                "minimum": 0}}}}}}},
             "responses": _responses({"200": _json(_OBJECT, "the experiment")})}},
-        "/api/admin/experiments/{id}/results": {"get": {
+        "/api/admin/experiments/{experiment_id}/results": {"get": {
             "summary": "Admin: the experiment's statistics, computed now from its jobs",
             "parameters": [_EXPERIMENT_ID],
             "responses": _responses({"200": _json(_OBJECT, "the results, with spend")})}},
