@@ -166,16 +166,14 @@ def _arm_metric(sample: _Sample, cap: float | None, per_unit: bool, spend: float
     if estimate is None:
         return ArmMetric(sample.metric, 0, None, units=0)
     interval: Interval | None = None
-    if per_unit:
-        if not math.isnan(estimate.se):
-            interval = stats.normal_interval(estimate.mean, estimate.se)
-            if sample.metric in _RATES:
-                interval = Interval(max(0.0, interval.low), min(1.0, interval.high))
-    elif sample.metric in _RATES:
-        interval = stats.wilson_interval(int(sample.values.sum()), n)
-    elif n > 1:
-        interval = stats.t_interval(estimate.mean, estimate.se, n - 1)
     rate = sample.metric in _RATES
+    if rate and not per_unit:
+        interval = stats.wilson_interval(int(sample.values.sum()), n)
+    elif estimate.n > 1:
+        # Per user: Student's interval on the ratio's delta-method error, users - 1 df.
+        interval = stats.t_interval(estimate.mean, estimate.se, estimate.n - 1)
+        if rate:
+            interval = Interval(max(0.0, interval.low), min(1.0, interval.high))
     return ArmMetric(
         metric=sample.metric,
         n=n,
@@ -250,7 +248,8 @@ def _compare(
     check_test = check_p = None
     df: float | None = None
     if per_unit:
-        test, result = "delta-method z (per user)", stats.z_test(a, b)
+        test, result = "delta-method welch t (per user)", stats.welch(a, b)
+        df = result.df
     elif metric in _RATES:
         test = "two-proportion z"
         result = stats.two_proportion_z(int(control.values.sum()), a.n,
