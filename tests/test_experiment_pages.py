@@ -272,7 +272,15 @@ async def test_the_pages_without_a_browser(easel_daemon: Any) -> None:
         "variant-1-parameters": "{not json", "coverage": "lots"})
     assert refused.status_code == 400
     assert "parameters: not JSON" in refused.text and "coverage: &#39;lots&#39; is not a number" in refused.text
-    assert len(await service.list()) == 1
+    assert [e.name for e in await service.list()] == ["Plans"]
+
+    bandit = await service.create({
+        "name": "Bandit", "allocation": "bandit", "bandit": {"minSamples": 50},
+        "variants": [{"modelIdentifier": "sandbox-image"}, {"modelIdentifier": "sandbox-image"}]})
+    await service.start(bandit.id)
+    shown = (await easel.client.get(f"/admin/experiments/{bandit.id}")).text
+    assert 'id="bandit"' in shown and "not yet (every arm needs 50 finished jobs)" in shown
+    assert "50.0 %" in shown.split('id="bandit"', 1)[1]  # the shares until then
 
     missing = await easel.client.get("/admin/experiments/exp_nothere")
     assert missing.status_code == 404

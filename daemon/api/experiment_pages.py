@@ -41,6 +41,7 @@ from quart import Blueprint, Response, redirect, render_template, request
 from werkzeug.datastructures import MultiDict
 
 from actors.errors import EaselError, ErrorCode, http_status
+from actors.experiments.analysis import DEFAULT_GOALS
 from actors.experiments.model import (
     Allocation,
     Experiment,
@@ -70,15 +71,7 @@ REFRESH_SECONDS = 5
 #: Outputs shown per variant.
 RECENT = 6
 
-#: How each metric is read by people, and which way is better by default.
-DEFAULT_GOALS: dict[MetricName, Goal] = {
-    MetricName.SUCCESS_RATE: Goal.MAXIMIZE,
-    MetricName.QUEUE_WAIT: Goal.MINIMIZE,
-    MetricName.RUN_TIME: Goal.MINIMIZE,
-    MetricName.COST: Goal.MINIMIZE,
-    MetricName.RATING: Goal.MAXIMIZE,
-    MetricName.RATING_RATE: Goal.MAXIMIZE,
-}
+#: What each metric is called on the pages.
 LABELS: dict[MetricName, str] = {
     MetricName.SUCCESS_RATE: "Success rate",
     MetricName.QUEUE_WAIT: "Queue wait",
@@ -168,8 +161,9 @@ class Form:
         for i, row in enumerate(self.rows):
             if not (row["model"] or row["id"] or row["template"] or row["parameters"]):
                 continue
-            variant: dict[str, Any] = {"id": row["id"] or chr(ord("a") + len(variants)),
-                                       "modelIdentifier": row["model"]}
+            variant: dict[str, Any] = {"modelIdentifier": row["model"]}
+            if row["id"]:
+                variant["id"] = row["id"]
             if PROMPT_SLOT in row["template"]:
                 variant["promptTemplate"] = row["template"]
             elif row["template"]:  # no slot for the client's prompt: it replaces it
@@ -344,8 +338,9 @@ def _shown_results(experiment: Experiment, results: Results) -> dict[str, Any]:
             bars, title=f"{LABELS[metric]} by variant, with intervals",
             chart_id=f"chart-{metric.value}", fmt=fmt)})
     bandit = None
-    if results.p_best is not None:
-        bandit = [{"variant": names.get(v, v), "id": v, "p_best": results.p_best.get(v),
+    if experiment.allocation is Allocation.BANDIT or results.p_best is not None:
+        # Before its first re-weighting a bandit has no chance to be best yet.
+        bandit = [{"variant": names[v], "p_best": (results.p_best or {}).get(v),
                    "weight": (results.weights or {}).get(v)} for v in names]
     return {"names": names, "metrics": metrics, "charts": charts, "bandit": bandit}
 
