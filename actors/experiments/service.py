@@ -548,8 +548,10 @@ class ExperimentService:
     async def rate(self, job_id: str, owner: str | None, rating: Any,
                    feedback: Any = None) -> Job:
         """Record the client's rating (1-5) and optional feedback of its finished
-        job; a second rating replaces the first. ``owner`` (the caller's viewer)
-        scopes the job: another key's job is NOT_FOUND, as a missing one. Only a
+        job; a second rating replaces the first (feedback included). Only the key
+        that made the job may rate it: ``owner`` is the caller's key id (None
+        without keys, matching the jobs made without one), and any other job, an
+        admin key's view included, is NOT_FOUND, as a missing one. Only a
         SUCCEEDED job can be rated (CONFLICT otherwise)."""
         problems = []
         if type(rating) is not int or not 1 <= rating <= 5:
@@ -559,7 +561,7 @@ class ExperimentService:
         if problems:
             raise invalid_parameters(problems)
         job = await self.store.get_job(job_id)
-        if job is None or (owner is not None and job.owner != owner):
+        if job is None or job.owner != owner:
             raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
         if job.state is not JobState.SUCCEEDED:
             raise EaselError(ErrorCode.CONFLICT,
