@@ -350,13 +350,14 @@ def _noun_phrase(c: Comparison) -> str:
     return f"{_percent(abs(c.lift))} {way} {noun}"
 
 
-def _significance(c: Comparison) -> str:
-    if c.p_value is None:
-        return "not tested yet"
+def _change(c: Comparison) -> str:
+    """The change with its significance: "0.7 points lower success rate, not significant"."""
+    if c.difference is None or c.p_value is None:
+        return f"no {_NOUNS[c.metric]} to compare yet"
     if not c.significant:
-        return "not significant"
+        return f"{_noun_phrase(c)}, not significant"
     p = c.adjusted_p if c.adjusted_p is not None else c.p_value
-    return f"significant (confidence {_confidence(1 - p)})"
+    return f"{_noun_phrase(c)}, significant (confidence {_confidence(1 - p)})"
 
 
 def _confidence(value: float) -> str:
@@ -374,15 +375,14 @@ def trade_off(comparisons: Sequence[Comparison], lead: MetricName) -> str:
     by_metric = {c.metric: c for c in comparisons}
     first = by_metric[lead]
     cost = by_metric.get(MetricName.COST)
-    clause = f"has {_noun_phrase(first)}, {_significance(first)}"
+    clause = f"has {_change(first)}"
     if (cost is not None and lead is not MetricName.COST and cost.difference
             and cost.lift is not None):
         way = "more" if cost.difference > 0 else "less"
-        clause = f"costs {_percent(abs(cost.lift))} {way} with {_noun_phrase(first)}, " + (
-            _significance(first))
-    others = [c for c in comparisons if c.primary and c.metric is not lead]
-    for other in others:
-        clause += f"; {_noun_phrase(other)}, {_significance(other)}"
+        clause = f"costs {_percent(abs(cost.lift))} {way} with {_change(first)}"
+    for other in comparisons:
+        if other.primary and other.metric is not lead:
+            clause += f"; {_change(other)}"
     return clause
 
 
@@ -432,6 +432,14 @@ def _segments(
 # -- the whole analysis ------------------------------------------------------------------------------
 
 
+def _units_per_variant(rows: _Rows, variants: int) -> list[int]:
+    """Distinct units per variant (a unit moved by a new phase counts in both)."""
+    if not len(rows.variant):
+        return [0] * variants
+    pairs = np.unique(np.stack([rows.variant, rows.unit]), axis=1)
+    return [int(count) for count in np.bincount(pairs[0], minlength=variants)]
+
+
 def _shares(variants: Sequence[Variant]) -> dict[str, float]:
     total = sum(variant.weight for variant in variants)
     return {v.id: (v.weight / total if total else 1 / len(variants)) for v in variants}
@@ -463,14 +471,22 @@ def analyze(
 
     # 1. Sample ratio: distinct units per variant (the unit is what is assigned).
     srm: SampleRatio | None = None
+    phases = sorted({o.phase for o in known if o.phase is not None})
     if bandit:
         notes.append("No sample ratio check: a bandit changes the traffic shares on purpose.")
     else:
-        pairs = np.unique(np.stack([rows.variant, rows.unit]), axis=1) if len(known) else (
-            np.zeros((2, 0), dtype=int))
-        units = np.bincount(pairs[0], minlength=len(variants))
+        current = rows.where(_column([o.phase for o in known]) == experiment.phase) if (
+            phases) else rows
         srm = stats.sample_ratio(
-            {v.id: int(units[i]) for i, v in enumerate(variants)}, _shares(variants))
+            dict(zip([v.id for v in variants], _units_per_variant(current, len(variants)))),
+            _shares(variants))
+        if phases and phases != [experiment.phase]:
+            notes.append(
+                f"The weights changed during the experiment (phases {phases[0]} to "
+                f"{phases[-1]}): the sample ratio is checked on phase {experiment.phase}'s "
+                "units, and the comparisons pool every phase, which biases them if the "
+                "metrics drifted while the shares moved."
+            )
         if srm.mismatch:
             notes.append(
                 f"Sample ratio mismatch (chi-squared p = {srm.p_value:.2g}): the units per "
@@ -480,9 +496,7 @@ def analyze(
 
     # 2. Every metric per arm; per unit when units have several finished jobs.
     finished = rows.where(rows.finished)
-    per_unit = bool(len(finished.variant)) and bool(
-        np.unique(np.stack([finished.variant, finished.unit]), axis=1).shape[1]
-        < len(finished.variant))
+    per_unit = sum(_units_per_variant(finished, len(variants))) < len(finished.variant)
     if per_unit:
         notes.append(
             "Users have several jobs each: every metric is a ratio over users with its "
@@ -574,7 +588,8 @@ def _decide(
         worst = min(short, key=lambda v: finished[v.id])
         return None, (
             f"No winner yet: sample too small ({label(worst)} has {finished[worst.id]} "
-            f"finished jobs of the {experiment.min_sample} needed per arm). " + summary())
+            f"finished job{'' if finished[worst.id] == 1 else 's'} of the "
+            f"{experiment.min_sample} needed per arm). " + summary())
 
     if experiment.allocation is Allocation.BANDIT:
         if not p_best:
@@ -613,6 +628,9 @@ def _decide(
         sentence = (f"Keep {label(experiment.control)} (confidence "
                     f"{_confidence(confidence)}): " + summary())
         return Winner(experiment.control.id, confidence, sentence, lead), sentence
+    if any(c.primary and c.significant for c in comparisons):
+        return None, ("No winner yet: no variant is significantly better on a primary "
+                      "metric without being significantly worse on another. " + summary())
     return None, "No winner yet: no significant difference. " + summary()
 
 
