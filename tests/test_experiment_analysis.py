@@ -384,3 +384,16 @@ def test_the_recommendation_names_every_primary_metric() -> None:
         "rate, significant (confidence 99.5 %); a 1.00 lower rating, significant "
         "(confidence > 99.9 %)."
     )
+
+
+def test_a_disagreeing_rank_check_is_noted() -> None:
+    """The same mean rating (3), but two thirds of B's ratings are above all of A's:
+    Welch sees nothing, the ranks see a difference."""
+    a = [3] * 300
+    b = [4] * 200 + [1] * 100
+    observations = [Observation("a", f"a{i}", True, rating=r) for i, r in enumerate(a)]
+    observations += [Observation("b", f"b{i}", True, rating=r) for i, r in enumerate(b)]
+    results = analyze(experiment("a", "b"), observations)
+    rating = next(c for c in results.comparisons if c.metric is MetricName.RATING)
+    assert (rating.p_value < 0.05) != (rating.check_p_value < 0.05)
+    assert any("Mann-Whitney check" in note for note in results.notes)

@@ -109,7 +109,7 @@ class _Rows:
         )
 
     def where(self, mask: np.ndarray) -> _Rows:
-        return _Rows(**{field.name: getattr(self, field.name)[mask] for field in attrs.fields(_Rows)})
+        return _Rows(**{f.name: getattr(self, f.name)[mask] for f in attrs.fields(_Rows)})
 
     @property
     def finished(self) -> np.ndarray:
@@ -148,19 +148,18 @@ def _sample(
     _, inverse = np.unique(units, return_inverse=True)
     sums, counts = np.bincount(inverse, values), np.bincount(inverse).astype(float)
     estimate: stats.Estimate | None = None
-    if len(values) == 0:
-        pass
-    elif per_unit:
+    if len(values) and per_unit:
         estimate = stats.ratio_estimate(sums, counts)
-    elif metric in _RATES:
+    elif len(values) and metric in _RATES:
         estimate = stats.proportion_estimate(int(values.sum()), len(values))
-    else:
+    elif len(values):
         estimate = stats.mean_estimate(values)
     return _Sample(metric, values, raw, units, estimate, sums / np.maximum(counts, 1))
 
 
-def _arm_metric(sample: _Sample, cap: float | None, per_unit: bool, spend: float | None,
-                successes: int) -> ArmMetric:
+def _arm_metric(sample: _Sample, cap: float | None, per_unit: bool, successes: int) -> ArmMetric:
+    """What the arm shows for one metric; ``successes``: its succeeded jobs, for cost
+    per success (the spend on finished jobs over them)."""
     estimate = sample.estimate
     n = len(sample.values)
     if estimate is None:
@@ -182,7 +181,10 @@ def _arm_metric(sample: _Sample, cap: float | None, per_unit: bool, spend: float
         median=None if rate else float(np.median(sample.raw)),
         total=float(sample.raw.sum()),
         units=len(np.unique(sample.units)),
-        per_success=(spend / successes if successes else None) if spend is not None else None,
+        per_success=(
+            float(sample.raw.sum()) / successes
+            if sample.metric is MetricName.COST and successes else None
+        ),
         capped_at=cap,
     )
 
@@ -209,13 +211,7 @@ def _arms(
             metric: _sample(arm, metric, caps.get(metric), per_unit) for metric in MetricName
         }
         arms[variant.id] = {
-            metric: _arm_metric(
-                sample,
-                caps.get(metric),
-                per_unit,
-                float(sample.raw.sum()) if metric is MetricName.COST else None,
-                successes,
-            )
+            metric: _arm_metric(sample, caps.get(metric), per_unit, successes)
             for metric, sample in samples[variant.id].items()
         }
     return arms, samples
@@ -266,15 +262,11 @@ def _compare(
     p_value = result.p_value
     if sequential_at is not None:
         n = min(a.n, b.n)
-        tau2 = stats.mixture_variance(se, n, sequential_at)
-        p_value = stats.always_valid_p(difference, se, tau2)
-        half = stats.sequential_halfwidth(se, tau2)
-        difference_interval = Interval(difference - half, difference + half)
-        lift_interval = None
-        if lift is not None:
-            lift_half = stats.sequential_halfwidth(
-                lift[1], stats.mixture_variance(lift[1], n, sequential_at))
-            lift_interval = Interval(lift[0] - lift_half, lift[0] + lift_half)
+        p_value = stats.always_valid_p(
+            difference, se, stats.mixture_variance(se, n, sequential_at))
+        difference_interval = stats.sequential_interval(difference, se, n, sequential_at)
+        lift_interval = (
+            stats.sequential_interval(*lift, n, sequential_at) if lift is not None else None)
         test += " (always valid)"
     else:
         difference_interval = (
@@ -531,6 +523,14 @@ def analyze(
         )
     if any(c.primary for c in comparisons) and len(comparisons) > len(primary):
         notes.append("Secondary metrics are not corrected for multiple comparisons.")
+    for c in comparisons:
+        if c.check_p_value is not None and c.p_value is not None and (
+                (c.check_p_value < stats.ALPHA) != (c.p_value < stats.ALPHA)):
+            notes.append(
+                f"{label(variants[index[c.variant_id]])}'s {_NOUNS[c.metric]}: Welch's test "
+                f"(p = {c.p_value:.2g}) and the Mann-Whitney check (p = "
+                f"{c.check_p_value:.2g}) disagree; read that difference with care."
+            )
 
     # 5. The winner, or why there is none.
     winner, recommendation = _decide(
