@@ -397,3 +397,13 @@ def test_a_disagreeing_rank_check_is_noted() -> None:
     rating = next(c for c in results.comparisons if c.metric is MetricName.RATING)
     assert (rating.p_value < 0.05) != (rating.check_p_value < 0.05)
     assert any("Mann-Whitney check" in note for note in results.notes)
+
+
+def test_of_several_better_variants_the_most_certain_wins() -> None:
+    observations = (fixed("a", 500, 300, 1.0) + fixed("b", 500, 400, 1.0)
+                    + fixed("c", 500, 360, 1.0))
+    results = analyze(experiment("a", "b", "c"), observations)
+    assert results.winner.variant_id == "b"
+    assert results.recommendation.endswith(
+        "Variant C also beats Variant A; the variants were not tested against each other, "
+        "only against the control.")

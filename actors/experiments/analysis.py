@@ -16,8 +16,10 @@ The order matters and is the one the experimentation platforms settled on:
 5. A winner only when its adjusted p < alpha on a primary metric, no primary metric
    is significantly worse, every arm has ``Experiment.min_sample`` finished jobs, and
    the sample ratio is sound (a bandit: its chance to be best reaches
-   ``BanditSettings.win_at``). The recommendation states the trade-off in numbers
-   either way.
+   ``BanditSettings.win_at``). Of several variants better than the control, the
+   one with the highest confidence wins (they are not tested against each other,
+   and the recommendation says so); when every variant is significantly worse, the
+   control wins. The recommendation states the trade-off in numbers either way.
 
 The unit of assignment is the user (``Observation.unit``). When units have several
 jobs, those jobs are not independent draws: every metric becomes the ratio
@@ -622,6 +624,11 @@ def _decide(
         confidence, _, v, best = max(candidates, key=lambda item: item[:2])
         sentence = (f"Choose {label(v)} (confidence {_confidence(confidence)}): it "
                     f"{trade_off(by_variant[v.id], best.metric)}.")
+        others = [label(other) for *_, other, _ in candidates if other is not v]
+        if others:
+            sentence += (f" {' and '.join(others)} also beat{'s' if len(others) == 1 else ''}"
+                         f" {label(experiment.control)}; the variants were not tested against"
+                         " each other, only against the control.")
         return Winner(v.id, confidence, sentence, best.metric), sentence
     if len(losers) == len(variants) - 1:
         confidence = min(losers.values())
