@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -168,18 +169,30 @@ def _without_variance(difference: float) -> TestResult:
 
 
 def welch_t(a: np.ndarray, b: np.ndarray) -> TestResult:
-    """Welch's t-test of mean(b) against mean(a), unequal variances, with the
+    """Welch's t-test of mean(b) against mean(a): unequal variances, with the
     Welch-Satterthwaite degrees of freedom.
 
     When neither sample varies (a fixed price per job) the difference is exact:
     p = 0 if the means differ, 1 if not.
     """
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    difference = float(np.mean(b) - np.mean(a))
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return _without_variance(float(np.mean(b) - np.mean(a)))
+    return welch(mean_estimate(a), mean_estimate(b))
+
+
+def welch(a: Estimate, b: Estimate) -> TestResult:
+    """Welch's test from two estimates: t = (b - a) / sqrt(se_a² + se_b²), with
+    Welch-Satterthwaite degrees of freedom from the units behind each (n - 1).
+
+    On per-user ratio estimates it is the delta-method test with a small-sample
+    correction: with few users per arm a normal reference would be too eager.
+    """
+    va, vb = a.se**2, b.se**2
+    difference = b.mean - a.mean
     if va + vb == 0:
         return _without_variance(difference)
     t = difference / math.sqrt(va + vb)
-    df = float((va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)))
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
     return TestResult(t, float(2 * stats.t.sf(abs(t), df)), df)
 
 
@@ -226,16 +239,6 @@ def ratio_estimate(numerators: np.ndarray, denominators: np.ndarray) -> Estimate
         k * float(np.mean(denominators)) ** 2
     )
     return Estimate(ratio, math.sqrt(max(float(variance), 0.0)), k)
-
-
-def z_test(a: Estimate, b: Estimate) -> TestResult:
-    """The unpooled z-test of b's mean against a's, from their standard errors."""
-    se = math.hypot(a.se, b.se)
-    difference = b.mean - a.mean
-    if se == 0:
-        return _without_variance(difference)
-    z = difference / se
-    return TestResult(z, float(2 * stats.norm.sf(abs(z))))
 
 
 # -- differences and lifts ----------------------------------------------------------------------
@@ -286,7 +289,7 @@ def holm(p_values: Sequence[float]) -> list[float]:
 # -- always-valid (sequential) inference ------------------------------------------------------------
 
 
-def mixture_variance(se: float, n: float, planned_n: float, alpha: float = ALPHA) -> float:
+def mixture_variance(se: Any, n: Any, planned_n: float, alpha: float = ALPHA) -> Any:
     """The normal mixture's variance τ², tuned so the sequence is tightest at ``planned_n``.
 
     With σ² the per-unit variance (≈ se² n), Howard et al. (2021, "Time-uniform,
@@ -299,7 +302,7 @@ def mixture_variance(se: float, n: float, planned_n: float, alpha: float = ALPHA
     return se * se * n * level / planned_n
 
 
-def sequential_halfwidth(se: float, tau2: float, alpha: float = ALPHA) -> float:
+def sequential_halfwidth(se: Any, tau2: Any, alpha: float = ALPHA) -> Any:
     """The half-width of the always-valid interval around an estimate with standard
     error ``se``, from the normal-mixture SPRT.
 
@@ -310,12 +313,20 @@ def sequential_halfwidth(se: float, tau2: float, alpha: float = ALPHA) -> float:
     and since Λ is a nonnegative martingale under the null, P(Λ ever ≥ 1/α) ≤ α
     (Ville's inequality). Inverting Λ < 1/α at every θ gives the confidence sequence
     estimate ± se sqrt((1 + se²/τ²) (log(1 + τ²/se²) + 2 log(1/α))), valid at every
-    look, however often the results are watched.
+    look, however often the results are watched. Takes floats or numpy arrays.
     """
-    if se == 0:
+    if np.ndim(se) == 0 and se == 0:
         return 0.0
     ratio = tau2 / (se * se)
-    return se * math.sqrt((1 + 1 / ratio) * (math.log1p(ratio) + 2 * math.log(1 / alpha)))
+    return se * np.sqrt((1 + 1 / ratio) * (np.log1p(ratio) + 2 * math.log(1 / alpha)))
+
+
+def sequential_interval(centre: float, se: float, n: float, planned_n: float,
+                        alpha: float = ALPHA) -> Interval:
+    """The always-valid interval around ``centre``, its mixture tuned for ``planned_n``
+    with ``n`` units behind the estimate now (``mixture_variance``)."""
+    half = float(sequential_halfwidth(se, mixture_variance(se, n, planned_n, alpha), alpha))
+    return Interval(centre - half, centre + half)
 
 
 def always_valid_p(estimate: float, se: float, tau2: float) -> float:
