@@ -1009,7 +1009,9 @@ class StoreContract:
             await store.transition(won.id, JobState.SUBMITTING, JobState.SUCCEEDED)
             await store.update(won.id, JobState.SUCCEEDED, rating=4, feedback="ok")
             await store.transition(lost.id, JobState.QUEUED, JobState.FAILED)
+            await store.assign(Assignment("exp_1", "u1", "A", 2, 0.0))
             found = await store.observations("exp_1", "plan")
+            assert [o.phase for o in found] == [2, None, None]
             assert [(o.variant_id, o.unit, o.succeeded, o.cost, o.rating, o.segment)
                     for o in found] == [("A", "u1", True, 2.0, 4, "pro"),
                                         ("B", "key:key1", False, 1.5, None, None),
