@@ -361,11 +361,10 @@ class ExperimentService:
                 if "name" not in item:
                     read.problems.append(f"{path}.name: required")
                 continue
-            default_goal = Goal.MINIMIZE if name in (
-                MetricName.COST, MetricName.QUEUE_WAIT, MetricName.RUN_TIME) else Goal.MAXIMIZE
             metrics.append(Metric(name, read.choice(item, "type", f"{path}.type", Role,
                                                     Role.PRIMARY),
-                                  read.choice(item, "goal", f"{path}.goal", Goal, default_goal)))
+                                  read.choice(item, "goal", f"{path}.goal", Goal,
+                                              analysis.DEFAULT_GOALS[name])))
         if len({metric.name for metric in metrics}) != len(metrics):
             read.problems.append("metrics: each metric at most once")
         if metrics and not any(metric.role is Role.PRIMARY for metric in metrics):
