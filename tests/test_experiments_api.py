@@ -91,6 +91,14 @@ async def test_admin_family_and_enrolment_end_to_end(easel_daemon: Any) -> None:
     late = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "late",
                                "userId": "user-1"})
     assert (await easel.runtime.get_job(late.json()["id"])).experiment_id is None
+    unknown = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "x",
+                                  "experiment": "exp_missing"})
+    assert unknown.status_code == 400
+    assert unknown.json()["error"]["details"] == {"param": "experiment"}
+    named = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "x",
+                                "experiment": experiment_id})
+    assert named.status_code == 202  # a completed experiment enrols no one
+    assert (await easel.runtime.get_job(named.json()["id"])).experiment_id is None
 
 
 async def test_rating_is_for_the_owning_key_and_replaces(easel_daemon: Any) -> None:
