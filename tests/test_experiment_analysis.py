@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -337,3 +338,72 @@ def test_results_to_api_is_json_with_camel_case_keys() -> None:
     # Fixed prices: the cost difference is exact, its statistic infinite, and JSON-safe.
     cost = next(c for c in body["comparisons"] if c["metric"] == "cost")
     assert cost["pValue"] == 0.0 and cost["lift"] == pytest.approx(-0.5)
+
+
+def test_the_sample_ratio_is_checked_on_the_current_phase() -> None:
+    """Phase 0 ran at 50/50, phase 1 at 80/20: all units together look mismatched
+    against the current weights, the current phase's units do not."""
+    rng = np.random.default_rng(9)
+    spec = experiment("a", "b", phase=1)
+    spec.variants = [attrs.evolve(spec.variants[0], weight=0.8),
+                     attrs.evolve(spec.variants[1], weight=0.2)]
+    old = jobs(rng, {"a": 0.5, "b": 0.5}, 500, unit_prefix="old")
+    new = jobs(rng, {"a": 0.5}, 800) + jobs(rng, {"b": 0.5}, 200)
+    observations = [attrs.evolve(o, phase=0) for o in old] + [
+        attrs.evolve(o, phase=1) for o in new]
+    results = analyze(spec, observations)
+    assert results.srm.observed == {"a": 800, "b": 200} and not results.srm.mismatch
+    assert any("phases 0 to 1" in note for note in results.notes)
+    unphased = analyze(spec, [attrs.evolve(o, phase=None) for o in observations])
+    assert unphased.srm.mismatch
+
+
+def test_no_observations_at_all() -> None:
+    results = analyze(experiment("a", "b"), [])
+    assert results.recommendation == "No winner yet: no finished jobs."
+    assert results.srm.p_value == 1.0 and results.segments is None
+    assert json.dumps(results_to_api(results), allow_nan=False)
+
+
+def test_the_recommendation_with_too_few_jobs_to_compare() -> None:
+    results = analyze(experiment("a", "b"), fixed("a", 2, 1, 1.0) + fixed("b", 1, 1, 2.0))
+    assert results.recommendation == (
+        "No winner yet: sample too small (Variant B has 1 finished job of the 100 needed "
+        "per arm). Variant B has no success rate to compare yet."
+    )
+
+
+def test_the_recommendation_names_every_primary_metric() -> None:
+    metrics = (SUCCESS, Metric(MetricName.RATING))
+    observations = [Observation(v, f"{v}{i}", i % 10 < rate, cost=1.0, rating=rating)
+                    for v, rate, rating in (("a", 8, 4), ("b", 9, 3)) for i in range(200)]
+    results = analyze(experiment("a", "b", metrics=metrics), observations)
+    assert results.recommendation == (
+        "No winner yet: no variant is significantly better on a primary metric without "
+        "being significantly worse on another. Variant B has 10.0 points higher success "
+        "rate, significant (confidence 99.5 %); a 1.00 lower rating, significant "
+        "(confidence > 99.9 %)."
+    )
+
+
+def test_a_disagreeing_rank_check_is_noted() -> None:
+    """The same mean rating (3), but two thirds of B's ratings are above all of A's:
+    Welch sees nothing, the ranks see a difference."""
+    a = [3] * 300
+    b = [4] * 200 + [1] * 100
+    observations = [Observation("a", f"a{i}", True, rating=r) for i, r in enumerate(a)]
+    observations += [Observation("b", f"b{i}", True, rating=r) for i, r in enumerate(b)]
+    results = analyze(experiment("a", "b"), observations)
+    rating = next(c for c in results.comparisons if c.metric is MetricName.RATING)
+    assert (rating.p_value < 0.05) != (rating.check_p_value < 0.05)
+    assert any("Mann-Whitney check" in note for note in results.notes)
+
+
+def test_of_several_better_variants_the_most_certain_wins() -> None:
+    observations = (fixed("a", 500, 300, 1.0) + fixed("b", 500, 400, 1.0)
+                    + fixed("c", 500, 360, 1.0))
+    results = analyze(experiment("a", "b", "c"), observations)
+    assert results.winner.variant_id == "b"
+    assert results.recommendation.endswith(
+        "Variant C also beats Variant A; the variants were not tested against each other, "
+        "only against the control.")

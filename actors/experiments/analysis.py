@@ -16,8 +16,10 @@ The order matters and is the one the experimentation platforms settled on:
 5. A winner only when its adjusted p < alpha on a primary metric, no primary metric
    is significantly worse, every arm has ``Experiment.min_sample`` finished jobs, and
    the sample ratio is sound (a bandit: its chance to be best reaches
-   ``BanditSettings.win_at``). The recommendation states the trade-off in numbers
-   either way.
+   ``BanditSettings.win_at``). Of several variants better than the control, the
+   one with the highest confidence wins (they are not tested against each other,
+   and the recommendation says so); when every variant is significantly worse, the
+   control wins. The recommendation states the trade-off in numbers either way.
 
 The unit of assignment is the user (``Observation.unit``). When units have several
 jobs, those jobs are not independent draws: every metric becomes the ratio
@@ -109,7 +111,7 @@ class _Rows:
         )
 
     def where(self, mask: np.ndarray) -> _Rows:
-        return _Rows(**{field.name: getattr(self, field.name)[mask] for field in attrs.fields(_Rows)})
+        return _Rows(**{f.name: getattr(self, f.name)[mask] for f in attrs.fields(_Rows)})
 
     @property
     def finished(self) -> np.ndarray:
@@ -148,19 +150,18 @@ def _sample(
     _, inverse = np.unique(units, return_inverse=True)
     sums, counts = np.bincount(inverse, values), np.bincount(inverse).astype(float)
     estimate: stats.Estimate | None = None
-    if len(values) == 0:
-        pass
-    elif per_unit:
+    if len(values) and per_unit:
         estimate = stats.ratio_estimate(sums, counts)
-    elif metric in _RATES:
+    elif len(values) and metric in _RATES:
         estimate = stats.proportion_estimate(int(values.sum()), len(values))
-    else:
+    elif len(values):
         estimate = stats.mean_estimate(values)
     return _Sample(metric, values, raw, units, estimate, sums / np.maximum(counts, 1))
 
 
-def _arm_metric(sample: _Sample, cap: float | None, per_unit: bool, spend: float | None,
-                successes: int) -> ArmMetric:
+def _arm_metric(sample: _Sample, cap: float | None, per_unit: bool, successes: int) -> ArmMetric:
+    """What the arm shows for one metric; ``successes``: its succeeded jobs, for cost
+    per success (the spend on finished jobs over them)."""
     estimate = sample.estimate
     n = len(sample.values)
     if estimate is None:
@@ -182,7 +183,10 @@ def _arm_metric(sample: _Sample, cap: float | None, per_unit: bool, spend: float
         median=None if rate else float(np.median(sample.raw)),
         total=float(sample.raw.sum()),
         units=len(np.unique(sample.units)),
-        per_success=(spend / successes if successes else None) if spend is not None else None,
+        per_success=(
+            float(sample.raw.sum()) / successes
+            if sample.metric is MetricName.COST and successes else None
+        ),
         capped_at=cap,
     )
 
@@ -209,13 +213,7 @@ def _arms(
             metric: _sample(arm, metric, caps.get(metric), per_unit) for metric in MetricName
         }
         arms[variant.id] = {
-            metric: _arm_metric(
-                sample,
-                caps.get(metric),
-                per_unit,
-                float(sample.raw.sum()) if metric is MetricName.COST else None,
-                successes,
-            )
+            metric: _arm_metric(sample, caps.get(metric), per_unit, successes)
             for metric, sample in samples[variant.id].items()
         }
     return arms, samples
@@ -266,15 +264,11 @@ def _compare(
     p_value = result.p_value
     if sequential_at is not None:
         n = min(a.n, b.n)
-        tau2 = stats.mixture_variance(se, n, sequential_at)
-        p_value = stats.always_valid_p(difference, se, tau2)
-        half = stats.sequential_halfwidth(se, tau2)
-        difference_interval = Interval(difference - half, difference + half)
-        lift_interval = None
-        if lift is not None:
-            lift_half = stats.sequential_halfwidth(
-                lift[1], stats.mixture_variance(lift[1], n, sequential_at))
-            lift_interval = Interval(lift[0] - lift_half, lift[0] + lift_half)
+        p_value = stats.always_valid_p(
+            difference, se, stats.mixture_variance(se, n, sequential_at))
+        difference_interval = stats.sequential_interval(difference, se, n, sequential_at)
+        lift_interval = (
+            stats.sequential_interval(*lift, n, sequential_at) if lift is not None else None)
         test += " (always valid)"
     else:
         difference_interval = (
@@ -350,13 +344,14 @@ def _noun_phrase(c: Comparison) -> str:
     return f"{_percent(abs(c.lift))} {way} {noun}"
 
 
-def _significance(c: Comparison) -> str:
-    if c.p_value is None:
-        return "not tested yet"
+def _change(c: Comparison) -> str:
+    """The change with its significance: "0.7 points lower success rate, not significant"."""
+    if c.difference is None or c.p_value is None:
+        return f"no {_NOUNS[c.metric]} to compare yet"
     if not c.significant:
-        return "not significant"
+        return f"{_noun_phrase(c)}, not significant"
     p = c.adjusted_p if c.adjusted_p is not None else c.p_value
-    return f"significant (confidence {_confidence(1 - p)})"
+    return f"{_noun_phrase(c)}, significant (confidence {_confidence(1 - p)})"
 
 
 def _confidence(value: float) -> str:
@@ -374,15 +369,14 @@ def trade_off(comparisons: Sequence[Comparison], lead: MetricName) -> str:
     by_metric = {c.metric: c for c in comparisons}
     first = by_metric[lead]
     cost = by_metric.get(MetricName.COST)
-    clause = f"has {_noun_phrase(first)}, {_significance(first)}"
+    clause = f"has {_change(first)}"
     if (cost is not None and lead is not MetricName.COST and cost.difference
             and cost.lift is not None):
         way = "more" if cost.difference > 0 else "less"
-        clause = f"costs {_percent(abs(cost.lift))} {way} with {_noun_phrase(first)}, " + (
-            _significance(first))
-    others = [c for c in comparisons if c.primary and c.metric is not lead]
-    for other in others:
-        clause += f"; {_noun_phrase(other)}, {_significance(other)}"
+        clause = f"costs {_percent(abs(cost.lift))} {way} with {_change(first)}"
+    for other in comparisons:
+        if other.primary and other.metric is not lead:
+            clause += f"; {_change(other)}"
     return clause
 
 
@@ -432,6 +426,14 @@ def _segments(
 # -- the whole analysis ------------------------------------------------------------------------------
 
 
+def _units_per_variant(rows: _Rows, variants: int) -> list[int]:
+    """Distinct units per variant (a unit moved by a new phase counts in both)."""
+    if not len(rows.variant):
+        return [0] * variants
+    pairs = np.unique(np.stack([rows.variant, rows.unit]), axis=1)
+    return [int(count) for count in np.bincount(pairs[0], minlength=variants)]
+
+
 def _shares(variants: Sequence[Variant]) -> dict[str, float]:
     total = sum(variant.weight for variant in variants)
     return {v.id: (v.weight / total if total else 1 / len(variants)) for v in variants}
@@ -463,14 +465,22 @@ def analyze(
 
     # 1. Sample ratio: distinct units per variant (the unit is what is assigned).
     srm: SampleRatio | None = None
+    phases = sorted({o.phase for o in known if o.phase is not None})
     if bandit:
         notes.append("No sample ratio check: a bandit changes the traffic shares on purpose.")
     else:
-        pairs = np.unique(np.stack([rows.variant, rows.unit]), axis=1) if len(known) else (
-            np.zeros((2, 0), dtype=int))
-        units = np.bincount(pairs[0], minlength=len(variants))
+        current = rows.where(_column([o.phase for o in known]) == experiment.phase) if (
+            phases) else rows
         srm = stats.sample_ratio(
-            {v.id: int(units[i]) for i, v in enumerate(variants)}, _shares(variants))
+            dict(zip([v.id for v in variants], _units_per_variant(current, len(variants)))),
+            _shares(variants))
+        if phases and phases != [experiment.phase]:
+            notes.append(
+                f"The weights changed during the experiment (phases {phases[0]} to "
+                f"{phases[-1]}): the sample ratio is checked on phase {experiment.phase}'s "
+                "units, and the comparisons pool every phase, which biases them if the "
+                "metrics drifted while the shares moved."
+            )
         if srm.mismatch:
             notes.append(
                 f"Sample ratio mismatch (chi-squared p = {srm.p_value:.2g}): the units per "
@@ -480,9 +490,7 @@ def analyze(
 
     # 2. Every metric per arm; per unit when units have several finished jobs.
     finished = rows.where(rows.finished)
-    per_unit = bool(len(finished.variant)) and bool(
-        np.unique(np.stack([finished.variant, finished.unit]), axis=1).shape[1]
-        < len(finished.variant))
+    per_unit = sum(_units_per_variant(finished, len(variants))) < len(finished.variant)
     if per_unit:
         notes.append(
             "Users have several jobs each: every metric is a ratio over users with its "
@@ -517,6 +525,14 @@ def analyze(
         )
     if any(c.primary for c in comparisons) and len(comparisons) > len(primary):
         notes.append("Secondary metrics are not corrected for multiple comparisons.")
+    for c in comparisons:
+        if c.check_p_value is not None and c.p_value is not None and (
+                (c.check_p_value < stats.ALPHA) != (c.p_value < stats.ALPHA)):
+            notes.append(
+                f"{label(variants[index[c.variant_id]])}'s {_NOUNS[c.metric]}: Welch's test "
+                f"(p = {c.p_value:.2g}) and the Mann-Whitney check (p = "
+                f"{c.check_p_value:.2g}) disagree; read that difference with care."
+            )
 
     # 5. The winner, or why there is none.
     winner, recommendation = _decide(
@@ -574,7 +590,8 @@ def _decide(
         worst = min(short, key=lambda v: finished[v.id])
         return None, (
             f"No winner yet: sample too small ({label(worst)} has {finished[worst.id]} "
-            f"finished jobs of the {experiment.min_sample} needed per arm). " + summary())
+            f"finished job{'' if finished[worst.id] == 1 else 's'} of the "
+            f"{experiment.min_sample} needed per arm). " + summary())
 
     if experiment.allocation is Allocation.BANDIT:
         if not p_best:
@@ -607,12 +624,20 @@ def _decide(
         confidence, _, v, best = max(candidates, key=lambda item: item[:2])
         sentence = (f"Choose {label(v)} (confidence {_confidence(confidence)}): it "
                     f"{trade_off(by_variant[v.id], best.metric)}.")
+        others = [label(other) for *_, other, _ in candidates if other is not v]
+        if others:
+            sentence += (f" {' and '.join(others)} also beat{'s' if len(others) == 1 else ''}"
+                         f" {label(experiment.control)}; the variants were not tested against"
+                         " each other, only against the control.")
         return Winner(v.id, confidence, sentence, best.metric), sentence
     if len(losers) == len(variants) - 1:
         confidence = min(losers.values())
         sentence = (f"Keep {label(experiment.control)} (confidence "
                     f"{_confidence(confidence)}): " + summary())
         return Winner(experiment.control.id, confidence, sentence, lead), sentence
+    if any(c.primary and c.significant for c in comparisons):
+        return None, ("No winner yet: no variant is significantly better on a primary "
+                      "metric without being significantly worse on another. " + summary())
     return None, "No winner yet: no significant difference. " + summary()
 
 

@@ -87,16 +87,17 @@ async def enroll(service: ExperimentService, job: Job) -> Job:
     unit = unit_for(job.user_id, job.owner, job.id)
     for experiment in found:
         variants = {variant.id: variant for variant in experiment.variants}
-        # A job's own id never comes back: nothing to remember for it.
+        # A job's own id never comes back: no stored one to look for (it is still
+        # stored, as the record of the phase its unit was bucketed in).
         once = unit.startswith("job:")
         stored = None if once else await service.store.assignment_of(experiment.id, unit)
         if stored is None:
             chosen = assign(experiment, unit)
             if chosen is None:
                 continue
-            stored = Assignment(experiment.id, unit, chosen.id, experiment.phase, wall_now())
-            if not once:  # a concurrent first submission of the unit may have won
-                stored = await service.store.assign(stored)
+            # A concurrent first submission of the unit may have won: its one counts.
+            stored = await service.store.assign(
+                Assignment(experiment.id, unit, chosen.id, experiment.phase, wall_now()))
         variant = variants.get(stored.variant_id)
         if variant is None:
             continue

@@ -9,12 +9,12 @@ GrowthBook publishes for its SDKs:
   GrowthBook's Python SDK does; its JavaScript SDK hashes UTF-16 code units, which
   differ only for characters outside the Basic Multilingual Plane);
 - version 2, the one assignment uses: ``fnv1a32(str(fnv1a32(seed + unit))) % 10000
-  / 10000``, a number in [0, 1) with four decimals (hashing twice mixes ids that
-  differ in their last character, which one FNV-1a pass leaves close together);
+  / 10000``, a number in [0, 1) with four decimals (GrowthBook moved to it because
+  version 1's buckets were correlated across experiments with similar seeds);
   version 1, ``fnv1a32(unit + seed) % 1000 / 1000``, is what namespaces use;
 - the weights become consecutive ranges of [0, 1), each shrunk to ``coverage`` of
-  its width from its start (so a unit outside coverage stays outside when coverage
-  grows, and a covered unit keeps its variant);
+  its width from its start (so when coverage grows, a covered unit stays covered
+  and keeps its variant);
 - a namespace is a second hash of the unit (version 1, seed ``"__" + namespace``):
   experiments sharing a namespace and owning disjoint ranges of it never enrol the
   same unit.

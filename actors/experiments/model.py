@@ -176,6 +176,9 @@ class Observation:
     #: The job's value of the experiment's ``segment_attribute``.
     segment: str | None = None
     created_at: float = 0.0
+    #: The phase of the unit's assignment (None: not known). The sample ratio is
+    #: checked on the current phase's units: earlier ones were bucketed at other weights.
+    phase: int | None = None
 
     def value(self, metric: MetricName) -> float | None:
         """This job's value of ``metric``; None when it has none (yet).

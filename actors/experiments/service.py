@@ -361,11 +361,10 @@ class ExperimentService:
                 if "name" not in item:
                     read.problems.append(f"{path}.name: required")
                 continue
-            default_goal = Goal.MINIMIZE if name in (
-                MetricName.COST, MetricName.QUEUE_WAIT, MetricName.RUN_TIME) else Goal.MAXIMIZE
             metrics.append(Metric(name, read.choice(item, "type", f"{path}.type", Role,
                                                     Role.PRIMARY),
-                                  read.choice(item, "goal", f"{path}.goal", Goal, default_goal)))
+                                  read.choice(item, "goal", f"{path}.goal", Goal,
+                                              analysis.DEFAULT_GOALS[name])))
         if len({metric.name for metric in metrics}) != len(metrics):
             read.problems.append("metrics: each metric at most once")
         if metrics and not any(metric.role is Role.PRIMARY for metric in metrics):
@@ -548,8 +547,10 @@ class ExperimentService:
     async def rate(self, job_id: str, owner: str | None, rating: Any,
                    feedback: Any = None) -> Job:
         """Record the client's rating (1-5) and optional feedback of its finished
-        job; a second rating replaces the first. ``owner`` (the caller's viewer)
-        scopes the job: another key's job is NOT_FOUND, as a missing one. Only a
+        job; a second rating replaces the first (feedback included). Only the key
+        that made the job may rate it: ``owner`` is the caller's key id (None
+        without keys, matching the jobs made without one), and any other job, an
+        admin key's view included, is NOT_FOUND, as a missing one. Only a
         SUCCEEDED job can be rated (CONFLICT otherwise)."""
         problems = []
         if type(rating) is not int or not 1 <= rating <= 5:
@@ -559,7 +560,7 @@ class ExperimentService:
         if problems:
             raise invalid_parameters(problems)
         job = await self.store.get_job(job_id)
-        if job is None or (owner is not None and job.owner != owner):
+        if job is None or job.owner != owner:
             raise EaselError(ErrorCode.NOT_FOUND, f"no job {job_id}")
         if job.state is not JobState.SUCCEEDED:
             raise EaselError(ErrorCode.CONFLICT,

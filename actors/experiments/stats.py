@@ -321,6 +321,14 @@ def sequential_halfwidth(se: Any, tau2: Any, alpha: float = ALPHA) -> Any:
     return se * np.sqrt((1 + 1 / ratio) * (np.log1p(ratio) + 2 * math.log(1 / alpha)))
 
 
+def sequential_interval(centre: float, se: float, n: float, planned_n: float,
+                        alpha: float = ALPHA) -> Interval:
+    """The always-valid interval around ``centre``, its mixture tuned for ``planned_n``
+    with ``n`` units behind the estimate now (``mixture_variance``)."""
+    half = float(sequential_halfwidth(se, mixture_variance(se, n, planned_n, alpha), alpha))
+    return Interval(centre - half, centre + half)
+
+
 def always_valid_p(estimate: float, se: float, tau2: float) -> float:
     """The always-valid p-value min(1, 1/Λ) of the normal-mixture SPRT (no effect
     against effects drawn from N(0, τ²)): p < alpha exactly when zero lies outside

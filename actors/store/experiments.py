@@ -150,22 +150,27 @@ def assignment_of(conn: sqlite3.Connection, experiment_id: str, unit: str) -> As
 
 def observations(conn: sqlite3.Connection, experiment_id: str,
                  segment_attribute: str | None) -> list[Observation]:
-    """One ``Observation`` per enrolled job, oldest first, from its columns alone.
+    """One ``Observation`` per enrolled job, oldest first, from its columns alone
+    (and its unit's stored assignment, for the phase the unit was bucketed in).
 
     ``succeeded`` is None for a job not finished yet and for a cancelled one (a
     client's cancel says nothing of the variant); queue wait runs from creation to
     the provider taking the job (``submitting_at``), run time from then to its end.
     """
-    segment = "NULL" if not segment_attribute else "json_extract(metadata, ?)"
+    segment = "NULL" if not segment_attribute else "json_extract(j.metadata, ?)"
     args: tuple[Any, ...] = (experiment_id,)
     if segment_attribute:
         args = ('$."' + segment_attribute.replace('"', "") + '"', experiment_id)
     rows = conn.execute(
-        f"SELECT variant_id, {UNIT_SQL}, state, created_at, submitting_at, completed_at,"
-        f" cost, rating, {segment} FROM generation_requests"
-        " WHERE experiment_id=? AND variant_id IS NOT NULL ORDER BY seq", args)
+        f"SELECT j.variant_id, j.unit, j.state, j.created_at, j.submitting_at,"
+        f" j.completed_at, j.cost, j.rating, j.segment, a.phase FROM ("
+        f"SELECT seq, experiment_id, variant_id, {UNIT_SQL} AS unit, state, created_at,"
+        f" submitting_at, completed_at, cost, rating, {segment} AS segment"
+        " FROM generation_requests j WHERE experiment_id=? AND variant_id IS NOT NULL) j"
+        " LEFT JOIN experiment_assignments a"
+        " ON a.experiment_id = j.experiment_id AND a.unit = j.unit ORDER BY j.seq", args)
     found = []
-    for variant, unit, state, created, submitting, completed, cost, rating, seg in rows:
+    for variant, unit, state, created, submitting, completed, cost, rating, seg, phase in rows:
         succeeded = True if state == "SUCCEEDED" else False if state == "FAILED" else None
         found.append(Observation(
             variant_id=variant, unit=unit, succeeded=succeeded,
@@ -174,7 +179,7 @@ def observations(conn: sqlite3.Connection, experiment_id: str,
                       if succeeded is not None and submitting is not None and completed
                       else None),
             cost=cost, rating=rating, segment=None if seg is None else str(seg),
-            created_at=created,
+            created_at=created, phase=phase,
         ))
     return found
 

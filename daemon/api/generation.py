@@ -19,7 +19,7 @@ client asking for 999 s would otherwise believe it waited that long.
 records what the client thought of a finished job (the experiments' rating
 metrics read it). It takes the submit scope (it writes, as a submission does),
 and only the key that owns the job may rate it: another key's job is 404, as a
-missing one. A second rating replaces the first. Answers ``{id, rating,
+missing one, even for an admin key (a rating is the job's client speaking). A second rating replaces the first. Answers ``{id, rating,
 feedback, experimentId, variantId}``.
 """
 
@@ -165,7 +165,7 @@ async def rate(job_id: str) -> Response:
     if unknown:
         raise EaselError(ErrorCode.INVALID_REQUEST, f"unknown field {unknown[0][:100]!r}",
                          {"param": unknown[0][:100]})
-    job = await services().runtime.experiments.rate(job_id, caller().viewer,
+    job = await services().runtime.experiments.rate(job_id, caller().owner,
                                                      body.get("rating"), body.get("feedback"))
     return json_response({"id": job.id, "rating": job.rating, "feedback": job.feedback,
                           "experimentId": job.experiment_id, "variantId": job.variant_id})
