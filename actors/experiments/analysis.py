@@ -503,6 +503,8 @@ def analyze(
     listed = {metric.name: metric for metric in experiment.metrics}
     primary = [m.name for m in experiment.primary_metrics()] or [MetricName.SUCCESS_RATE]
     control = experiment.control
+    # Always-valid mixtures are tuned to be tightest at the minimum sample, where a
+    # decision first becomes possible (their width barely grows beyond it).
     sequential_at = float(max(experiment.min_sample, 2)) if experiment.sequential else None
     comparisons = _corrected([
         _compare(

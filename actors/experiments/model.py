@@ -295,7 +295,8 @@ class Results:
     weights: dict[str, float] | None = None
     #: Multivariate: factor -> level -> effect on each primary metric.
     main_effects: dict[str, dict[str, dict[MetricName, float]]] | None = None
-    #: Segment value -> variant id -> metric -> value (top segments only).
+    #: Segment ("tier=new", "day=weekend", "hour=06-12 UTC") -> variant id -> metric ->
+    #: value (the largest segments only).
     segments: dict[str, dict[str, dict[MetricName, ArmMetric]]] | None = None
     #: Caveats shown with the results (multiple comparisons in segments, SRM...).
     notes: list[str] = attrs.field(factory=list)
