@@ -27,6 +27,9 @@ from actors.alerts.records import Alert, AlertState, ErrorEntry
 from actors.alerts.settings import MonitoringSettings
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.experiments.actor import ExperimentsActor
+from actors.experiments.enroll import enroll
+from actors.experiments.service import ExperimentService
 from actors.finalizer import Finalizer, MediaSettings
 from actors.images.inputs import InputPreparer
 from actors.images.presets import PreprocessSettings
@@ -209,13 +212,16 @@ class Runtime:
             store, webhooks or OutboxSettings(), changes=store.subscribe(),
             monitor=self.monitor, links=self.links,
         )
+        #: Experiments: what the admin API calls, and what enrolment reads.
+        self.experiments = ExperimentService(store, self.catalog, self.families)
+        self.experiments_actor = ExperimentsActor(self.experiments, monitor=self.monitor)
         self.supervisor = self._tree(Intensity(max_restarts, max_restart_seconds))
 
     def _tree(self, intensity: Intensity) -> Supervisor:
         """The supervision tree (``docs/architecture.md``, "Supervision")::
 
             easel (one_for_one)
-            ├── quotas, monitor, finalizer, outbox, scheduler
+            ├── quotas, monitor, finalizer, outbox, scheduler, experiments
             └── providers (one_for_one)
                 └── provider:NAME (rest_for_one): provider, poller
 
@@ -249,6 +255,8 @@ class Runtime:
             ChildSpec("finalizer", self.finalizer.run),
             ChildSpec("outbox", started_on_entry(self.outbox.run)),
             ChildSpec("scheduler", self.scheduler.run),
+            # Before the HTTP API: enrolment reads the experiments it loads.
+            ChildSpec("experiments", self.experiments_actor.run),
             tree("providers", groups, Strategy.ONE_FOR_ONE),
         ], intensity=intensity, backoff=RESTART_BACKOFF, on_crash=self._crashed)
 
@@ -288,7 +296,12 @@ class Runtime:
 
         RATE_LIMITED when the job would pass a quota (``actors/quotas.py``): its
         key's unfinished jobs or daily spend, or the daemon's queue depth.
+
+        First, a job that matches a running experiment is rewritten to its
+        variant (``actors/experiments/enroll.py``), so the quotas price what will
+        run.
         """
+        job = await enroll(self.experiments, job)
         ticket = await self.quotas.admit(job)
         with trio.CancelScope(shield=True):
             try:

@@ -66,6 +66,8 @@ MAX_METADATA_KEYS = 256
 MAX_PARAMETER_TEXT = 4000
 #: Each key of an object in ``parameters`` or ``metadata``, in characters.
 MAX_KEY = 128
+#: ``experiment``, in characters (an experiment id).
+MAX_EXPERIMENT_ID = 100
 _DATA_IMAGE = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,([A-Za-z0-9+/=\s]+)$")
 IMAGE_PROBLEM = "must be an http(s) URL or a data:image/(png|jpeg|jpg|webp);base64 URI"
 
@@ -153,6 +155,9 @@ class SubmissionRequest:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     #: A preset name or an object (``actors/images/presets.py``), checked apart.
     preprocess: Any = None
+    #: An experiment to enrol in (``actors/experiments/enroll.py``), besides those
+    #: matching the model; the job runs as the variant its unit is assigned.
+    experiment: Annotated[str, Text(MAX_EXPERIMENT_ID)] | None = None
 
 
 _converter = make_converter()
@@ -401,6 +406,7 @@ def job_from(
         request_hash=body_hash,
         owner=owner,
         preprocess=request.preprocess,
+        experiment_id=request.experiment,
     )
 
 

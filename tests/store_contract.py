@@ -35,6 +35,19 @@ from actors.alerts.records import (
 )
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
+from actors.experiments.model import (
+    Allocation,
+    Assignment,
+    BanditSettings,
+    Experiment,
+    ExperimentState,
+    Goal,
+    Metric,
+    MetricName,
+    Role,
+    Variant,
+    new_experiment_id,
+)
 from actors.jobs import Job, JobState, new_job_id
 from actors.keys import KeyLimits, Scope, new_key
 from actors.store.listing import JobQuery
@@ -944,3 +957,67 @@ class StoreContract:
             assert totals == {"byState": {"SUCCEEDED": 1, "QUEUED": 1}, "meanRunSeconds": 30}
             assert await store.job_totals(start + 1, wall_now() + 1) == {
                 "byState": {"QUEUED": 1}, "meanRunSeconds": None}
+
+    # -- experiments ------------------------------------------------------------
+
+    async def test_an_experiment_reads_back_whole_and_is_replaced_whole(
+        self, open_backend: OpenBackend
+    ) -> None:
+        experiment = Experiment(
+            id=new_experiment_id(), name="e", description="d",
+            variants=[Variant("A", "m"),
+                      Variant("B", "m2", "bee", "{prompt}!", {"seed": 2}, 3.0, {"f": "x"}, True)],
+            metrics=[Metric(MetricName.SUCCESS_RATE),
+                     Metric(MetricName.COST, Role.SECONDARY, Goal.MINIMIZE)],
+            match_model="m", coverage=0.5, namespace="n", namespace_range=(0.25, 0.5),
+            allocation=Allocation.BANDIT, bandit=BanditSettings(floor=0.05, pause_below=0.1),
+            budget=9.5, segment_attribute="plan", sequential=True, created_at=1.0,
+            updated_at=1.0)
+        async with open_backend() as store:
+            await store.save_experiment(experiment)
+            assert await store.get_experiment(experiment.id) == experiment
+            experiment.state = ExperimentState.RUNNING
+            experiment.variants = experiment.variants[:1] + [Variant("C", "m")]
+            experiment.phase = 2
+            await store.save_experiment(experiment)
+            assert await store.list_experiments() == [experiment]
+            assert await store.get_experiment("exp_none") is None
+
+    async def test_the_first_stored_assignment_wins(self, open_backend: OpenBackend) -> None:
+        async with open_backend() as store:
+            first = Assignment("exp_1", "u", "A", 0, 1.0)
+            assert await store.assign(first) == first
+            assert await store.assign(Assignment("exp_1", "u", "B", 1, 2.0)) == first
+            assert await store.assignment_of("exp_1", "u") == first
+            assert await store.assignment_of("exp_1", "v") is None
+
+    async def test_observations_spend_and_recent_jobs_come_from_the_job_rows(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        async with open_backend() as store:
+            won, _ = await store.insert_job(make_job(
+                experiment_id="exp_1", variant_id="A", user_id="u1", cost=2.0,
+                metadata={"plan": "pro"}))
+            lost, _ = await store.insert_job(make_job(experiment_id="exp_1", variant_id="B",
+                                                      owner="key1", cost=1.5))
+            waiting, _ = await store.insert_job(make_job(experiment_id="exp_1", variant_id="B"))
+            await store.insert_job(make_job(experiment_id="exp_2", variant_id="A", cost=7.0))
+            autojump_clock.jump(3)
+            await store.transition(won.id, JobState.QUEUED, JobState.SUBMITTING,
+                                   submitting_at=wall_now())
+            autojump_clock.jump(5)
+            await store.transition(won.id, JobState.SUBMITTING, JobState.SUCCEEDED)
+            await store.update(won.id, JobState.SUCCEEDED, rating=4, feedback="ok")
+            await store.transition(lost.id, JobState.QUEUED, JobState.FAILED)
+            await store.assign(Assignment("exp_1", "u1", "A", 2, 0.0))
+            found = await store.observations("exp_1", "plan")
+            assert [o.phase for o in found] == [2, None, None]
+            assert [(o.variant_id, o.unit, o.succeeded, o.cost, o.rating, o.segment)
+                    for o in found] == [("A", "u1", True, 2.0, 4, "pro"),
+                                        ("B", "key:key1", False, 1.5, None, None),
+                                        ("B", f"job:{waiting.id}", None, None, None, None)]
+            assert (found[0].queue_wait, found[0].run_time) == (pytest.approx(3),
+                                                                pytest.approx(5))
+            assert await store.experiment_spend("exp_1") == 3.5
+            assert [job.id for job in await store.experiment_jobs("exp_1", "A", 5)] == [won.id]
+            assert await store.experiment_jobs("exp_1", "B", 5) == []

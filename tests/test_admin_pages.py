@@ -18,11 +18,13 @@ any other caller, which is all the pages look at (``caller().admin``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,66 +68,81 @@ def keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(auth, "authenticate", authenticate)
 
 
-def drive(browser_path: str, base: str, error_id: int, alert_id: int) -> dict[str, Any]:
-    """The browser's part, in a worker thread; what it saw."""
+@contextlib.contextmanager
+def launched(browser_path: str, artifacts: Path) -> Iterator[Any]:
+    """Chromium through Playwright's sync API (in the calling worker thread), with
+    ``artifacts`` made for its screenshots; closed on the way out."""
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    seen: dict[str, Any] = {}
+    artifacts.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path,
                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 800})
-            answer = page.goto(f"{base}/admin/monitoring/errors")
-            seen["login_status"] = answer.status if answer else None
-            seen["login_form"] = page.locator("input[name=key]").count()
-            page.screenshot(path=str(ARTIFACTS / "login.png"))
-
-            page.fill("input[name=key]", "not-the-admin-key")
-            page.click("button[type=submit]")
-            seen["wrong_key"] = page.locator("#login-failed").count()
-
-            page.fill("input[name=key]", ADMIN_KEY)
-            page.click("button[type=submit]")
-            row = page.locator(f"#error-{error_id}")
-            seen["error_text"] = row.inner_text()
-            row.locator("summary").click()
-            seen["stack_shown"] = "ValueError" in row.locator("pre").first.inner_text()
-            page.screenshot(path=str(ARTIFACTS / "errors.png"), full_page=True)
-            # The form posts and is redirected back: reload only once that has landed.
-            with page.expect_navigation():
-                row.locator("button", has_text="Resolve").click()
-            page.reload()
-            seen["error_state"] = page.locator(f"#error-{error_id} .state").inner_text()
-
-            page.goto(f"{base}/admin/monitoring/errors?level=CRITICAL")
-            seen["filtered_rows"] = page.locator(f"#error-{error_id}").count()
-
-            page.goto(f"{base}/admin/monitoring/alerts")
-            alert = page.locator(f"#alert-{alert_id}")
-            with page.expect_navigation():
-                alert.locator("button", has_text="Acknowledge").click()
-            page.reload()
-            seen["alert_ack"] = page.locator(f"#alert-{alert_id} .ack").inner_text()
-            page.screenshot(path=str(ARTIFACTS / "alerts.png"), full_page=True)
-
-            page.goto(f"{base}/admin/monitoring")
-            seen["overview"] = page.locator("#alerts-firing").inner_text()
-            page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
-            page.goto(f"{base}/admin/jobs")
-            page.screenshot(path=str(ARTIFACTS / "jobs.png"), full_page=True)
-
-            phone = browser.new_page(viewport={"width": 390, "height": 844})
-            phone.context.add_cookies(page.context.cookies())
-            phone.goto(f"{base}/admin/monitoring/errors")
-            seen["phone_width"] = phone.evaluate("document.documentElement.scrollWidth")
-            phone.screenshot(path=str(ARTIFACTS / "errors-phone.png"), full_page=True)
-
-            page.click("text=Log out")
-            seen["after_logout"] = page.locator("input[name=key]").count()
+            yield browser
         finally:
             browser.close()
+
+
+def on_phone(browser: Any, page: Any, url: str, screenshot: Path) -> int:
+    """``url`` on a phone-sized screen, logged in as ``page`` is: its screenshot saved,
+    the page's width returned (no wider than the screen when nothing overflows)."""
+    phone = browser.new_page(viewport={"width": 390, "height": 844})
+    phone.context.add_cookies(page.context.cookies())
+    phone.goto(url)
+    phone.screenshot(path=str(screenshot), full_page=True)
+    return int(phone.evaluate("document.documentElement.scrollWidth"))
+
+
+def drive(browser_path: str, base: str, error_id: int, alert_id: int) -> dict[str, Any]:
+    """The browser's part, in a worker thread; what it saw."""
+    seen: dict[str, Any] = {}
+    with launched(browser_path, ARTIFACTS) as browser:
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        answer = page.goto(f"{base}/admin/monitoring/errors")
+        seen["login_status"] = answer.status if answer else None
+        seen["login_form"] = page.locator("input[name=key]").count()
+        page.screenshot(path=str(ARTIFACTS / "login.png"))
+
+        page.fill("input[name=key]", "not-the-admin-key")
+        page.click("button[type=submit]")
+        seen["wrong_key"] = page.locator("#login-failed").count()
+
+        page.fill("input[name=key]", ADMIN_KEY)
+        page.click("button[type=submit]")
+        row = page.locator(f"#error-{error_id}")
+        seen["error_text"] = row.inner_text()
+        row.locator("summary").click()
+        seen["stack_shown"] = "ValueError" in row.locator("pre").first.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "errors.png"), full_page=True)
+        # The form posts and is redirected back: reload only once that has landed.
+        with page.expect_navigation():
+            row.locator("button", has_text="Resolve").click()
+        page.reload()
+        seen["error_state"] = page.locator(f"#error-{error_id} .state").inner_text()
+
+        page.goto(f"{base}/admin/monitoring/errors?level=CRITICAL")
+        seen["filtered_rows"] = page.locator(f"#error-{error_id}").count()
+
+        page.goto(f"{base}/admin/monitoring/alerts")
+        alert = page.locator(f"#alert-{alert_id}")
+        with page.expect_navigation():
+            alert.locator("button", has_text="Acknowledge").click()
+        page.reload()
+        seen["alert_ack"] = page.locator(f"#alert-{alert_id} .ack").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "alerts.png"), full_page=True)
+
+        page.goto(f"{base}/admin/monitoring")
+        seen["overview"] = page.locator("#alerts-firing").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "overview.png"), full_page=True)
+        page.goto(f"{base}/admin/jobs")
+        page.screenshot(path=str(ARTIFACTS / "jobs.png"), full_page=True)
+
+        seen["phone_width"] = on_phone(browser, page, f"{base}/admin/monitoring/errors",
+                                       ARTIFACTS / "errors-phone.png")
+
+        page.click("text=Log out")
+        seen["after_logout"] = page.locator("input[name=key]").count()
     return seen
 
 

@@ -91,12 +91,15 @@ class BanditSettings:
     metric: MetricName = MetricName.SUCCESS_RATE
     #: Every arm keeps at least this share: ``p = floor + (1 - K * floor) * w``.
     floor: float = 0.01
-    #: No re-weighting until every arm has this many finished jobs.
+    #: No re-weighting until every arm has this many values of the metric (finished
+    #: jobs; rated jobs for the rating; jobs with a cost for the cost...).
     min_samples: int = 100
     #: Seconds between re-weightings.
     cadence: float = 3600.0
     #: Pause an arm whose chance to be best stays below this (None: never).
     pause_below: float | None = None
+    #: ...for this many consecutive re-weightings (one low draw pauses nothing).
+    pause_after: int = 3
     #: A winner is declared at this chance to be best.
     win_at: float = 0.95
 
@@ -173,6 +176,27 @@ class Observation:
     #: The job's value of the experiment's ``segment_attribute``.
     segment: str | None = None
     created_at: float = 0.0
+    #: The phase of the unit's assignment (None: not known). The sample ratio is
+    #: checked on the current phase's units: earlier ones were bucketed at other weights.
+    phase: int | None = None
+
+    def value(self, metric: MetricName) -> float | None:
+        """This job's value of ``metric``; None when it has none (yet).
+
+        Success and rating rate count finished jobs (1 or 0); queue wait, run time
+        and cost jobs that have them; rating the rated jobs.
+        """
+        if metric is MetricName.SUCCESS_RATE:
+            return None if self.succeeded is None else float(self.succeeded)
+        if metric is MetricName.RATING_RATE:
+            return None if self.succeeded is None else float(self.rating is not None)
+        value = {
+            MetricName.QUEUE_WAIT: self.queue_wait,
+            MetricName.RUN_TIME: self.run_time,
+            MetricName.COST: self.cost,
+            MetricName.RATING: self.rating,
+        }[metric]
+        return None if value is None else float(value)
 
 
 # -- results --------------------------------------------------------------------
@@ -194,8 +218,16 @@ class ArmMetric:
     mean: float | None
     interval: Interval | None = None
     median: float | None = None
-    #: Sum over the arm (cost: the variant's spend).
+    #: Sum over the arm (cost: the variant's spend; rates: the count of successes or
+    #: of rated jobs).
     total: float | None = None
+    #: Distinct units (users) behind the ``n`` observations.
+    units: int | None = None
+    #: Cost only: the arm's spend on finished jobs divided by its successes.
+    per_success: float | None = None
+    #: Durations and cost: the level values were capped at (winsorised) before the
+    #: mean, its interval and the test; the median and the total are uncapped.
+    capped_at: float | None = None
 
 
 @attrs.frozen
@@ -216,6 +248,14 @@ class Comparison:
     test: str
     #: Whether the change is for the better, given the metric's goal.
     better: bool | None = None
+    #: Absolute difference, variant - control (rates: in proportion, 0.1 = 10 points).
+    difference: float | None = None
+    difference_interval: Interval | None = None
+    #: A primary metric (in the Holm family and the winner's decision).
+    primary: bool = False
+    #: A second test reported beside the first (ratings: "mann-whitney u").
+    check_test: str | None = None
+    check_p_value: float | None = None
 
 
 @attrs.frozen
@@ -236,6 +276,8 @@ class Winner:
     #: 1 - adjusted p (fixed allocation) or P(best) (bandit).
     confidence: float
     recommendation: str
+    #: The primary metric the decision rests on (None: a bandit's chance to be best).
+    metric: MetricName | None = None
 
 
 @attrs.define
@@ -253,7 +295,14 @@ class Results:
     weights: dict[str, float] | None = None
     #: Multivariate: factor -> level -> effect on each primary metric.
     main_effects: dict[str, dict[str, dict[MetricName, float]]] | None = None
-    #: Segment value -> variant id -> metric -> value (top segments only).
+    #: Segment ("tier=new", "day=weekend", "hour=06-12 UTC") -> variant id -> metric ->
+    #: value (the largest segments only).
     segments: dict[str, dict[str, dict[MetricName, ArmMetric]]] | None = None
     #: Caveats shown with the results (multiple comparisons in segments, SRM...).
     notes: list[str] = attrs.field(factory=list)
+    #: The significance level of the tests and intervals (0.05: 95 % intervals).
+    alpha: float = 0.05
+    #: Units (users) had several jobs: per-unit (ratio-metric) variances were used.
+    per_unit: bool = False
+    #: The comparisons' p-values and intervals are always valid (sequential).
+    sequential: bool = False

@@ -215,6 +215,70 @@ MIGRATIONS: list[str] = [
     CREATE INDEX generation_requests_queued_age ON generation_requests(created_at)
         WHERE state = 'QUEUED';
     """,
+    # 11: experiments (actors/experiments/). experiments: one row each, its bandit
+    # settings as JSON; experiment_variants and experiment_metrics in the order they
+    # were given (position 0 is the control); experiment_assignments: each unit's
+    # variant, written once and never moved (sticky across restarts, weight changes
+    # and bandit re-weighting). The jobs already carry experiment_id, variant_id,
+    # rating, feedback and cost (migration 1); a segment is read from their metadata.
+    """
+    CREATE TABLE experiments (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        match_model TEXT,
+        coverage REAL NOT NULL DEFAULT 1.0,
+        seed TEXT NOT NULL DEFAULT '',
+        namespace TEXT,
+        namespace_start REAL NOT NULL DEFAULT 0.0,
+        namespace_end REAL NOT NULL DEFAULT 1.0,
+        phase INTEGER NOT NULL DEFAULT 0,
+        allocation TEXT NOT NULL DEFAULT 'fixed',
+        bandit TEXT NOT NULL DEFAULT '{}',
+        budget REAL,
+        segment_attribute TEXT,
+        min_sample INTEGER NOT NULL DEFAULT 100,
+        sequential INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        started_at REAL,
+        completed_at REAL
+    );
+    CREATE TABLE experiment_variants (
+        experiment_id TEXT NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        name TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL,
+        prompt_template TEXT,
+        parameters TEXT NOT NULL DEFAULT '{}',
+        weight REAL NOT NULL DEFAULT 1.0,
+        factors TEXT NOT NULL DEFAULT '{}',
+        paused INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (experiment_id, id)
+    );
+    CREATE TABLE experiment_metrics (
+        experiment_id TEXT NOT NULL REFERENCES experiments(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        goal TEXT NOT NULL,
+        PRIMARY KEY (experiment_id, name)
+    );
+    CREATE TABLE experiment_assignments (
+        experiment_id TEXT NOT NULL,
+        unit TEXT NOT NULL,
+        variant_id TEXT NOT NULL,
+        phase INTEGER NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (experiment_id, unit)
+    ) WITHOUT ROWID;
+    CREATE INDEX generation_requests_experiment_variant
+        ON generation_requests(experiment_id, variant_id, seq)
+        WHERE experiment_id IS NOT NULL;
+    """,
 ]
 
 

@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from actors.alerts.records import Alert, AlertState, Delivery, ErrorEntry
+from actors.experiments.model import Assignment, Experiment, Observation
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
 from actors.store.changes import Watch
@@ -378,4 +379,41 @@ class Store(Protocol):
     async def job_totals(self, since: float, until: float) -> dict[str, Any]:
         """Jobs created in ``[since, until)``: ``{"byState": {state: count},
         "meanRunSeconds": mean start-to-end seconds of those that ran, or None}``."""
+        ...
+
+    # -- experiments (actors/experiments/) -----------------------------------
+
+    async def save_experiment(self, experiment: Experiment) -> None:
+        """Insert or replace ``experiment`` whole (its variants and metrics too)."""
+        ...
+
+    async def get_experiment(self, experiment_id: str) -> Experiment | None: ...
+
+    async def list_experiments(self) -> list[Experiment]:
+        """Every experiment, oldest first."""
+        ...
+
+    async def assign(self, assignment: Assignment) -> Assignment:
+        """Store ``assignment`` unless its unit already has one in that experiment;
+        returns the stored one, which wins (a unit's variant never moves)."""
+        ...
+
+    async def assignment_of(self, experiment_id: str, unit: str) -> Assignment | None: ...
+
+    async def observations(
+        self, experiment_id: str, segment_attribute: str | None = None
+    ) -> list[Observation]:
+        """One observation per job enrolled in the experiment, oldest first, read
+        from the job rows (``segment``: the value of ``segment_attribute`` in the
+        job's ``metadata``)."""
+        ...
+
+    async def experiment_spend(self, experiment_id: str) -> float:
+        """The summed ``cost`` of the experiment's enrolled jobs."""
+        ...
+
+    async def experiment_jobs(
+        self, experiment_id: str, variant_id: str, limit: int
+    ) -> list[Job]:
+        """Up to ``limit`` of the variant's newest succeeded jobs, newest first."""
         ...

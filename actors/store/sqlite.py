@@ -19,12 +19,14 @@ import trio
 
 from actors.alerts.records import Alert, AlertState, Delivery, ErrorEntry
 from actors.clock import wall_now
+from actors.experiments.model import Assignment, Experiment, Observation
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
 from actors.store import (
     alerts,
     durations,
     errorlog,
+    experiments,
     gauges,
     idempotency,
     jobs,
@@ -294,6 +296,37 @@ class SQLiteStore:
 
     async def job_totals(self, since: float, until: float) -> dict[str, Any]:
         return await self.engine.read(gauges.job_totals, since, until)
+
+    # -- experiments ----------------------------------------------------------
+
+    async def save_experiment(self, experiment: Experiment) -> None:
+        await self.engine.write(lambda conn, write: experiments.save(conn, experiment))
+
+    async def get_experiment(self, experiment_id: str) -> Experiment | None:
+        return await self.engine.read(experiments.get, experiment_id)
+
+    async def list_experiments(self) -> list[Experiment]:
+        return await self.engine.read(experiments.every)
+
+    async def assign(self, assignment: Assignment) -> Assignment:
+        return await self.engine.write(lambda conn, write: experiments.assign(conn, assignment))
+
+    async def assignment_of(self, experiment_id: str, unit: str) -> Assignment | None:
+        return await self.engine.read(experiments.assignment_of, experiment_id, unit)
+
+    async def observations(
+        self, experiment_id: str, segment_attribute: str | None = None
+    ) -> list[Observation]:
+        return await self.engine.read(experiments.observations, experiment_id,
+                                      segment_attribute)
+
+    async def experiment_spend(self, experiment_id: str) -> float:
+        return await self.engine.read(experiments.spend, experiment_id)
+
+    async def experiment_jobs(
+        self, experiment_id: str, variant_id: str, limit: int
+    ) -> list[Job]:
+        return await self.engine.read(experiments.recent_jobs, experiment_id, variant_id, limit)
 
 
 @asynccontextmanager

@@ -10,8 +10,10 @@ Families (each its own module, each a ``blueprint``):
   same jobs (``openai_compat`` holds what they share: OpenAI's error envelope and
   the translation of its requests);
 - ``openapi``: the OpenAPI document of all of them and a page listing it.
-- ``admin``: the admin pages (HTML: errors, alerts, jobs);
-- ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON).
+- ``admin``: the admin pages (HTML: errors, alerts, jobs, and nested in them
+  ``experiment_pages``: experiments);
+- ``monitoring``: the admin monitoring API (stats, errors, alerts as JSON);
+- ``experiments``: the admin experiments API (create, lifecycle, weights, results).
 
 Around them, once for the whole app: ``errors`` (the error envelope and handlers,
 strict JSON bodies), ``auth`` (the one hook where callers will be authenticated),
@@ -35,6 +37,8 @@ from daemon.api import (
     admin,
     auth,
     errors,
+    experiment_pages,
+    experiments,
     generation,
     health,
     media,
@@ -51,6 +55,10 @@ from daemon.connections import ConnectionGuard
 
 __all__ = ["FAMILIES", "create_app"]
 
+# The experiment pages are admin pages: nested in that family, they share its login,
+# its cookie path and its place outside the OpenAPI document.
+admin.blueprint.register_blueprint(experiment_pages.blueprint)
+
 #: The route families, registered in this order.
 FAMILIES: tuple[Blueprint, ...] = (
     generation.blueprint,
@@ -62,6 +70,7 @@ FAMILIES: tuple[Blueprint, ...] = (
     openapi.blueprint,
     admin.blueprint,
     monitoring.blueprint,
+    experiments.blueprint,
 )
 
 

@@ -8,7 +8,9 @@
 - ``/admin/monitoring/alerts``: alerts firing and resolved; *Acknowledge*
   records who and when; *Resolve* ends a firing alert (the monitor sends the
   resolved notice);
-- ``/admin/jobs``: jobs by state and each provider's queue, slots and polling.
+- ``/admin/jobs``: jobs by state and each provider's queue, slots and polling;
+- ``/admin/experiments``: the experiments, in ``daemon/api/experiment_pages.py``
+  (a blueprint nested in this one: the same login and cookie).
 
 Every page needs the admin scope (``caller().admin``; a daemon without keys
 lets everyone in, as it does for the API). A browser cannot send a bearer

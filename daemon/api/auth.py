@@ -69,6 +69,8 @@ NEEDS: dict[str, Scope | Gate] = {
     "generation": Scope.READ,
     "generation.submit": Scope.SUBMIT,
     "generation.cancel": Scope.SUBMIT,
+    # Rating a job writes, as submitting does; only the job's own key may.
+    "generation.rate": Scope.SUBMIT,
     "provider_webhooks": Gate.OPEN,
     "health": Scope.ADMIN,
     "health.health": Gate.OPEN,
@@ -85,6 +87,7 @@ NEEDS: dict[str, Scope | Gate] = {
     # The admin pages show a login form to whoever lacks an admin key.
     "admin": Gate.LOGIN,
     "monitoring": Scope.ADMIN,
+    "experiments": Scope.ADMIN,
 }
 
 

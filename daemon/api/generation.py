@@ -14,6 +14,13 @@ is terminal or the wait is over. The rule for ``wait``: a number of seconds from
 to ``MAX_WAIT`` (120); anything else (negative, larger, NaN, infinite, not a number)
 is refused with 400 INVALID_REQUEST naming the allowed range, never clamped: a
 client asking for 999 s would otherwise believe it waited that long.
+
+``POST /api/external/generation/<id>/rate`` ``{"rating": 1-5, "feedback": "..."}``
+records what the client thought of a finished job (the experiments' rating
+metrics read it). It takes the submit scope (it writes, as a submission does),
+and only the key that owns the job may rate it: another key's job is 404, as a
+missing one, even for an admin key (a rating is the job's client speaking). A second rating replaces the first. Answers ``{id, rating,
+feedback, experimentId, variantId}``.
 """
 
 from __future__ import annotations
@@ -146,3 +153,19 @@ async def cancel(job_id: str) -> Response:
     job = await services().runtime.cancel(job_id, caller().viewer)
     log.info("job cancelled", extra={"provider": job.provider})
     return json_response(await absolute(job))
+
+
+@blueprint.post("/<job_id>/rate")
+async def rate(job_id: str) -> Response:
+    context.job_id.set(job_id)
+    body = await json_body()
+    if not isinstance(body, dict):
+        raise EaselError(ErrorCode.INVALID_REQUEST, "the body must be a JSON object")
+    unknown = sorted(set(body) - {"rating", "feedback"})
+    if unknown:
+        raise EaselError(ErrorCode.INVALID_REQUEST, f"unknown field {unknown[0][:100]!r}",
+                         {"param": unknown[0][:100]})
+    job = await services().runtime.experiments.rate(job_id, caller().owner,
+                                                     body.get("rating"), body.get("feedback"))
+    return json_response({"id": job.id, "rating": job.rating, "feedback": job.feedback,
+                          "experimentId": job.experiment_id, "variantId": job.variant_id})

@@ -103,6 +103,7 @@ def _path(name: str, description: str) -> dict[str, Any]:
 
 
 _JOB_ID = _path("id", "a job id (gen_...)")
+_EXPERIMENT_ID = _path("experiment_id", "an experiment id (exp_...)")
 _VIDEO_ID = _path("id", "a video id: its Easel job id")
 
 
@@ -299,6 +300,47 @@ def _paths() -> dict[str, Any]:
             "summary": "Admin: alerts, newest first (200 at most)",
             "parameters": [_query("state", {"enum": ["firing", "resolved"]}, "their state")],
             "responses": _responses({"200": _json(_OBJECT, "{alerts: [...]}")})}},
+        "/api/external/generation/{id}/rate": {"post": {
+            "summary": "Rate a finished job 1-5, with optional feedback (only its own key;"
+                       " a new rating replaces the last)",
+            "parameters": [_JOB_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["rating"], "additionalProperties": False,
+                "properties": {"rating": {"type": "integer", "minimum": 1, "maximum": 5},
+                               "feedback": {"type": "string", "maxLength": 4000}}}}}},
+            "responses": _responses({"200": _json(_OBJECT, "{id, rating, feedback,"
+                                                           " experimentId, variantId}")})}},
+        "/api/admin/experiments": {
+            "post": {"summary": "Admin: create an experiment (DRAFT), every variant checked"
+                                " against the catalog and its parameter rules",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": _OBJECT}}},
+                     "responses": _responses({"201": _json(_OBJECT, "the experiment")})},
+            "get": {"summary": "Admin: every experiment, oldest first",
+                    "responses": _responses({"200": _json(_OBJECT, "{experiments: [...]}")})},
+        },
+        "/api/admin/experiments/{experiment_id}": {"get": {
+            "summary": "Admin: one experiment, with its spend",
+            "parameters": [_EXPERIMENT_ID],
+            "responses": _responses({"200": _json(_OBJECT, "the experiment")})}},
+        **{f"/api/admin/experiments/{{experiment_id}}/{action}": {"post": {
+            "summary": f"Admin: {action} the experiment (409 from a wrong state)",
+            "parameters": [_EXPERIMENT_ID],
+            "responses": _responses({"200": _json(_OBJECT, "the experiment")})}}
+           for action in ("start", "pause", "complete")},
+        "/api/admin/experiments/{experiment_id}/weights": {"post": {
+            "summary": "Admin: new traffic weights, starting a new phase (assigned units"
+                       " keep their variant)",
+            "parameters": [_EXPERIMENT_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["weights"], "properties": {"weights": {
+                    "type": "object", "additionalProperties": {"type": "number",
+                                                               "minimum": 0}}}}}}},
+            "responses": _responses({"200": _json(_OBJECT, "the experiment")})}},
+        "/api/admin/experiments/{experiment_id}/results": {"get": {
+            "summary": "Admin: the experiment's statistics, computed now from its jobs",
+            "parameters": [_EXPERIMENT_ID],
+            "responses": _responses({"200": _json(_OBJECT, "the results, with spend")})}},
         "/media/inputs/{name}": {"get": {
             "summary": "An input image published for a URL-only provider (named by its"
                        " SHA-256)",
