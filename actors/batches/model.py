@@ -35,6 +35,22 @@ ITEM_REF = "easel:item/"
 OUTPUT_REF = "easel:output/"
 
 
+class BatchState(str, enum.Enum):
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    PARTIAL_FAILED = "PARTIAL_FAILED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self is not BatchState.PROCESSING
+
+
+def new_batch_id() -> str:
+    return "batch_" + secrets.token_hex(10)
+
+
 def item_ref(custom_id: str, output: int) -> str:
     """The placeholder for output ``output`` of item ``custom_id`` of the same batch."""
     return f"{ITEM_REF}{custom_id}/{output}"
