@@ -35,6 +35,7 @@ from actors.catalog import ModelSpec, PollingSpec, PollingStrategy
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode
 from actors.jobs import AT_PROVIDER, Job, JobState, new_job_id
+from actors.keys import KeyLimits, Scope, new_key
 from actors.providers.sandbox import SandboxSettings
 from actors.quotas import QuotaSettings
 from actors.runtime import Runtime
@@ -486,3 +487,62 @@ async def test_the_batch_webhook_is_sent_when_it_ends_and_each_item_with_item_we
     assert last["type"] == "batch.ended" and last["batchId"] == batch.id
     assert last["status"] == "COMPLETED" and last["completedTasks"] == 3
     assert done.state is BatchState.COMPLETED
+
+
+async def test_a_start_picks_up_what_a_crash_left_half_done(
+    tmp_path: Path, clock: MockClock
+) -> None:
+    """Left by a crash: a failed item whose dependents were never failed, and an
+    item released (QUEUED) whose ``Enqueue`` never reached the scheduler. A new
+    runtime passes the failure on, runs the released item once, and ends the batch."""
+    async with open_store(tmp_path / "db.sqlite") as store:
+        batch = batch_of(stop_on_error=False)
+        jobs = [item(0, "[fail]"), item(1, depends_on=["item-0"]),
+                item(2, depends_on=["item-1"]), item(3), item(4)]
+        batch.total = len(jobs)
+        for job in jobs:
+            job.batch_id = batch.id
+        await store.insert_batch(batch, jobs)
+        await store.transition(jobs[0].id, JobState.WAITING, JobState.FAILED)
+        await store.transition(jobs[3].id, JobState.WAITING, JobState.QUEUED,
+                               released_at=wall_now())
+        watcher = Watcher()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher.follow, store.subscribe())
+            runtime = make_runtime(store, tmp_path)
+            await nursery.start(runtime.run)
+            done, counts = await ended(runtime, batch.id, watcher)
+            shown = await states(runtime, batch.id)
+            nursery.cancel_scope.cancel()
+    assert shown == ["FAILED", "UPSTREAM_FAILED", "UPSTREAM_FAILED", "SUCCESS", "SUCCESS"]
+    assert done.state is BatchState.PARTIAL_FAILED
+    assert (counts.upstream_failed, counts.succeeded) == (2, 2)
+    submitted = collections.Counter(job.id for job in watcher.changes
+                                    if job.state is JobState.SUBMITTING)
+    assert submitted == {jobs[3].id: 1, jobs[4].id: 1}
+
+
+async def test_a_batch_costing_more_than_the_day_allows_is_refused_whole(
+    tmp_path: Path, clock: MockClock
+) -> None:
+    async with running(tmp_path) as (runtime, watcher):
+        key, _ = new_key("ci", frozenset({Scope.SUBMIT}), KeyLimits(daily_spend=1.0), wall_now())
+        await runtime.store.create_key(key)
+
+        def priced(n: int) -> tuple[Batch, list[Job]]:
+            batch = batch_of(not_before=wall_now() + 3600)
+            batch.owner = key.id
+            jobs = [item(i) for i in range(n)]
+            for job in jobs:
+                job.owner, job.cost = key.id, 0.4
+            return batch, jobs
+
+        with pytest.raises(EaselError) as refused:
+            await runtime.batches.create(*priced(3))
+        assert refused.value.code is ErrorCode.RATE_LIMITED
+        assert refused.value.info.details["limit"] == "daily_spend"
+        accepted = await runtime.batches.create(*priced(2))
+        assert accepted.estimated_cost == pytest.approx(0.8)
+        with pytest.raises(EaselError):  # 0.8 spent: another 0.4 is too much
+            await runtime.batches.create(*priced(1))
+        await runtime.batches.cancel(accepted.id, key.id)
