@@ -14,7 +14,7 @@ from actors.keys import ApiKey, KeyLimits, Scope
 _LIMITS = ("rate", "burst", "max_active_jobs", "daily_spend")
 #: Word for word the condition of the partial index ``generation_requests_active``,
 #: so SQLite counts on that index.
-_UNFINISHED = "state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')"
+_UNFINISHED = "state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'WAITING')"
 
 
 def _from_row(row: sqlite3.Row) -> ApiKey:
@@ -61,7 +61,9 @@ def unfinished_by_owner(conn: sqlite3.Connection) -> dict[str | None, int]:
     """Jobs not finished yet per owner (None: jobs made without a key).
 
     Two index-only counts: every unfinished job on the partial index of active jobs,
-    and those with an owner on the owner index; the difference is the ownerless."""
+    and those with an owner on the owner index; the difference is the ownerless. A
+    batch item WAITING to be released is not counted (nor in that index): it is in
+    no queue yet."""
     total = conn.execute(f"SELECT COUNT(*) FROM generation_requests WHERE {_UNFINISHED}"
                          ).fetchone()[0]
     owned = {
