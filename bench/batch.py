@@ -64,7 +64,6 @@ from actors.images.presets import PreprocessSettings  # noqa: E402
 from actors.store import batches as batch_rows  # noqa: E402
 from actors.store.migrations import connect, migrate  # noqa: E402
 from bench.inflight import cpu_seconds, daemon_config, free_port, rss_mb, start, stop  # noqa: E402
-from bench.queue_memory import wait_healthy  # noqa: E402
 
 BATCH = "/api/external/generation/batch"
 MODEL = "sandbox-image"
@@ -84,6 +83,21 @@ def vm(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def wait_up(base: str, process: Any, timeout: float = 120) -> None:
+    """Until ``/api/health`` answers 200 (ok or degraded: the shipped providers
+    without keys are disabled); SystemExit if the daemon exits or never does."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=base, timeout=2) as client:
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                if client.get("/api/health").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    raise SystemExit(f"easel did not answer at {base} (exit status {process.poll()})")
 
 
 def logged(log: Path, batch_id: str) -> dict[str, Any]:
@@ -114,7 +128,11 @@ max_concurrency = 1000
 """)
     process = start(config, state / "stdout.log")
     base = f"http://127.0.0.1:{port}"
-    wait_healthy(process, base, time.monotonic(), 60)
+    try:
+        wait_up(base, process)
+    except SystemExit:
+        stop(process)
+        raise
     return process, base, state / "logs" / "easel.log"
 
 

@@ -22,6 +22,7 @@ from actors.catalog import MediaKind, ModelSpec
 from actors.errors import EaselError, ErrorCode
 from actors.images.presets import PreprocessSettings
 from actors.pricing import CostUnit
+from actors.validation import request_hash
 
 CATALOG = {
     "sandbox-image": ModelSpec(provider="sandbox", provider_model="sandbox-image", cost=2.0),
@@ -268,3 +269,28 @@ def test_the_estimate_prices_each_item_from_the_catalog() -> None:
     assert [task["estimatedCost"] for task in found["tasks"]] == [6.0, 4.0, 0.0]
     assert found["byModel"]["sandbox-image"] == {"tasks": 1, "cost": 6.0}
     assert found["unpricedModels"] == ["schnell"]
+
+
+def test_items_of_one_shape_are_each_held_to_their_own_prompt() -> None:
+    """Items that differ only by prompt share one check of the rest (the shape
+    cache); a bad prompt among them is still refused as a submission's is, and an
+    item of another shape is checked on its own."""
+    parsed = parse([request("a", prompt="one"), request("b", prompt="two"),
+                    request("v", modelIdentifier="sandbox-video", prompt="three",
+                            parameters={"duration": 4})])
+    assert [item.request.prompt for item in parsed.items] == ["one", "two", "three"]
+    assert parsed.items[2].request.parameters == {"duration": 4}
+    found = problems_of(refused([request("a"), request("b", prompt="   "),
+                                 request("c", prompt=7), request("d", prompt="x" * 2001),
+                                 request("e", number_of_outputs=11)]))
+    assert found == {
+        (1, "b"): ["prompt: must be 1 to 2000 characters"],
+        (2, "c"): ["prompt: expected a string, got a number"],
+        (3, "d"): ["prompt: must be 1 to 2000 characters"],
+        (4, "e"): ["number_of_outputs: must be 1 to 10"]}
+
+
+def test_an_item_hash_is_its_request_as_a_single_submission_would_hash_it() -> None:
+    single = {"modelIdentifier": "sandbox-image", "prompt": "a red fox"}
+    [item] = parse([{**single, "custom_id": "x", "dependsOn": []}]).items
+    assert item.body_hash == request_hash(single)
