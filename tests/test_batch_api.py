@@ -182,6 +182,10 @@ async def test_a_jsonl_problem_names_its_line_and_other_bodies_are_refused(easel
         (1, 3), (2, 4)]
     text = await easel.client.post(BATCH, content=b"{}", headers={"Content-Type": "text/plain"})
     assert text.status_code == 415
+    # A JSON batch's options are in its body: options in the query would be lost.
+    query = await post(easel, {"requests": [item("a")]}, params={"maxConcurrency": "2"})
+    assert query.status_code == 400 and query.json()["error"]["details"]["param"] == \
+        "maxConcurrency"
     big = await easel.client.post(BATCH, content=b"x" * 5000,
                                   headers={"Content-Type": "application/x-ndjson"})
     assert big.status_code == 413

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from quart import Blueprint, Quart, Response, request
+from quart import Blueprint, Quart, Response, current_app, request
 from quart.wrappers import Request
 
 from actors.batches.estimate import estimate
@@ -92,8 +92,6 @@ def install(app: Quart, limits: BatchLimits) -> None:
 
 
 def _limits() -> tuple[BatchLimits, trio.CapacityLimiter]:
-    from quart import current_app
-
     found: tuple[BatchLimits, trio.CapacityLimiter] = current_app.extensions[_KEY]
     return found
 
@@ -119,6 +117,12 @@ async def _parsed() -> ParsedBatch:
     checks = Checks(runtime.catalog, runtime.families, runtime.unavailable, runtime.preprocess)
     limits, one_at_a_time = _limits()
     if mimetype == "application/json":
+        if request.args:  # options in the query would be ignored: say so
+            raise EaselError(ErrorCode.INVALID_REQUEST,
+                             "a JSON batch takes its options in the body's options; query "
+                             "parameters are for JSONL bodies",
+                             {"param": sorted(request.args)[0][:100]})
+
         def read() -> ParsedBatch:
             return parse_batch(parse_json(raw), checks, limits)
     elif mimetype in JSONL_TYPES:
