@@ -236,6 +236,9 @@ def test_jsonl_lines_and_query_options() -> None:
     assert [item.custom_id for item in parsed.items] == ["a", "b"]
     assert parsed.options.max_concurrency == 7 and parsed.options.stop_on_error
     assert parsed.dry_run and parsed.options.deadline == 1_893_456_000.0
+    one = parse_jsonl([request("a")], [1], {"maxConcurrency": "1", "parallel": "false"},
+                      CHECKS, LIMITS)
+    assert one.options.max_concurrency == 1 and not one.options.parallel
 
 
 def test_jsonl_problems_name_the_line() -> None:

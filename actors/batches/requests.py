@@ -67,7 +67,7 @@ _STAND_IN_PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAf
 _TOP_FIELDS = ["requests", "options", "dry_run", "metadata"]
 _OPTION_FIELDS = [field.name for field in attrs.fields(BatchOptions)]
 _ITEM_FIELDS = ["custom_id", "depends_on"]
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+_TRUE, _FALSE = ("true", "yes"), ("false", "no")
 
 
 @attrs.frozen
@@ -111,6 +111,9 @@ class Item:
 
 @attrs.frozen
 class ParsedBatch:
+    """A batch as checked: its options, its items in order, and the batch's own
+    fields."""
+
     options: BatchOptions
     items: list[Item]
     dry_run: bool = False
@@ -258,12 +261,12 @@ def query_options(query: Mapping[str, str]) -> tuple[dict[str, Any], Any]:
     dry_run: Any = False
     for key, text in query.items():
         value: Any = text
-        if text.lower() in _TRUE:
+        if re.fullmatch(r"-?\d{1,10}", text):
+            value = int(text)
+        elif text.lower() in _TRUE:
             value = True
         elif text.lower() in _FALSE:
             value = False
-        elif re.fullmatch(r"-?\d{1,10}", text):
-            value = int(text)
         if key in ("dryRun", "dry_run"):
             dry_run = value
         else:
