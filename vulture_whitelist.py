@@ -10,6 +10,7 @@ vulture reports is dead code and goes.
 health_detailed, prometheus, published_input
 list_videos  # GET /v1/videos (daemon/api/openai_videos.py)
 openapi_json, docs  # GET /api/openapi.json and /api/docs (daemon/api/openapi.py)
+estimate_cost  # POST /api/external/generation/batch/estimate (daemon/api/batches.py)
 any_path  # the catch-all route of the test servers in tests/test_fetch.py
 _.merge_slashes  # werkzeug's url_map setting, read by the router
 

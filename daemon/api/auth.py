@@ -71,6 +71,12 @@ NEEDS: dict[str, Scope | Gate] = {
     "generation.cancel": Scope.SUBMIT,
     # Rating a job writes, as submitting does; only the job's own key may.
     "generation.rate": Scope.SUBMIT,
+    # Batches: reading is read; submitting, estimating, cancelling, retrying is submit.
+    "batches": Scope.READ,
+    "batches.submit": Scope.SUBMIT,
+    "batches.estimate_cost": Scope.SUBMIT,
+    "batches.cancel": Scope.SUBMIT,
+    "batches.retry": Scope.SUBMIT,
     "provider_webhooks": Gate.OPEN,
     "health": Scope.ADMIN,
     "health.health": Gate.OPEN,
