@@ -38,6 +38,10 @@ class ErrorCode(str, enum.Enum):
     UNCERTAIN_SUBMISSION = "UNCERTAIN_SUBMISSION"
     #: Outputs could not be stored here (storage backend, disk, file descriptors).
     STORAGE_ERROR = "STORAGE_ERROR"
+    #: A batch item that never ran: a dependency of it did not succeed.
+    UPSTREAM_FAILED = "UPSTREAM_FAILED"
+    #: A batch item that never ran: its batch's deadline came first.
+    EXPIRED = "EXPIRED"
 
 
 #: HTTP status and retryability of each code, as a client sees them.
@@ -62,6 +66,10 @@ _TABLE: dict[ErrorCode, tuple[int, bool]] = {
     ErrorCode.SHUTTING_DOWN: (503, True),
     ErrorCode.UNCERTAIN_SUBMISSION: (500, False),
     ErrorCode.STORAGE_ERROR: (503, True),
+    # 424 Failed Dependency; 410 Gone: neither is worth retrying as it stands (a
+    # batch's ``retry`` re-runs such items).
+    ErrorCode.UPSTREAM_FAILED: (424, False),
+    ErrorCode.EXPIRED: (410, False),
 }
 
 

@@ -2,7 +2,8 @@
 
 A job moves QUEUED -> SUBMITTING -> RUNNING -> FINALIZING -> SUCCEEDED (a synchronous
 provider skips RUNNING), or to FAILED / CANCELLED from any state that is not
-terminal. Clients see the coarser ``status`` (PENDING, PROCESSING, SUCCESS, FAILED,
+terminal. A batch's item starts WAITING (in no queue) and is released to QUEUED by
+the batch actor when its batch lets it run (``actors/batches/actor.py``). Clients see the coarser ``status`` (PENDING, PROCESSING, SUCCESS, FAILED,
 CANCELLED) beside the finer ``stage``.
 """
 
@@ -19,6 +20,9 @@ from actors.errors import ErrorInfo
 
 
 class JobState(str, enum.Enum):
+    #: A batch item that may not run yet (its batch's concurrency, ``notBefore``, a
+    #: dependency): in no queue; the batch actor moves it to QUEUED.
+    WAITING = "WAITING"
     QUEUED = "QUEUED"
     SUBMITTING = "SUBMITTING"
     #: The create's answer was lost (a timeout, a reset, a 5xx, a crash): the
@@ -45,6 +49,7 @@ AT_PROVIDER = frozenset({JobState.SUBMITTING, JobState.RESOLVING, JobState.RUNNI
                          JobState.FINALIZING})
 
 _STATUS = {
+    JobState.WAITING: "PENDING",
     JobState.QUEUED: "PENDING",
     JobState.SUBMITTING: "PENDING",
     JobState.RESOLVING: "PENDING",
@@ -116,6 +121,22 @@ class Job:
     #: The input-image preprocessing asked for (``actors/images/presets.py``): a
     #: preset name or an object; None: the serving provider's default preset.
     preprocess: str | dict[str, Any] | None = None
+    #: A batch item's name, unique in its batch (the client's, or ``item-<index>``).
+    custom_id: str | None = None
+    #: A batch item's place in its batch, 0 first. A re-run (``retry``) is a new job
+    #: with the same index; the newest job of an index is the item's current one.
+    batch_index: int | None = None
+    #: The ``custom_id``s of the items this one waits for (each must succeed first).
+    depends_on: list[str] = attrs.field(factory=list)
+    #: Of those, how many have not succeeded yet: a WAITING item is releasable at 0.
+    #: Kept by the store (the dependency's SUCCEEDED transition counts it down).
+    waiting_on: int = 0
+    #: When the batch actor released the item (WAITING -> QUEUED); None for a job
+    #: submitted alone, and for an item that never ran. Quotas count an item as
+    #: unfinished only from then.
+    released_at: float | None = None
+    #: The id of the job that re-runs this item (``retry``); None for the current one.
+    replaced_by: str | None = None
 
     @property
     def serving_model(self) -> str:
@@ -145,6 +166,7 @@ class Job:
             "userId": self.user_id,
             "metadata": self.metadata,
             "batchId": self.batch_id,
+            "customId": self.custom_id,
             "webhookUrl": self.webhook_url,
             "createdAt": iso(self.created_at),
             "startedAt": iso(self.started_at),

@@ -153,6 +153,16 @@ class Observed:
 
 PollerMessage = Track | Forget | Observed
 
+# -- the batch actor's mailbox ------------------------------------------------------
+
+
+@attrs.frozen
+class BatchOpened:
+    """From the batch service: batch ``batch_id`` was created, or re-opened by a
+    retry, and is committed with WAITING items: the actor takes it on."""
+
+    batch_id: str
+
 def reply_nowait(channel: trio.MemorySendChannel[CheckResult], result: CheckResult) -> None:
     """Answer a request; an asker that is gone (or already answered) is ignored."""
     try:

@@ -1,9 +1,11 @@
 """The client webhook deliverer: signed POSTs from the persisted outbox.
 
 Owns the ``webhook_outbox`` rows once they exist (``Store.transition`` writes one in
-the same transaction that makes a job with a ``webhook_url`` terminal, so a crash
-can never lose a delivery). It takes no messages: the store's change feed wakes it
-when a new row may be due, and a timer when a retry falls due.
+the same transaction that makes a job with a ``webhook_url`` terminal, and
+``Store.end_batch`` one in the transaction that ends a batch with a
+``webhookUrl``, so a crash can never lose a delivery). The store's change feed
+wakes it when a new row may be due, a nudge (an empty message) when a batch's end
+wrote one, and a timer when a retry falls due.
 
 Each delivery POSTs the job JSON (``Job.to_api()``, result URLs made at delivery
 by ``ResultLinks``: a presigned URL is fresh when it leaves)
@@ -146,17 +148,20 @@ class Outbox:
         rng: random.Random | None = None,
         resolve: Resolver = resolve_host,
         public: Callable[[IPAddress], bool] = is_public,
+        nudges: trio.MemoryReceiveChannel[None] | None = None,
     ) -> None:
         """``changes``: the store's change feed (a job that ended with a
         ``webhook_url`` has a new row to deliver). ``links`` makes the result URLs
         of each payload (none: sent as stored). ``resolve`` and ``public`` are
-        the ``Fetcher``'s seams for tests."""
+        the ``Fetcher``'s seams for tests. ``nudges``: a row was written by no
+        job's change (a batch's end, ``actors/batches/ending.py``): look now."""
         self.store = store
         self.settings = settings
         SECRETS.add_fields(settings)  # the signing secret, even a generated one
         self.links = links
         self.monitor = monitor
         self._changes = changes
+        self._nudges = nudges
         self._rng = rng or random.Random()
         self._resolve = resolve
         self._public = public
@@ -171,6 +176,12 @@ class Outbox:
             if job.state.terminal and job.webhook_url:
                 self._wake.set()
 
+    async def _follow_nudges(self) -> None:
+        if self._nudges is None:
+            return
+        async for _ in self._nudges:
+            self._wake.set()
+
     def _emit(self, kind: str, **data: Any) -> None:
         self.monitor.emit(kind, **data)
 
@@ -182,6 +193,7 @@ class Outbox:
             public=self._public,
         ) as fetcher, trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_changes)
+            nursery.start_soon(self._follow_nudges)
             while True:
                 # A fresh event before looking: a row that commits while we look
                 # sets it, and the loop looks again.

@@ -9,6 +9,15 @@ across all callers (``max_queue_depth``). Past any of them the request is refuse
 with RATE_LIMITED (429), ``Retry-After`` and the limit named in the error's
 ``details.limit``.
 
+A batch (``admit_batch``) is admitted whole or refused: its items' summed cost
+against the key's daily spend, and the daemon's unfinished jobs against
+``max_queue_depth`` as for one job. Its items count as unfinished jobs (toward
+``max_active_jobs`` and ``max_queue_depth``) only once released to the queue
+(``released``, by the batch actor): a batch of 50,000 items waits in the store,
+not in any queue, and runs at most its ``maxConcurrency`` at once, so it is not
+refused for its size. Released items still count against the key's limit seen
+by its single submissions.
+
 The unfinished jobs are counted in memory, so a submission costs no extra database
 read: a job counts from the moment it is admitted (before its insert: checking and
 reserving happen with no checkpoint between them, so a burst of concurrent
@@ -88,6 +97,8 @@ class Ticket:
     cost: float
     day: int
     released: bool = False
+    #: Unfinished jobs it reserved: one for a job, none for a batch.
+    jobs: int = 1
 
     def release(self) -> None:
         """Give the reservation back (the insert failed or replayed a job)."""
@@ -127,7 +138,8 @@ class Quotas:
         self._total = sum(counts.values())
         task_status.started()
         async for job in self._changes:
-            if job.state.terminal:
+            # A batch item that ended without being released was never counted.
+            if job.state.terminal and (job.batch_id is None or job.released_at is not None):
                 self._finished(job.owner)
 
     def _finished(self, owner: str | None) -> None:
@@ -137,8 +149,15 @@ class Quotas:
         else:
             self._active.pop(owner, None)
 
+    def released(self, job: Job) -> None:
+        """Count a batch item just released to the queue (WAITING -> QUEUED) as
+        unfinished until the change feed shows it ended."""
+        self._active[job.owner] += 1
+        self._total += 1
+
     def _give_back(self, ticket: Ticket) -> None:
-        self._finished(ticket.owner)
+        if ticket.jobs:
+            self._finished(ticket.owner)
         if ticket.owner is None:
             return
         day, spent = self._spend.get(ticket.owner, (None, 0.0))
@@ -166,35 +185,45 @@ class Quotas:
         cost = spec.price(job.number_of_outputs, job.parameters) if spec is not None else 0.0
         if cost:
             job.cost = cost
+        return await self._reserve(job.owner, cost, 1)
+
+    async def admit_batch(self, owner: str | None, cost: float) -> Ticket:
+        """Reserve a batch's summed ``cost`` of ``owner``'s daily spend, or raise
+        RATE_LIMITED: past the spend, or with the daemon at ``max_queue_depth``
+        (no unfinished job is reserved: items count once released)."""
+        return await self._reserve(owner, cost, 0)
+
+    async def _reserve(self, owner: str | None, cost: float, count: int) -> Ticket:
         limits = KeyLimits()
-        if job.owner is not None:
-            key = await self._keys.get(job.owner)
+        if owner is not None:
+            key = await self._keys.get(owner)
             if key is not None:
                 limits = self.settings.of(key)
         now = wall_now()
         day = int(now // _DAY)
-        if job.owner is not None and limits.daily_spend:
-            await self._load_spend(job.owner, day)
+        if owner is not None and limits.daily_spend:
+            await self._load_spend(owner, day)
         # From here to the reservation: no checkpoint.
         depth = self.settings.max_queue_depth
         if depth and self._total >= depth:
             raise refused("max_queue_depth", depth,
                           f"Easel holds {depth} unfinished jobs, its most", BUSY_RETRY_AFTER)
-        if limits.max_active_jobs and self._active[job.owner] >= limits.max_active_jobs:
+        if count and limits.max_active_jobs and self._active[owner] >= limits.max_active_jobs:
             raise refused("max_active_jobs", limits.max_active_jobs,
                           f"this key has {limits.max_active_jobs} unfinished jobs, its most",
                           BUSY_RETRY_AFTER)
-        if job.owner is not None and limits.daily_spend:
-            spent = self._spend[job.owner][1]
+        if owner is not None and limits.daily_spend:
+            spent = self._spend[owner][1]
             if spent + cost > limits.daily_spend:
                 raise refused("daily_spend", limits.daily_spend,
                               f"this key's jobs today would cost more than "
                               f"{limits.daily_spend:g}, its daily limit",
                               (day + 1) * _DAY - now)
-            self._spend[job.owner] = (day, spent + cost)
-        self._active[job.owner] += 1
-        self._total += 1
-        return Ticket(self, job.owner, cost, day)
+            self._spend[owner] = (day, spent + cost)
+        if count:
+            self._active[owner] += count
+            self._total += count
+        return Ticket(self, owner, cost, day, jobs=count)
 
     async def _load_spend(self, owner: str, day: int) -> None:
         async with self._loading:

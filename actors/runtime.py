@@ -25,6 +25,8 @@ import trio
 
 from actors.alerts.records import Alert, AlertState, ErrorEntry
 from actors.alerts.settings import MonitoringSettings
+from actors.batches.actor import BatchActor
+from actors.batches.service import BatchService
 from actors.catalog import ModelSpec
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.finalizer import Finalizer, MediaSettings
@@ -35,6 +37,7 @@ from actors.jobs import Job, JobState
 from actors.keys import KeyRing
 from actors.lifecycle import Lifecycle
 from actors.messages import (
+    BatchOpened,
     CancelTask,
     Enqueue,
     Observed,
@@ -69,6 +72,7 @@ log = logging.getLogger(__name__)
 
 #: Mailbox sizes. Bounded: a sender that outruns an actor waits (backpressure).
 SCHEDULER_MAILBOX = 1024
+BATCH_MAILBOX = 256
 PROVIDER_MAILBOX = 256
 POLLER_MAILBOX = 1024
 #: The longest a health check waits for the storage backend to answer.
@@ -209,9 +213,22 @@ class Runtime:
             providers={name: channels.provider for name, channels in self._channels.items()},
             mailbox=scheduler_mailbox,
         )
+        # A batch's end writes its webhook row with no job changing: the outbox is
+        # nudged (a full buffer means a nudge is pending already).
+        to_outbox, outbox_nudges = trio.open_memory_channel[None](1)
         self.outbox = Outbox(
             store, webhooks or OutboxSettings(), changes=store.subscribe(),
-            monitor=self.monitor, links=self.links,
+            monitor=self.monitor, links=self.links, nudges=outbox_nudges,
+        )
+        to_batches, batch_mailbox = trio.open_memory_channel[BatchOpened](BATCH_MAILBOX)
+        self.batch_actor = BatchActor(
+            store, changes=store.subscribe(), mailbox=batch_mailbox, scheduler=to_scheduler,
+            quotas=self.quotas, outbox=to_outbox,
+        )
+        #: The batch service (``actors/batches/service.py``) the HTTP layer calls.
+        self.batches = BatchService(
+            store, self.quotas, catalog=self.catalog, actor=to_batches, outbox=to_outbox,
+            cancel_job=self.cancel,
         )
         self.supervisor = self._tree(Intensity(max_restarts, max_restart_seconds))
 
@@ -219,7 +236,7 @@ class Runtime:
         """The supervision tree (``docs/architecture.md``, "Supervision")::
 
             easel (one_for_one)
-            ├── quotas, monitor, finalizer, outbox, scheduler
+            ├── quotas, monitor, finalizer, outbox, scheduler, batches
             └── providers (one_for_one)
                 └── provider:NAME (rest_for_one): provider, poller
 
@@ -253,6 +270,8 @@ class Runtime:
             ChildSpec("finalizer", self.finalizer.run),
             ChildSpec("outbox", started_on_entry(self.outbox.run)),
             ChildSpec("scheduler", self.scheduler.run),
+            # After the scheduler: what it releases is enqueued there.
+            ChildSpec("batches", self.batch_actor.run),
             tree("providers", groups, Strategy.ONE_FOR_ONE),
         ], intensity=intensity, backoff=RESTART_BACKOFF, on_crash=self._crashed)
 
@@ -328,7 +347,7 @@ class Runtime:
             return await self.cancel(job_id, owner)
         self.monitor.emit("job.cancelled", job.provider)
         channels = self._channels.get(job.provider)
-        if channels is not None and job.state is not JobState.QUEUED:
+        if channels is not None and job.state not in (JobState.QUEUED, JobState.WAITING):
             await channels.provider.send(CancelTask(cancelled))
         return cancelled
 

@@ -33,6 +33,7 @@ from actors.alerts.records import (
     Level,
     Severity,
 )
+from actors.batches.model import Batch, BatchOptions, BatchState
 from actors.clock import wall_now
 from actors.errors import EaselError, ErrorCode, ErrorInfo
 from actors.jobs import Job, JobState, new_job_id
@@ -107,7 +108,23 @@ def full_job() -> Job:
         stage_reason="the create's answer was lost",
         owner="key_full",
         preprocess={"preset": "fast", "maxWidth": 512},
+        custom_id="item-7",
+        batch_index=7,
+        depends_on=["item-1", "item-2"],
+        waiting_on=1,
+        released_at=1_700_000_000.5,
+        replaced_by="gen_newer",
     )
+
+
+def batch_of(deps: dict[int, list[int]], n: int, **fields: Any) -> tuple[Batch, list[Job]]:
+    """A batch of ``n`` WAITING items, item ``i`` depending on the items ``deps[i]``."""
+    batch = Batch(id=f"batch_{new_job_id()}", options=BatchOptions(webhook_url=HOOK), total=n,
+                  owner="k")
+    items = [make_job(state=JobState.WAITING, batch_id=batch.id, batch_index=i,
+                      custom_id=f"c{i}", depends_on=[f"c{d}" for d in deps.get(i, [])],
+                      owner="k", cost=1.0, **fields) for i in range(n)]
+    return batch, items
 
 
 async def inserted(store: Store, **fields: Any) -> Job:
@@ -817,6 +834,159 @@ class StoreContract:
             assert await store.spend_since("a", 0) == 7.5
             assert await store.spend_since("a", since + 1) == 4.0
             assert await store.spend_since("c", 0) == 0.0
+
+    # -- batches --------------------------------------------------------------
+
+    async def test_a_batch_and_its_items_go_in_together_and_read_back(
+        self, open_backend: OpenBackend
+    ) -> None:
+        batch, items = batch_of({1: [0], 2: [0, 1, 1]}, 4)
+        async with open_backend() as store:
+            assert await store.get_batch(batch.id) is None
+            await store.insert_batch(batch, items)
+        async with open_backend() as store:
+            stored = await store.get_batch(batch.id)
+            assert stored is not None and stored.created_at > 0
+            assert stored == batch  # stamped by the insert
+            assert await store.open_batches() == [batch.id]
+            listed = await store.batch_items(batch.id, -1, 10)
+            assert [(j.batch_index, j.custom_id, j.waiting_on) for j in listed] == [
+                (0, "c0", 0), (1, "c1", 1), (2, "c2", 2), (3, "c3", 0)]
+            assert [j.batch_index for j in await store.batch_items(batch.id, 1, 1)] == [2]
+            counts = await store.batch_counts(batch.id)
+            assert (counts.total, counts.waiting, counts.open) == (4, 4, 4)
+            assert await store.batch_activity(batch.id) == (0, True)
+            # A WAITING item is in no queue: not an unfinished job of its owner.
+            assert await store.unfinished_by_owner() == {}
+            deps = await store.batch_dependencies(batch.id, 2)
+            assert [j.custom_id for j in deps] == ["c0", "c1"]
+
+    async def test_an_item_is_releasable_once_every_dependency_succeeded(
+        self, open_backend: OpenBackend
+    ) -> None:
+        batch, items = batch_of({1: [0], 2: [0, 1]}, 3)
+        async with open_backend() as store:
+            await store.insert_batch(batch, items)
+            assert [j.batch_index for j in await store.releasable(batch.id, 10)] == [0]
+            first = items[0].id
+            assert await store.transition(first, JobState.WAITING, JobState.QUEUED)
+            assert await store.batch_activity(batch.id) == (1, True)
+            assert await store.unfinished_by_owner() == {"k": 1}
+            assert await store.releasable(batch.id, 10) == []
+            await store.transition(first, JobState.QUEUED, JobState.SUCCEEDED)
+            assert [j.batch_index for j in await store.releasable(batch.id, 10)] == [1]
+            await store.transition(items[1].id, JobState.WAITING, JobState.QUEUED)
+            await store.transition(items[1].id, JobState.QUEUED, JobState.SUCCEEDED)
+            ready = await store.releasable(batch.id, 10)
+            assert [(j.batch_index, j.waiting_on) for j in ready] == [(2, 0)]
+
+    async def test_ending_items_by_state_or_as_a_failures_dependents(
+        self, open_backend: OpenBackend
+    ) -> None:
+        batch, items = batch_of({1: [0], 2: [1], 3: [0]}, 5)
+        error = ErrorInfo(ErrorCode.UPSTREAM_FAILED, "c0 did not succeed")
+        async with open_backend() as store:
+            await store.insert_batch(batch, items)
+            changes = store.subscribe()
+            await store.transition(items[0].id, JobState.WAITING, JobState.QUEUED)
+            await store.transition(items[0].id, JobState.QUEUED, JobState.FAILED)
+            assert await store.failed_dependencies(batch.id) == [(0, "c0")]
+            assert await store.failed_dependencies(batch.id, [0, 4]) == [(0, "c0")]
+            assert await store.failed_dependencies(batch.id, [4]) == []
+            n = await store.end_batch_items(batch.id, [JobState.WAITING], JobState.FAILED,
+                                            error, dependents_of=0, limit=1)
+            assert n == 1  # a page at a time
+            assert await store.end_batch_items(batch.id, [JobState.WAITING], JobState.FAILED,
+                                               error, dependents_of=0) == 1
+            ended = [changes.receive_nowait() for _ in range(4)][2:]
+            assert [(j.batch_index, j.state, j.error and j.error.code) for j in ended] == [
+                (1, JobState.FAILED, error.code), (3, JobState.FAILED, error.code)]
+            assert ended[0].completed_at is not None
+            events = await store.events(items[1].id)
+            assert events[-1]["kind"] == "state" and events[-1]["state"] == "FAILED"
+            assert await store.failed_dependencies(batch.id) == [(1, "c1")]
+            cancel = ErrorInfo(ErrorCode.TASK_CANCELLED, "the batch was cancelled")
+            assert await store.end_batch_items(
+                batch.id, [JobState.WAITING, JobState.QUEUED], JobState.CANCELLED, cancel) == 2
+            counts = await store.batch_counts(batch.id)
+            assert (counts.failed, counts.upstream_failed, counts.cancelled, counts.open) == (
+                3, 2, 2, 0)
+
+    async def test_a_batch_ends_once_with_its_webhook_when_nothing_is_open(
+        self, open_backend: OpenBackend
+    ) -> None:
+        batch, items = batch_of({}, 2)
+        owed = [Delivery(f"msg_{batch.id}", HOOK, '{"ended": true}')]
+        async with open_backend() as store:
+            await store.insert_batch(batch, items)
+            ended = attrs.evolve(batch, state=BatchState.COMPLETED, completed_at=5.0)
+            assert await store.end_batch(ended, owed) is None  # items are open
+            assert await store.update_batch(batch.id, BatchState.PROCESSING,
+                                            stopped_reason="why") is not None
+            assert await store.update_batch(batch.id, BatchState.FAILED, repairs=3) is None
+            for job in items:
+                await store.transition(job.id, JobState.WAITING, JobState.CANCELLED)
+            stored = await store.end_batch(ended, owed)
+            assert stored is not None and stored.state is BatchState.COMPLETED
+            assert (stored.completed_at, stored.stopped_reason) == (5.0, "why")
+            assert await store.end_batch(ended, owed) is None  # once
+            assert [row.payload for row in await store.webhooks_of(batch.id)] == [
+                '{"ended": true}']
+            assert await store.open_batches() == []
+
+    async def test_finished_items_in_completion_order(
+        self, open_backend: OpenBackend, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        batch, items = batch_of({}, 4)
+        async with open_backend() as store:
+            await store.insert_batch(batch, items)
+            for index in (2, 0, 3):
+                await trio.sleep(1)
+                await store.transition(items[index].id, JobState.WAITING, JobState.CANCELLED)
+            first = await store.batch_finished(batch.id, None, 2)
+            assert [j.batch_index for j in first] == [2, 0]
+            last = first[-1]
+            assert last.completed_at is not None and last.seq is not None
+            rest = await store.batch_finished(batch.id, (last.completed_at, last.seq), 2)
+            assert [j.batch_index for j in rest] == [3]
+
+    async def test_a_rerun_replaces_what_did_not_succeed_and_reopens_the_batch(
+        self, open_backend: OpenBackend
+    ) -> None:
+        batch, items = batch_of({1: [0], 2: [1]}, 4)
+
+        def remake(old: Job, name_of: Callable[[str], str | None]) -> Job:
+            return attrs.evolve(old, id=new_job_id(), state=JobState.WAITING, error=None,
+                                seq=None, completed_at=None, released_at=None,
+                                metadata={"from": name_of(old.id)})
+
+        async with open_backend() as store:
+            await store.insert_batch(batch, items)
+            assert await store.rerun_batch(batch.id, [], remake) is None  # still open
+            await store.transition(items[0].id, JobState.WAITING, JobState.SUCCEEDED)
+            await store.transition(items[1].id, JobState.WAITING, JobState.FAILED)
+            await store.transition(items[2].id, JobState.WAITING, JobState.FAILED)
+            await store.transition(items[3].id, JobState.WAITING, JobState.SUCCEEDED)
+            await store.end_batch(attrs.evolve(batch, state=BatchState.PARTIAL_FAILED), [])
+            assert await store.rerun_plan(batch.id, ["c3", "nope"]) == (3, 3.0, ["nope"])
+            assert await store.rerun_plan(batch.id, []) == (2, 2.0, [])
+            result = await store.rerun_batch(batch.id, ["c3"], remake)
+            assert result is not None
+            reopened, count = result
+            assert count == 3
+            assert (reopened.state, reopened.repairs, reopened.completed_at) == (
+                BatchState.PROCESSING, 1, None)
+            now = await store.batch_items(batch.id, -1, 10)
+            assert now[0].id == items[0].id  # kept, with its outputs
+            assert [j.state for j in now[1:]] == [JobState.WAITING] * 3
+            assert [j.metadata["from"] for j in now[1:]] == ["c1", "c2", "c3"]
+            assert [j.waiting_on for j in now] == [0, 0, 1, 0]
+            old = await store.get_job(items[1].id)
+            assert old is not None and old.state is JobState.FAILED
+            assert old.replaced_by == now[1].id
+            counts = await store.batch_counts(batch.id)
+            assert (counts.total, counts.succeeded, counts.waiting) == (4, 1, 3)
+            assert await store.released_items(batch.id) == []
 
     # -- monitoring: the error log and alerts --------------------------------
 

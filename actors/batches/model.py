@@ -28,6 +28,12 @@ MAX_ITEMS = 50_000
 #: The longest ``custom_id``.
 MAX_CUSTOM_ID = 64
 
+#: An input image that is a dependency's output: ``easel:item/<custom_id>/<n>`` as
+#: submitted, rewritten when the item is released to ``easel:output/<job_id>/<n>``
+#: (the dependency's current job; the provider side reads it from storage).
+ITEM_REF = "easel:item/"
+OUTPUT_REF = "easel:output/"
+
 
 class BatchState(str, enum.Enum):
     PROCESSING = "PROCESSING"
@@ -43,6 +49,36 @@ class BatchState(str, enum.Enum):
 
 def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(10)
+
+
+def item_ref(custom_id: str, output: int) -> str:
+    """The placeholder for output ``output`` of item ``custom_id`` of the same batch."""
+    return f"{ITEM_REF}{custom_id}/{output}"
+
+
+def output_ref(job_id: str, output: int) -> str:
+    """The reference to output ``output`` of the stored job ``job_id``."""
+    return f"{OUTPUT_REF}{job_id}/{output}"
+
+
+def _parse_ref(prefix: str, image: str) -> tuple[str, int] | None:
+    if not image.startswith(prefix):
+        return None
+    name, _, output = image[len(prefix):].rpartition("/")
+    if not name or not output.isdigit():
+        return None
+    return name, int(output)
+
+
+def parse_item_ref(image: str) -> tuple[str, int] | None:
+    """``(custom_id, output)`` of an ``easel:item/...`` placeholder; None for any
+    other input image."""
+    return _parse_ref(ITEM_REF, image)
+
+
+def parse_output_ref(image: str) -> tuple[str, int] | None:
+    """``(job_id, output)`` of an ``easel:output/...`` reference; None otherwise."""
+    return _parse_ref(OUTPUT_REF, image)
 
 
 @attrs.frozen
@@ -124,6 +160,8 @@ class Batch:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     #: Why items stopped being started (``stopOnError``, a cancel), when they did.
     stopped_reason: str | None = None
+    #: When the client cancelled the batch (it ends CANCELLED); None otherwise.
+    cancelled_at: float | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
     completed_at: float | None = None

@@ -20,7 +20,7 @@ from actors.errors import ErrorInfo
 from actors.jobs import Job, JobState
 
 JSON_COLUMNS = frozenset({"input_images", "parameters", "metadata", "provider_outputs", "results",
-                          "preprocess"})
+                          "preprocess", "depends_on"})
 COLUMNS = [f.name for f in attrs.fields(Job)]
 
 

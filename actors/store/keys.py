@@ -61,13 +61,14 @@ def unfinished_by_owner(conn: sqlite3.Connection) -> dict[str | None, int]:
     """Jobs not finished yet per owner (None: jobs made without a key).
 
     Two index-only counts: every unfinished job on the partial index of active jobs,
-    and those with an owner on the owner index; the difference is the ownerless."""
+    and those with an owner on the owner index; the difference is the ownerless. A
+    batch item WAITING to be released is not counted: it is in no queue yet."""
     total = conn.execute(f"SELECT COUNT(*) FROM generation_requests WHERE {_UNFINISHED}"
-                         ).fetchone()[0]
+                         " AND state!='WAITING'").fetchone()[0]
     owned = {
         row[0]: row[1] for row in conn.execute(
             "SELECT owner, COUNT(*) FROM generation_requests"
-            f" WHERE owner IS NOT NULL AND {_UNFINISHED} GROUP BY owner")
+            f" WHERE owner IS NOT NULL AND {_UNFINISHED} AND state!='WAITING' GROUP BY owner")
     }
     ownerless = total - sum(owned.values())
     return {**owned, None: ownerless} if ownerless else owned

@@ -215,6 +215,60 @@ MIGRATIONS: list[str] = [
     CREATE INDEX generation_requests_queued_age ON generation_requests(created_at)
         WHERE state = 'QUEUED';
     """,
+    # 10: batches (actors/batches/). generation_batches: one row per batch, its
+    # options as JSON, PROCESSING until no item is open, then its end state. An
+    # item is a generation_requests row with batch_id, custom_id, batch_index and
+    # depends_on (custom_ids, JSON); waiting_on counts its dependencies not yet
+    # SUCCEEDED (the store counts it down in the dependency's transition), so the
+    # releasable items (WAITING, waiting_on 0, by index) are read from one index;
+    # released_at: when it left WAITING; replaced_by: the job that re-runs it
+    # (retry), NULL on an item's current job. batch_edges: item -> dependency by
+    # index, looked up both ways (a dependency's dependents; an item's
+    # dependencies). The last two indexes: a batch's open items by state (its
+    # concurrency), and its finished items in completion order (the results).
+    """
+    ALTER TABLE generation_requests ADD COLUMN custom_id TEXT;
+    ALTER TABLE generation_requests ADD COLUMN batch_index INTEGER;
+    ALTER TABLE generation_requests ADD COLUMN depends_on TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE generation_requests ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE generation_requests ADD COLUMN released_at REAL;
+    ALTER TABLE generation_requests ADD COLUMN replaced_by TEXT;
+    CREATE TABLE generation_batches (
+        id TEXT PRIMARY KEY,
+        owner TEXT,
+        state TEXT NOT NULL,
+        options TEXT NOT NULL,
+        total INTEGER NOT NULL,
+        repairs INTEGER NOT NULL DEFAULT 0,
+        estimated_cost REAL NOT NULL DEFAULT 0,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        stopped_reason TEXT,
+        cancelled_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        completed_at REAL
+    );
+    CREATE INDEX generation_batches_open ON generation_batches(created_at)
+        WHERE state = 'PROCESSING';
+    CREATE TABLE batch_edges (
+        batch_id TEXT NOT NULL,
+        dep INTEGER NOT NULL,
+        item INTEGER NOT NULL,
+        PRIMARY KEY (batch_id, dep, item)
+    ) WITHOUT ROWID;
+    CREATE INDEX batch_edges_item ON batch_edges(batch_id, item);
+    CREATE INDEX generation_requests_items ON generation_requests(batch_id, batch_index)
+        WHERE batch_id IS NOT NULL;
+    CREATE INDEX generation_requests_releasable
+        ON generation_requests(batch_id, waiting_on, batch_index)
+        WHERE state = 'WAITING';
+    CREATE INDEX generation_requests_batch_open ON generation_requests(batch_id, state)
+        WHERE batch_id IS NOT NULL AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
+    CREATE INDEX generation_requests_batch_done
+        ON generation_requests(batch_id, completed_at, seq)
+        WHERE batch_id IS NOT NULL AND completed_at IS NOT NULL;
+    DROP INDEX generation_requests_batch;
+    """,
 ]
 
 

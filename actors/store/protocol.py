@@ -23,18 +23,20 @@ The rules a backend keeps, whatever it runs on:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
 import trio
 
 from actors.alerts.records import Alert, AlertState, Delivery, ErrorEntry
+from actors.batches.model import Batch, BatchCounts, BatchState
+from actors.errors import ErrorInfo
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
 from actors.store.changes import Watch
 from actors.store.listing import JobQuery
-from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW
+from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, Delivery as WebhookDelivery
 
 #: Seconds within which a ``Store.note_poll`` is written.
 POLL_FLUSH_SECONDS = 1.0
@@ -301,8 +303,9 @@ class Store(Protocol):
         ...
 
     async def unfinished_by_owner(self) -> dict[str | None, int]:
-        """How many jobs are not finished (queued or at a provider) per ``owner``
-        (``None`` for jobs made without a key); owners with none are left out."""
+        """How many jobs are not finished (queued or at a provider: a WAITING batch
+        item is not counted) per ``owner`` (``None`` for jobs made without a key);
+        owners with none are left out."""
         ...
 
     async def spend_since(self, owner: str, since: float) -> float:
@@ -378,4 +381,125 @@ class Store(Protocol):
     async def job_totals(self, since: float, until: float) -> dict[str, Any]:
         """Jobs created in ``[since, until)``: ``{"byState": {state: count},
         "meanRunSeconds": mean start-to-end seconds of those that ran, or None}``."""
+        ...
+
+    # -- batches (actors/batches/) -------------------------------------------
+    #
+    # An item's *current* job is the newest for its ``batch_index`` (``retry``
+    # makes a new job; the old one keeps its history with ``replaced_by`` set):
+    # every batch read below is of current jobs.
+
+    async def insert_batch(self, batch: Batch, jobs: Sequence[Job]) -> Batch:
+        """Insert ``batch`` and its items (WAITING jobs with ``batch_index``
+        0..n-1, ``custom_id`` and ``depends_on`` set) in one transaction, stamping
+        ``created_at``/``updated_at`` of both (unless set) and each item's
+        ``waiting_on`` (its distinct dependencies). Nothing is published: no job
+        changed state."""
+        ...
+
+    async def get_batch(self, batch_id: str) -> Batch | None: ...
+
+    async def open_batches(self) -> list[str]:
+        """Ids of the PROCESSING batches, oldest first."""
+        ...
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts:
+        """The batch's items by outcome (``UPSTREAM_FAILED`` and ``EXPIRED`` among
+        the failed counted apart too)."""
+        ...
+
+    async def batch_items(self, batch_id: str, after: int, limit: int) -> list[Job]:
+        """Up to ``limit`` items with ``batch_index`` above ``after``, by index."""
+        ...
+
+    async def batch_finished(
+        self, batch_id: str, after: tuple[float, int] | None, limit: int
+    ) -> list[Job]:
+        """Up to ``limit`` finished items in completion order (``completed_at``,
+        then ``seq``), after the item whose ``(completed_at, seq)`` is ``after``."""
+        ...
+
+    async def batch_activity(self, batch_id: str) -> tuple[int, bool]:
+        """``(released, waiting)``: how many items are QUEUED or at a provider,
+        and whether any is WAITING. Read from indexes, a cost of the released
+        items, not of the batch."""
+        ...
+
+    async def releasable(self, batch_id: str, limit: int) -> list[Job]:
+        """Up to ``limit`` WAITING items every dependency of which has SUCCEEDED
+        (``waiting_on`` 0), lowest index first."""
+        ...
+
+    async def batch_dependencies(self, batch_id: str, index: int) -> list[Job]:
+        """The current jobs of the dependencies of item ``index``, by index."""
+        ...
+
+    async def failed_dependencies(
+        self, batch_id: str, among: Sequence[int] | None = None
+    ) -> list[tuple[int, str]]:
+        """``(batch_index, custom_id)`` of the items (those of ``among`` when given)
+        that ended without succeeding and still have a WAITING dependent: a
+        failure not yet passed on to its dependents."""
+        ...
+
+    async def end_batch_items(
+        self,
+        batch_id: str,
+        from_states: Iterable[JobState],
+        to_state: JobState,
+        error: ErrorInfo,
+        *,
+        dependents_of: int | None = None,
+        limit: int = 1000,
+    ) -> int:
+        """End up to ``limit`` items in ``from_states`` (with ``dependents_of``:
+        only the dependents of that item), lowest index first, each as
+        ``transition`` would (``to_state`` terminal, ``error``, ``completed_at``, a
+        ``state`` event, the webhooks the policy owes, published in the change
+        feed) in one transaction; how many."""
+        ...
+
+    async def update_batch(
+        self, batch_id: str, state: BatchState, **fields: Any
+    ) -> Batch | None:
+        """Set ``fields`` (``Batch`` attribute names, plain values) of a batch
+        still in ``state``, stamping ``updated_at``; the batch, or None."""
+        ...
+
+    async def end_batch(
+        self, ended: Batch, deliveries: Sequence[WebhookDelivery]
+    ) -> Batch | None:
+        """Store ``ended``'s state and ``completed_at`` on its batch if that is
+        PROCESSING and no item of it is open, and queue ``deliveries`` (its webhook,
+        rows of the client webhook outbox keyed by the batch id) in the same
+        transaction; the batch as stored, or None (someone else ended it, or an
+        item is open)."""
+        ...
+
+    async def rerun_batch(
+        self,
+        batch_id: str,
+        custom_ids: Sequence[str],
+        remake: Callable[[Job, Callable[[str], str | None]], Job],
+    ) -> tuple[Batch, int] | None:
+        """Re-run an ended batch in one transaction: every current item that did
+        not succeed, and those named in ``custom_ids``, gets a new WAITING job
+        ``remake(old, name_of)`` (``name_of(job_id)``: the ``custom_id`` of a job of
+        the batch, or None; run on the store's writer, so pure and quick) that
+        replaces it; ``waiting_on`` is counted afresh; the batch is PROCESSING with
+        ``repairs`` one more and its end cleared. None when the batch is not
+        ended; else the batch and how many items re-run. Items are read a page at a
+        time: a re-run of 50,000 items does not hold them."""
+        ...
+
+    async def rerun_plan(
+        self, batch_id: str, custom_ids: Sequence[str]
+    ) -> tuple[int, float, list[str]]:
+        """What ``rerun_batch`` with ``custom_ids`` would re-run: ``(items, their
+        summed cost, the names of custom_ids that are no item of the batch)``."""
+        ...
+
+    async def released_items(self, batch_id: str) -> list[Job]:
+        """The batch's items QUEUED or at a provider (at most its concurrency), by
+        index."""
         ...

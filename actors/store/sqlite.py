@@ -10,7 +10,7 @@ other writes of its batch.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,14 @@ from typing import Any
 import trio
 
 from actors.alerts.records import Alert, AlertState, Delivery, ErrorEntry
+from actors.batches.model import Batch, BatchCounts, BatchState
 from actors.clock import wall_now
+from actors.errors import ErrorInfo
 from actors.jobs import Job, JobState
 from actors.keys import ApiKey
 from actors.store import (
     alerts,
+    batches,
     durations,
     errorlog,
     gauges,
@@ -34,7 +37,12 @@ from actors.store import (
 )
 from actors.store.changes import Changes, Watch
 from actors.store.engine import Engine, Write, open_engine
-from actors.store.policy import DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_POLICY, StorePolicy
+from actors.store.policy import (
+    DEFAULT_IDEMPOTENCY_WINDOW,
+    DEFAULT_POLICY,
+    Delivery as WebhookDelivery,
+    StorePolicy,
+)
 from actors.store.protocol import OutboxRow, StoreStatistics
 
 
@@ -109,6 +117,8 @@ class SQLiteStore:
                 return None
             if moves:
                 jobs.add_event(conn, job_id, now, "state", {"state": to_state.value, **(event or {})})
+                if job.batch_id is not None and to_state is JobState.SUCCEEDED:
+                    batches.dependency_succeeded(conn, job)
                 owed = deliveries(job)
                 if owed:
                     outbox.enqueue(conn, job_id, owed, now)
@@ -294,6 +304,106 @@ class SQLiteStore:
 
     async def job_totals(self, since: float, until: float) -> dict[str, Any]:
         return await self.engine.read(gauges.job_totals, since, until)
+
+    # -- batches --------------------------------------------------------------
+
+    async def insert_batch(self, batch: Batch, jobs: Sequence[Job]) -> Batch:
+        now = wall_now()
+        items = list(jobs)
+        batch.created_at = batch.created_at or now
+        batch.updated_at = now
+        for job in items:
+            job.created_at = job.created_at or now
+            job.updated_at = now
+            job.waiting_on = len(set(job.depends_on))
+        return await self.engine.write(lambda conn, write: batches.insert(conn, batch, items))
+
+    async def get_batch(self, batch_id: str) -> Batch | None:
+        return await self.engine.read(batches.get, batch_id)
+
+    async def open_batches(self) -> list[str]:
+        return await self.engine.read(batches.open_ids)
+
+    async def batch_counts(self, batch_id: str) -> BatchCounts:
+        return await self.engine.read(batches.counts, batch_id)
+
+    async def batch_items(self, batch_id: str, after: int, limit: int) -> list[Job]:
+        return await self.engine.read(batches.items, batch_id, after, limit)
+
+    async def batch_finished(
+        self, batch_id: str, after: tuple[float, int] | None, limit: int
+    ) -> list[Job]:
+        return await self.engine.read(batches.finished, batch_id, after, limit)
+
+    async def batch_activity(self, batch_id: str) -> tuple[int, bool]:
+        return await self.engine.read(batches.activity, batch_id)
+
+    async def releasable(self, batch_id: str, limit: int) -> list[Job]:
+        return await self.engine.read(batches.releasable, batch_id, limit)
+
+    async def batch_dependencies(self, batch_id: str, index: int) -> list[Job]:
+        return await self.engine.read(batches.dependencies, batch_id, index)
+
+    async def failed_dependencies(
+        self, batch_id: str, among: Sequence[int] | None = None
+    ) -> list[tuple[int, str]]:
+        wanted = list(among) if among is not None else None
+        return await self.engine.read(batches.failed_dependencies, batch_id, wanted)
+
+    async def end_batch_items(
+        self,
+        batch_id: str,
+        from_states: Iterable[JobState],
+        to_state: JobState,
+        error: ErrorInfo,
+        *,
+        dependents_of: int | None = None,
+        limit: int = 1000,
+    ) -> int:
+        now = wall_now()
+        froms = list(from_states)
+        deliveries = self.policy.deliveries
+
+        def op(conn: sqlite3.Connection, write: Write) -> int:
+            ended = batches.end_items(conn, batch_id, froms, to_state, error, dependents_of,
+                                      limit, now, deliveries)
+            write.changed += ended
+            return len(ended)
+
+        return await self.engine.write(op)
+
+    async def update_batch(
+        self, batch_id: str, state: BatchState, **fields: Any
+    ) -> Batch | None:
+        fields["updated_at"] = wall_now()
+        return await self.engine.write(
+            lambda conn, write: batches.update(conn, batch_id, state, fields))
+
+    async def end_batch(
+        self, ended: Batch, deliveries: Sequence[WebhookDelivery]
+    ) -> Batch | None:
+        now = wall_now()
+        owed = list(deliveries)
+        return await self.engine.write(lambda conn, write: batches.end(conn, ended, owed, now))
+
+    async def rerun_batch(
+        self,
+        batch_id: str,
+        custom_ids: Sequence[str],
+        remake: Callable[[Job, Callable[[str], str | None]], Job],
+    ) -> tuple[Batch, int] | None:
+        now = wall_now()
+        names = list(custom_ids)
+        return await self.engine.write(
+            lambda conn, write: batches.rerun(conn, batch_id, names, remake, now))
+
+    async def rerun_plan(
+        self, batch_id: str, custom_ids: Sequence[str]
+    ) -> tuple[int, float, list[str]]:
+        return await self.engine.read(batches.rerun_plan, batch_id, list(custom_ids))
+
+    async def released_items(self, batch_id: str) -> list[Job]:
+        return await self.engine.read(batches.released, batch_id)
 
 
 @asynccontextmanager

@@ -47,6 +47,7 @@ blueprint = openai_blueprint("openai_videos", "/v1/videos")
 
 #: A job's state as a video's ``status``.
 STATUSES = {
+    JobState.WAITING: "queued",
     JobState.QUEUED: "queued",
     JobState.SUBMITTING: "queued",
     JobState.RESOLVING: "queued",
