@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors.batches.model import output_reference, parse_output_reference
+from actors.batches.model import output_ref
 from actors.jobs import Job, new_job_id
 from tests.conftest import EmbeddedDaemon
 from tests.simulators.base import Knobs, Simulator, serve_simulator
@@ -81,15 +81,6 @@ async def fed(easel: EmbeddedDaemon, model: str, image: str, **fields: Any) -> s
     return job.id
 
 
-def test_a_reference_names_a_job_and_an_output() -> None:
-    assert output_reference("gen_ab12", 3) == "easel:output/gen_ab12/3"
-    assert parse_output_reference("easel:output/gen_ab12/3") == ("gen_ab12", 3)
-    for bad in ("easel:output/gen_ab12", "easel:output//0", "easel:output/g/-1",
-                "easel:output/g/0/1", "easel:item/a", "easel:output/g/١"):
-        with pytest.raises(ValueError):
-            parse_output_reference(bad)
-
-
 async def test_the_video_provider_receives_the_images_stored_bytes(
     chain: tuple[EmbeddedDaemon, dict[str, Simulator]],
 ) -> None:
@@ -97,7 +88,7 @@ async def test_the_video_provider_receives_the_images_stored_bytes(
     image_id, stored = await an_image(easel)
     # "none": no steps, so the stored file goes as it is (checked, not re-encoded),
     # as bare base64: Kling's form.
-    await fed(easel, "kling-v2-1-master", output_reference(image_id, 0), preprocess="none")
+    await fed(easel, "kling-v2-1-master", output_ref(image_id, 0), preprocess="none")
     assert base64.b64decode(await received(sims["kling"])) == stored
 
 
@@ -106,7 +97,7 @@ async def test_a_url_only_provider_gets_the_stored_output_published(
 ) -> None:
     easel, sims = chain
     image_id, stored = await an_image(easel, "a blue plum")
-    await fed(easel, "pollo-v1-6", output_reference(image_id, 0), preprocess="none")
+    await fed(easel, "pollo-v1-6", output_ref(image_id, 0), preprocess="none")
     url = await received(sims["pollo"])
     assert url.startswith(f"{PUBLIC}/media/inputs/")
     served = await easel.client.get(url.removeprefix(PUBLIC))
@@ -142,7 +133,7 @@ async def test_a_client_cannot_send_a_reference(
     easel, sims = chain
     image_id, _ = await an_image(easel)
     response = await easel.submit({"modelIdentifier": "kling-v2-1-master", "prompt": "p",
-                                   "input_images": [output_reference(image_id, 0)]})
+                                   "input_images": [output_ref(image_id, 0)]})
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "INVALID_PARAMETERS"

@@ -216,23 +216,3 @@ def item_status(job: Job) -> str:
         return "WAITING"
     return job.state.status
 
-
-#: How a released item's input image names a stored output of the item it depends
-#: on (the batch actor writes it in place of ``{"fromItem": ..., "output": n}``);
-#: a client can never send one (``actors/validation.py`` takes only http(s) and
-#: ``data:`` images), and the provider's input preparer reads it from storage.
-OUTPUT_REFERENCE = "easel:output/"
-
-
-def output_reference(job_id: str, index: int) -> str:
-    """The input image that stands for output ``index`` of job ``job_id``."""
-    return f"{OUTPUT_REFERENCE}{job_id}/{index}"
-
-
-def parse_output_reference(image: str) -> tuple[str, int]:
-    """``(job_id, index)`` of an ``output_reference``; ``ValueError`` for anything else."""
-    job_id, _, index = image.removeprefix(OUTPUT_REFERENCE).partition("/")
-    if (not image.startswith(OUTPUT_REFERENCE) or not job_id or "/" in index
-            or not index.isascii() or not index.isdigit()):
-        raise ValueError(f"not a stored output's reference: {image[:80]!r}")
-    return job_id, int(index)

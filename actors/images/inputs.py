@@ -40,7 +40,7 @@ import attrs
 import cattrs
 import trio
 
-from actors.batches.model import parse_output_reference
+from actors.batches.model import parse_output_ref
 from actors.conversion import Invalid
 from actors.errors import EaselError, ErrorCode
 from actors.fetch import Fetcher
@@ -158,10 +158,10 @@ class InputPreparer:
 
     async def _stored(self, image: str) -> StoredOutput:
         """The stored output ``image`` names (``ImageRefused`` when there is none)."""
-        try:
-            job_id, index = parse_output_reference(image)
-        except ValueError:
-            raise ImageRefused("is not an image Easel can read") from None
+        reference = parse_output_ref(image)
+        if reference is None:  # a placeholder never rewritten, or a foreign scheme
+            raise ImageRefused("is not an image Easel can read")
+        job_id, index = reference
         if self._outputs is None:
             raise ImageRefused("is a stored output, and none can be read here")
         try:
