@@ -8,6 +8,7 @@
     easel events [--json] ID
     easel jobs [--status S] [--model M] [--provider P] [--user-id U]
                [--created-after T] [--created-before T] [--limit N] [--cursor C] [--json]
+    easel batch submit FILE [--wait] [--json] [options] | status | cancel | retry | results ID
     easel keys create --name NAME [--scope submit,read,admin] [limits] [--json]
     easel keys list [--json]
     easel keys revoke [--json] ID
@@ -52,7 +53,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
 
 import attrs
@@ -215,11 +216,36 @@ class Daemon:
         try:
             response = self.client.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            # Refused, no such socket, a timeout connecting or reading, a broken
-            # connection: whichever, no answer came from the daemon.
-            raise CommandFailed(EXIT_UNREACHABLE, "UNREACHABLE",
-                                f"cannot reach the daemon at {self.where}: "
-                                f"{exc or type(exc).__name__}") from None
+            raise self._unreachable(exc) from None
+        body = self._checked(response)
+        if not isinstance(body, dict):
+            raise CommandFailed(EXIT_FAILED, "INVALID_ANSWER",
+                                f"the daemon at {self.where} answered {response.text[:200]!r}")
+        return body
+
+    def stream(self, method: str, path: str, out: BinaryIO) -> None:
+        """Copy the answer's body to ``out`` as it arrives (errors as ``call``)."""
+        try:
+            with self.client.stream(method, path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._checked(response)
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    out.flush()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: httpx.TransportError) -> CommandFailed:
+        # Refused, no such socket, a timeout connecting or reading, a broken
+        # connection: whichever, no answer came from the daemon.
+        return CommandFailed(EXIT_UNREACHABLE, "UNREACHABLE",
+                             f"cannot reach the daemon at {self.where}: "
+                             f"{exc or type(exc).__name__}")
+
+    @staticmethod
+    def _checked(response: httpx.Response) -> Any:
+        """The answer's JSON (None if it is none), or CommandFailed for an error."""
         try:
             body = response.json()
         except ValueError:
@@ -231,9 +257,6 @@ class Daemon:
             message = " ".join(str(error.get("message") or response.reason_phrase).split())
             raise CommandFailed(EXIT_FAILED, str(error.get("code") or response.status_code),
                                 message)
-        if not isinstance(body, dict):
-            raise CommandFailed(EXIT_FAILED, "INVALID_ANSWER",
-                                f"the daemon at {self.where} answered {response.text[:200]!r}")
         return body
 
 
@@ -266,12 +289,20 @@ def _ended_badly(job: dict[str, Any]) -> CommandFailed:
                          f"job {job['id']} {job['status']}: {error.get('message')}")
 
 
-def _submit(args: argparse.Namespace) -> int:
+def wait_timeout(args: argparse.Namespace, command: str) -> float:
+    """``--timeout`` (which bounds ``--wait``) in seconds; SystemExit(2) after saying
+    what is wrong with it."""
     if args.timeout is not None and not args.wait:
-        return _fail(["--timeout bounds --wait; give both or neither"], "submit")
-    timeout = DEFAULT_WAIT_TIMEOUT if args.timeout is None else args.timeout
+        raise SystemExit(_fail(["--timeout bounds --wait; give both or neither"], command))
+    timeout: float = DEFAULT_WAIT_TIMEOUT if args.timeout is None else args.timeout
     if not timeout > 0:
-        return _fail([f"--timeout must be more than 0 seconds, got {timeout:g}"], "submit")
+        raise SystemExit(_fail([f"--timeout must be more than 0 seconds, got {timeout:g}"],
+                               command))
+    return timeout
+
+
+def _submit(args: argparse.Namespace) -> int:
+    timeout = wait_timeout(args, "submit")
     with _daemon(args) as daemon:
         job = daemon.call("POST", "/api/external/generation",
                           json={"modelIdentifier": args.model, "prompt": args.prompt,
@@ -404,8 +435,9 @@ def parser() -> argparse.ArgumentParser:
                                 epilog=EXIT_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_: str, json_help: str | None = None) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=help_, description=help_, epilog=EXIT_HELP)
+    def add(name: str, help_: str, json_help: str | None = None,
+            under: Any = None) -> argparse.ArgumentParser:
+        cmd = (under or sub).add_parser(name, help=help_, description=help_, epilog=EXIT_HELP)
         cmd.add_argument(
             "--config", metavar="FILE",
             help="TOML file merged over the shipped defaults (default: "
@@ -415,9 +447,10 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--json", action="store_true", help=json_help)
         return cmd
 
-    def client(name: str, help_: str, json_help: str) -> argparse.ArgumentParser:
-        """A command that talks to a running daemon."""
-        cmd = add(name, help_, json_help)
+    def client(name: str, help_: str, json_help: str | None,
+               under: Any = None) -> argparse.ArgumentParser:
+        """A command that talks to a running daemon (``under``: a group's subparsers)."""
+        cmd = add(name, help_, json_help, under)
         cmd.add_argument(
             "--url", type=_base_url, help="daemon base URL, e.g. http://127.0.0.1:8700 "
                           "(default: the first [daemon] bind of the config)",
@@ -475,6 +508,10 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--limit", type=int, metavar="N", help="jobs per page (1 to 100; default 20)")
     j.add_argument("--cursor", help="the page after the one that printed this cursor")
     j.set_defaults(func=_jobs)
+    from daemon import batch_command
+
+    batch_command.add_commands(
+        sub, lambda under, name, help_, json_help: client(name, help_, json_help, under))
     k = sub.add_parser("keys", help="create, list and revoke API keys",
                        description="create, list and revoke API keys (in the state "
                                    "directory's database; a running daemon sees the change)",

@@ -24,6 +24,7 @@ import attrs
 import cattrs
 
 from actors.alerts.settings import MonitoringSettings
+from actors.batches.requests import BatchLimits
 from actors.catalog import ModelSpec, check_fallbacks
 from actors.conversion import make_converter, problems_of
 from actors.finalizer import MediaSettings
@@ -128,6 +129,8 @@ class Config:
     preprocess: PreprocessSettings = attrs.field(factory=PreprocessSettings)
     #: ``[storage]``: where outputs are kept (actors/storage/).
     storage: StorageSettings = attrs.field(factory=StorageSettings)
+    #: ``[batches]``: a batch's size and concurrency limits (actors/batches/requests.py).
+    batches: BatchLimits = attrs.field(factory=BatchLimits)
 
     @property
     def state_dir(self) -> Path:

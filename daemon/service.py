@@ -146,6 +146,7 @@ async def _serve(
                 auth_settings=config.auth,
                 read_timeout=config.daemon.read_timeout,
                 image_wait=config.openai_compat.image_wait,
+                batch_limits=config.batches,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(runtime.run)

@@ -3,6 +3,7 @@
 Families (each its own module, each a ``blueprint``):
 
 - ``generation``: submit, status (``?wait=``), events, cancel;
+- ``batches``: batches of generations (submit, estimate, status, results, cancel, retry);
 - ``provider_webhooks``: providers reporting finished tasks;
 - ``health``: health, detailed health, Prometheus metrics;
 - ``media``: stored outputs;
@@ -30,10 +31,12 @@ from pathlib import Path
 from quart import Blueprint
 from quart_trio import QuartTrio
 
+from actors.batches.requests import BatchLimits
 from actors.runtime import Runtime
 from daemon.api import (
     admin,
     auth,
+    batches,
     errors,
     generation,
     health,
@@ -54,6 +57,7 @@ __all__ = ["FAMILIES", "create_app"]
 #: The route families, registered in this order.
 FAMILIES: tuple[Blueprint, ...] = (
     generation.blueprint,
+    batches.blueprint,
     provider_webhooks.blueprint,
     health.blueprint,
     media.blueprint,
@@ -68,7 +72,8 @@ FAMILIES: tuple[Blueprint, ...] = (
 def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048_576,
                public_base_url: str = "", drain_retry_after: int = 30,
                auth_settings: AuthSettings | None = None,
-               read_timeout: float = 30.0, image_wait: float = 300.0) -> QuartTrio:
+               read_timeout: float = 30.0, image_wait: float = 300.0,
+               batch_limits: BatchLimits | None = None) -> QuartTrio:
     """The API app over ``runtime``, ready for hypercorn (or Quart's test client)."""
     app = QuartTrio("easel")
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
@@ -78,6 +83,7 @@ def create_app(runtime: Runtime, *, media_dir: Path, max_body_bytes: int = 1_048
     Services(runtime, media_dir, max_body_bytes, public_base_url, drain_retry_after,
              started_at=time.time(), image_wait=image_wait).install(app)
     auth.install(app, auth_settings or AuthSettings())
+    batches.install(app, batch_limits or BatchLimits())
     errors.install(app)
     for family in FAMILIES:
         app.register_blueprint(family)

@@ -69,6 +69,12 @@ NEEDS: dict[str, Scope | Gate] = {
     "generation": Scope.READ,
     "generation.submit": Scope.SUBMIT,
     "generation.cancel": Scope.SUBMIT,
+    # Batches: reading is read; submitting, estimating, cancelling, retrying is submit.
+    "batches": Scope.READ,
+    "batches.submit": Scope.SUBMIT,
+    "batches.estimate_cost": Scope.SUBMIT,
+    "batches.cancel": Scope.SUBMIT,
+    "batches.retry": Scope.SUBMIT,
     "provider_webhooks": Gate.OPEN,
     "health": Scope.ADMIN,
     "health.health": Gate.OPEN,

@@ -25,7 +25,6 @@ from werkzeug.exceptions import HTTPException
 
 from actors.errors import EaselError, ErrorCode, ErrorInfo, http_status
 from actors.redaction import SECRETS
-from daemon.api.services import services
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,8 @@ async def _http_error(exc: HTTPException) -> Response:
     fallback = ErrorCode.INVALID_REQUEST if status < 500 else ErrorCode.INTERNAL_ERROR
     code = _HTTP_CODES.get(status, fallback)
     if status == 413:
-        message = f"request body is larger than {services().max_body_bytes} bytes"
+        # The route's own limit: a batch's is larger than the others'.
+        message = f"request body is larger than {request.max_content_length} bytes"
     elif status == 404:
         message = "no such path"
     elif status == 405:

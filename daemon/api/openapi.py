@@ -22,6 +22,7 @@ from typing import Any
 
 from quart import Blueprint, Response, current_app
 
+from actors.batches.model import MAX_CUSTOM_ID, BatchState
 from actors.catalog import MediaKind
 from actors.errors import ErrorCode, http_status
 from actors.jobs import JobState
@@ -215,6 +216,7 @@ def _schemas(catalog_kinds: dict[str, MediaKind], by_model: dict[str, str],
                            "input_reference": {"type": "string",
                                                "contentMediaType": "application/octet-stream"}},
         },
+        **_batch_schemas(),
         "Video": video,
         "VideoList": {"type": "object",
                       "required": ["object", "data", "first_id", "last_id", "has_more"],
@@ -340,6 +342,109 @@ def _paths() -> dict[str, Any]:
             "parameters": [_VIDEO_ID, _query("variant", {"enum": ["video"]}, "the video")],
             "responses": _responses({"200": {"description": "MP4",
                                              "content": {"video/mp4": binary}}}, True)}},
+        **_batch_paths(),
+    }
+
+
+_BATCH_ID = _path("batch_id", "a batch id (batch_...)")
+
+
+def _batch_paths() -> dict[str, Any]:
+    """The batch family (``daemon/api/batches.py``)."""
+    batch_body = {
+        "application/json": {"schema": {
+            "type": "object", "required": ["requests"],
+            "properties": {"requests": {"type": "array", "items": _ref("BatchRequestItem")},
+                           "options": _ref("BatchOptions"), "dryRun": {"type": "boolean"},
+                           "metadata": _OBJECT}}},
+        "application/x-ndjson": {"schema": {
+            "type": "string", "description": "one BatchRequestItem as JSON per line; the "
+                                             "options as query parameters"}},
+    }
+    option_query = [_query(name, schema, "a batch option (JSONL bodies)") for name, schema in (
+        ("parallel", {"type": "boolean"}), ("maxConcurrency", _INTEGER),
+        ("stopOnError", {"type": "boolean"}), ("priority", _INTEGER), ("notBefore", _STRING),
+        ("deadline", _STRING), ("webhookUrl", _STRING), ("itemWebhooks", {"type": "boolean"}),
+        ("dryRun", {"type": "boolean"}))]
+    batch = _json(_ref("Batch"), "the batch")
+    prefix = "/api/external/generation/batch"
+    return {
+        prefix: {"post": {
+            "summary": "Submit a batch (JSON or JSONL), checked and stored whole",
+            "parameters": option_query,
+            "requestBody": {"required": True, "content": batch_body},
+            "responses": _responses({
+                "202": _json(_ref("BatchAccepted"), "accepted, durably"),
+                "200": _json(_ref("BatchEstimate"), "dryRun: the estimate, nothing stored")})}},
+        f"{prefix}/estimate": {"post": {
+            "summary": "Estimate a batch's cost from the catalog's prices",
+            "parameters": option_query,
+            "requestBody": {"required": True, "content": batch_body},
+            "responses": _responses({"200": _json(_ref("BatchEstimate"), "the estimate")})}},
+        f"{prefix}/{{batch_id}}": {"get": {
+            "summary": "A batch: its state, counts and a page of its tasks",
+            "parameters": [_BATCH_ID,
+                           _query("after", _INTEGER, "the index after which tasks are listed"),
+                           _query("limit", {"type": "integer", "minimum": 1,
+                                            "maximum": listing.MAX_LIMIT}, "tasks a page")],
+            "responses": _responses({"200": batch})}},
+        f"{prefix}/{{batch_id}}/results": {"get": {
+            "summary": "The finished items as JSONL, in completion order",
+            "parameters": [_BATCH_ID],
+            "responses": _responses({"200": {
+                "description": "one {custom_id, job_id, status, results, error} per line",
+                "content": {"application/x-ndjson": {"schema": _STRING}}}})}},
+        f"{prefix}/{{batch_id}}/cancel": {"post": {
+            "summary": "Cancel a batch: items not started are cancelled",
+            "parameters": [_BATCH_ID], "responses": _responses({"200": batch})}},
+        f"{prefix}/{{batch_id}}/retry": {"post": {
+            "summary": "Run a batch's failed, expired and upstream-failed items again",
+            "parameters": [_BATCH_ID],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"items": {"type": "array",
+                                                           "items": _STRING}}}}}},
+            "responses": _responses({"200": batch})}},
+    }
+
+
+def _batch_schemas() -> dict[str, Any]:
+    item = {"type": "object",
+            "description": "A SubmissionRequest plus custom_id and dependsOn; an input_images "
+                           "entry may be {fromItem, output}.",
+            "allOf": [_ref("SubmissionRequest")],
+            "properties": {"custom_id": {"type": "string", "maxLength": MAX_CUSTOM_ID},
+                           "dependsOn": {"type": "array", "items": _STRING}}}
+    options = {"type": "object", "properties": {
+        "parallel": {"type": "boolean", "default": True},
+        "maxConcurrency": {"type": "integer", "minimum": 1, "default": 3},
+        "stopOnError": {"type": "boolean", "default": False},
+        "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
+        "notBefore": {"description": "ISO 8601 with a zone, or Unix seconds"},
+        "deadline": {"description": "ISO 8601 with a zone, or Unix seconds"},
+        "webhookUrl": _nullable(_STRING), "itemWebhooks": {"type": "boolean"}}}
+    task = {"type": "object", "properties": {"id": _STRING, "customId": _STRING,
+                                             "status": _STRING}}
+    cost = {"type": "object", "properties": {
+        "totalTasks": _INTEGER, "estimatedCost": _NUMBER, "byModel": _OBJECT,
+        "unpricedModels": {"type": "array", "items": _STRING},
+        "tasks": {"type": "array", "items": _OBJECT}}}
+    return {
+        "BatchRequestItem": item,
+        "BatchOptions": options,
+        "BatchAccepted": {"type": "object",
+                          "required": ["batchId", "totalTasks", "status", "tasks"],
+                          "properties": {"batchId": _STRING, "totalTasks": _INTEGER,
+                                         "status": {"enum": [s.value for s in BatchState]},
+                                         "estimatedCost": _NUMBER,
+                                         "tasks": {"type": "array", "items": task}}},
+        "BatchEstimate": cost,
+        "Batch": {"type": "object", "required": ["batchId", "status", "totalTasks"],
+                  "properties": {"batchId": _STRING,
+                                 "status": {"enum": [s.value for s in BatchState]},
+                                 "totalTasks": _INTEGER, "completedTasks": _INTEGER,
+                                 "failedTasks": _INTEGER, "progress": _NUMBER,
+                                 "tasks": {"type": "array", "items": _OBJECT},
+                                 "nextAfter": _nullable(_INTEGER)}},
     }
 
 
