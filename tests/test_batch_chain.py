@@ -1,11 +1,12 @@
 """A job's stored output as a later job's input image: the image -> video chain.
 
-A batch item that takes its dependency's output is released with
-``easel:output/<job_id>/<n>`` in its ``input_images``; the provider's input
-preparer reads that output from storage and sends it in the provider's form.
-Here the reference is put on a job directly (as the batch actor does) and the
-video provider's simulator shows what arrived: the image's stored bytes, exactly.
-A client can never send such a reference itself.
+A batch item that takes its dependency's output (``{"fromItem": ..., "output":
+0}``) is released with ``easel:output/<job_id>/<n>`` in its ``input_images``; the
+provider's input preparer reads that output from storage and sends it in the
+provider's form. The chain runs through the batch API; the failure cases put the
+reference on a job directly (as the batch actor does). The video provider's
+simulator shows what arrived: the image's stored bytes, exactly. A client can
+never send such a reference itself.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -25,6 +27,7 @@ from tests.simulators.kling import KlingSimulator
 from tests.simulators.pollo import PolloSimulator
 
 POLLO_KEY = "sim-key"
+BATCH = "/api/external/generation/batch"
 PUBLIC = "https://easel.example"
 
 
@@ -49,6 +52,9 @@ secret_key = "sk"
 [providers.pollo]
 base_url = "{url['pollo']}/api/platform"
 api_key = "{POLLO_KEY}"
+
+[models.kling-v2-1-master]
+polling = {{ strategy = "fixed", interval = 0.05 }}
 """, daemon_toml=f'public_base_url = "{PUBLIC}"')
     return easel, sims
 
@@ -79,6 +85,37 @@ async def fed(easel: EmbeddedDaemon, model: str, image: str, **fields: Any) -> s
         provider_model=spec.provider_model, prompt="make it move", input_images=[image],
         **fields))
     return job.id
+
+
+async def test_an_image_then_a_video_of_it_as_one_batch(
+    chain: tuple[EmbeddedDaemon, dict[str, Simulator]],
+) -> None:
+    easel, sims = chain
+    sims["kling"].knobs = attrs.evolve(sims["kling"].knobs, duration=0.2)
+    response = await easel.client.post(BATCH, json={"requests": [
+        {"custom_id": "move", "modelIdentifier": "kling-v2-1-master", "prompt": "make it move",
+         "input_images": [{"fromItem": "still", "output": 0}], "preprocess": "none"},
+        {"custom_id": "still", "modelIdentifier": "sandbox-image", "prompt": "a green pear"},
+    ]})
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["batchId"]
+    with trio.fail_after(30):
+        while (batch := (await easel.client.get(f"{BATCH}/{batch_id}")).json())[
+                "status"] == "PROCESSING":
+            await trio.sleep(0.05)
+    assert batch["status"] == "COMPLETED", batch
+    tasks = {task["customId"]: task for task in batch["tasks"]}
+    # In completion order: the video waited for its image.
+    finished, _ = await easel.runtime.batches.finished(batch_id, None)
+    assert [job.custom_id for job in finished] == ["still", "move"]
+    still = tasks["still"]["id"]
+    [stored] = (await easel.runtime.get_job(still)).results
+    image = (easel.state_dir / "media" / stored["key"]).read_bytes()
+    # Kling received the image as stored, to the byte (bare base64, its form).
+    assert base64.b64decode(await received(sims["kling"])) == image
+    video = await easel.runtime.get_job(tasks["move"]["id"])
+    assert video.input_images == [output_ref(still, 0)]
+    assert tasks["move"]["results"][0]["type"] == "video"
 
 
 async def test_the_video_provider_receives_the_images_stored_bytes(
