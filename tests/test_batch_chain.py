@@ -67,6 +67,15 @@ async def received(sim: Simulator) -> str:
     return value
 
 
+async def batch_end(easel: EmbeddedDaemon, batch_id: str, seconds: float = 60) -> dict[str, Any]:
+    """The batch (``GET .../batch/{id}``) once it is no longer PROCESSING."""
+    with trio.fail_after(seconds):
+        while (batch := (await easel.client.get(f"{BATCH}/{batch_id}")).json())[
+                "status"] == "PROCESSING":
+            await trio.sleep(0.05)
+    return batch  # type: ignore[no-any-return]
+
+
 async def an_image(easel: EmbeddedDaemon, prompt: str = "a red pear") -> tuple[str, bytes]:
     """A sandbox image made through the API: its job id and its stored bytes."""
     response = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": prompt})
@@ -99,10 +108,7 @@ async def test_an_image_then_a_video_of_it_as_one_batch(
     ]})
     assert response.status_code == 202, response.text
     batch_id = response.json()["batchId"]
-    with trio.fail_after(30):
-        while (batch := (await easel.client.get(f"{BATCH}/{batch_id}")).json())[
-                "status"] == "PROCESSING":
-            await trio.sleep(0.05)
+    batch = await batch_end(easel, batch_id)
     assert batch["status"] == "COMPLETED", batch
     tasks = {task["customId"]: task for task in batch["tasks"]}
     # In completion order: the video waited for its image.

@@ -16,7 +16,7 @@ import trio
 
 from actors.breaker import CircuitState
 from actors.catalog import MediaKind, ModelSpec, check_fallbacks, later_models, sections_of
-from actors.jobs import Job, JobState, new_job_id
+from actors.jobs import Job, JobState
 from actors.messages import CircuitChanged
 from actors.routing import Router
 from tests.conftest import EmbeddedDaemon, free_port
@@ -177,15 +177,13 @@ kind = "video"
 
 
 async def batch_items(easel: EmbeddedDaemon, count: int) -> list[str]:
-    """``count`` items of one batch for ``clip``, queued as the batch actor
-    releases them."""
-    ids = []
-    for index in range(count):
-        job, _ = await easel.runtime.submit(Job(
-            id=new_job_id(), model="clip", provider="sandbox", provider_model="sandbox-video",
-            prompt=f"a kite {index}", batch_id="batch_spread"))
-        ids.append(job.id)
-    return ids
+    """A batch of ``count`` items for ``clip``, all released at once; their ids."""
+    response = await easel.client.post("/api/external/generation/batch", json={
+        "requests": [{"modelIdentifier": "clip", "prompt": f"a kite {i}"} for i in range(count)],
+        "options": {"maxConcurrency": count},
+    })
+    assert response.status_code == 202, response.text
+    return [task["id"] for task in response.json()["tasks"]]
 
 
 async def sections(easel: EmbeddedDaemon, ids: list[str]) -> dict[str, int]:
