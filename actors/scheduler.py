@@ -26,10 +26,11 @@ messages carry are read for their key and let go.
 
 Routing is decided here and only here, by ``actors/routing.py``: a new batch item
 (``Enqueue`` of a job with ``batch_id``) whose model several sections offer is
-queued on the one with the most free capacity (credit minus queued) and a
-closed circuit, moved there in the store first; while a provider's circuit is open, each of its queued jobs that has a fallback on a closed circuit is
-moved there and the others are held (one ``circuit`` event each, never failed for
-it); an ``Unaccepted`` job moves to its fallback or fails with its error.
+queued on the one with the most free capacity (credit minus queued) and a closed
+circuit, moved there in the store first; while a provider's circuit is open, each
+of its queued jobs that has a fallback on a closed circuit is moved there and the
+others are held (one ``circuit`` event each, never failed for it); an
+``Unaccepted`` job moves to its fallback or fails with its error.
 """
 
 from __future__ import annotations

@@ -170,6 +170,20 @@ async def test_an_output_that_is_not_stored_fails_the_job_saying_why(
     assert not sims["kling"].received_images
 
 
+async def test_storage_that_does_not_answer_fails_the_job_as_retryable(
+    chain: tuple[EmbeddedDaemon, dict[str, Simulator]],
+) -> None:
+    easel, sims = chain
+    image_id, _ = await an_image(easel)
+    media = easel.state_dir / "media"
+    media.rename(media.with_name("media.away"))
+    media.write_bytes(b"not a directory")  # every read under it fails
+    job = await easel.wait(await fed(easel, "kling-v2-1-master", output_ref(image_id, 0)))
+    assert job["error"]["code"] == "STORAGE_ERROR" and job["error"]["isRetryable"] is True
+    assert job["error"]["message"] == "input_images[0]: the storage backend did not answer"
+    assert not sims["kling"].received_images
+
+
 async def test_a_client_cannot_send_a_reference(
     chain: tuple[EmbeddedDaemon, dict[str, Simulator]],
 ) -> None:

@@ -17,8 +17,10 @@ after building the request and before spending a token on it). For each image:
   and ``data:`` images) is read from storage (``actors/storage/outputs.py``)
   and goes the way a ``data:`` image does, checked even without steps; an output
   the provider kept at its own URL goes the way a client's URL does. One that is
-  not stored fails the job (INVALID_PARAMETERS, saying why); one the storage
-  backend cannot give now fails it as retryable (STORAGE_ERROR).
+  not stored fails the job (INVALID_PARAMETERS, saying why).
+
+A storage backend that does not answer (reading a stored output, publishing to
+the bucket) fails the job as retryable (STORAGE_ERROR): nothing was sent.
 
 For a provider that takes only URLs, Easel publishes the prepared image
 (``actors/images/publish.py``); where it cannot (no public base URL), a client's
@@ -126,10 +128,10 @@ class InputPreparer:
                     f"{name}: {self.provider} takes input images only as URLs, and {exc}",
                     {"image": name, "provider": self.provider}, retryable=False, sent=False,
                 ) from None
-            except StorageError as exc:
-                log.warning("%s not read from storage: %s", name, exc)
+            except StorageError as exc:  # reading a stored output, or publishing to s3
+                log.warning("%s: storage failed: %s", name, exc)
                 raise EaselError(
-                    ErrorCode.STORAGE_ERROR, f"{name}: the stored output could not be read now",
+                    ErrorCode.STORAGE_ERROR, f"{name}: the storage backend did not answer",
                     {"image": name, "provider": self.provider}, retryable=True, sent=False,
                 ) from None
         return attrs.evolve(request, input_images=tuple(prepared))
