@@ -103,9 +103,6 @@ class BatchActor:
         self._dirty: dict[str, None] = {}
         self._wake = trio.Event()
 
-    def statistics(self) -> dict[str, int]:
-        return {"open": len(self._open)}
-
     # -- the actor -------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -247,10 +244,11 @@ class BatchActor:
         released, waiting = await self._store.batch_activity(batch_id)
         free = options.concurrency - released
         while free > 0 and waiting:
-            page = await self._store.releasable(batch_id, min(free, RELEASE_PAGE))
+            wanted = min(free, RELEASE_PAGE)
+            page = await self._store.releasable(batch_id, wanted)
             for job in page:
                 free -= await self._release_one(job)
-            if len(page) < min(free, RELEASE_PAGE) or not page:
+            if len(page) < wanted:
                 break
 
     async def _release_one(self, job: Job) -> int:

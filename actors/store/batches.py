@@ -19,6 +19,7 @@ Functions of a ``sqlite3.Connection``, run on the store's worker threads.
 from __future__ import annotations
 
 import json
+import operator
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,10 +39,10 @@ _BATCH_COLUMNS = ("id", "owner", "state", "options", "total", "repairs", "estima
 _ITEM_COLUMNS = tuple(name for name in jobs.COLUMNS if name != "seq")
 _INSERT_ITEMS = (f"INSERT INTO generation_requests ({', '.join(_ITEM_COLUMNS)})"
                  f" VALUES ({', '.join('?' for _ in _ITEM_COLUMNS)})")
-#: The states of a released item that is not finished: it counts against the
-#: batch's concurrency.
-RELEASED = (JobState.QUEUED, *sorted(AT_PROVIDER))
-_RELEASED_IN = ", ".join(f"'{state.value}'" for state in RELEASED)
+#: A released item that is not finished (it counts against the batch's
+#: concurrency): the condition of ``generation_requests_batch_open``, word for
+#: word, so SQLite reads that index.
+RELEASED = "state IN ('QUEUED', 'SUBMITTING', 'RESOLVING', 'RUNNING', 'FINALIZING')"
 
 
 def _to_row(batch: Batch) -> tuple[Any, ...]:
@@ -71,9 +72,24 @@ def open_ids(conn: sqlite3.Connection) -> list[str]:
         "SELECT id FROM generation_batches WHERE state='PROCESSING' ORDER BY created_at")]
 
 
+_values = operator.attrgetter(*_ITEM_COLUMNS)
+#: The columns whose value is encoded (JSON, the state, the error), by position.
+_ENCODED = [(i, name) for i, name in enumerate(_ITEM_COLUMNS)
+            if name in jobs.JSON_COLUMNS or name in ("state", "error")]
+
+
 def _item_rows(items: Sequence[Job]) -> list[list[Any]]:
+    """Each item's values, in ``_ITEM_COLUMNS`` order, as their columns hold them:
+    read in one C call per item, and only the encoded ones touched (10,000 items
+    in a fraction of the time ``jobs.encode`` per column would take)."""
     encode = jobs.encode
-    return [[encode(name, getattr(job, name)) for name in _ITEM_COLUMNS] for job in items]
+    rows = []
+    for job in items:
+        row = list(_values(job))
+        for i, name in _ENCODED:
+            row[i] = encode(name, row[i])
+        rows.append(row)
+    return rows
 
 
 def insert(conn: sqlite3.Connection, batch: Batch, items: Sequence[Job]) -> Batch:
@@ -140,11 +156,11 @@ def activity(conn: sqlite3.Connection, batch_id: str) -> tuple[int, bool]:
     """``(released, waiting)``: how many items are released and not finished (the
     batch's concurrency in use), and whether any is WAITING."""
     released = conn.execute(
-        f"SELECT COUNT(*) FROM generation_requests WHERE batch_id=? AND state IN"
-        f" ({_RELEASED_IN}) AND {jobs.UNFINISHED}", (batch_id,)).fetchone()[0]
+        f"SELECT COUNT(*) FROM generation_requests WHERE batch_id=? AND {RELEASED}",
+        (batch_id,)).fetchone()[0]
     waiting = conn.execute(
-        f"SELECT 1 FROM generation_requests WHERE batch_id=? AND state='WAITING'"
-        f" AND {jobs.UNFINISHED} LIMIT 1", (batch_id,)).fetchone() is not None
+        "SELECT 1 FROM generation_requests WHERE batch_id=? AND state='WAITING' LIMIT 1",
+        (batch_id,)).fetchone() is not None
     return released, waiting
 
 
@@ -211,21 +227,27 @@ def end_items(
     deliveries: Callable[[Job], Sequence[Delivery]],
 ) -> list[Job]:
     """End up to ``limit`` of the batch's current items in ``from_states`` (only
-    the dependents of item ``dependents_of`` when it is set), lowest index first,
-    with ``to_state`` and ``error``, each with its ``state`` event and the webhooks
+    the dependents of item ``dependents_of`` when it is set; read from the index of
+    each state, in no particular order), with ``to_state`` and ``error``, each with its ``state`` event and the webhooks
     it owes; the jobs as committed."""
-    marks = ", ".join("?" for _ in from_states)
-    chosen = (f"SELECT id FROM generation_requests WHERE batch_id=? AND state IN ({marks})"
-              f" AND {jobs.UNFINISHED}")
-    args: list[Any] = [batch_id, *(state.value for state in from_states)]
-    if dependents_of is not None:
-        chosen += " AND batch_index IN (SELECT item FROM batch_edges WHERE batch_id=? AND dep=?)"
-        args += [batch_id, dependents_of]
-    sql = ("UPDATE generation_requests SET state=?, error=?, completed_at=?, updated_at=?,"
-           f" next_poll_at=NULL WHERE id IN ({chosen} ORDER BY batch_index LIMIT ?) RETURNING *")
-    args = [to_state.value, jobs.encode("error", error), now, now, *args, limit]
-    ended = [jobs.from_row(r) for r in conn.execute(sql, args).fetchall()]
-    ended.sort(key=lambda job: job.batch_index or 0)
+    ended: list[Job] = []
+    for state in from_states:  # one state at a time: each is read from an index
+        if len(ended) >= limit:
+            break
+        which = "state='WAITING'" if state is JobState.WAITING else f"{RELEASED} AND state=?"
+        chosen = f"SELECT id FROM generation_requests WHERE batch_id=? AND {which}"
+        args: list[Any] = [batch_id] if state is JobState.WAITING else [batch_id, state.value]
+        if dependents_of is not None:
+            chosen += (" AND batch_index IN"
+                       " (SELECT item FROM batch_edges WHERE batch_id=? AND dep=?)")
+            args += [batch_id, dependents_of]
+        sql = ("UPDATE generation_requests SET state=?, error=?, completed_at=?, updated_at=?,"
+               f" next_poll_at=NULL WHERE id IN ({chosen} LIMIT ?)"
+               " RETURNING *")
+        args = [to_state.value, jobs.encode("error", error), now, now, *args,
+                limit - len(ended)]
+        ended += sorted((jobs.from_row(r) for r in conn.execute(sql, args).fetchall()),
+                        key=lambda job: job.batch_index or 0)
     event = json.dumps({"state": to_state.value, "by": "batch", "code": error.code.value})
     conn.executemany("INSERT INTO job_events (job_id, at, kind, data) VALUES (?, ?, 'state', ?)",
                      [(job.id, now, event) for job in ended])
@@ -247,9 +269,8 @@ def update(conn: sqlite3.Connection, batch_id: str, state: BatchState,
 
 
 def has_open_items(conn: sqlite3.Connection, batch_id: str) -> bool:
-    return conn.execute(
-        f"SELECT 1 FROM generation_requests WHERE batch_id=? AND {jobs.UNFINISHED} LIMIT 1",
-        (batch_id,)).fetchone() is not None
+    released, waiting = activity(conn, batch_id)
+    return bool(released or waiting)
 
 
 def end(conn: sqlite3.Connection, ended: Batch, deliveries: Sequence[Delivery],
@@ -343,5 +364,5 @@ def rerun_plan(conn: sqlite3.Connection, batch_id: str,
 def released(conn: sqlite3.Connection, batch_id: str) -> list[Job]:
     """The batch's items QUEUED or at a provider, by index."""
     return [jobs.from_row(r) for r in conn.execute(
-        f"SELECT * FROM generation_requests WHERE batch_id=? AND state IN ({_RELEASED_IN})"
-        f" AND {jobs.UNFINISHED} ORDER BY batch_index", (batch_id,))]
+        f"SELECT * FROM generation_requests WHERE batch_id=? AND {RELEASED}"
+        " ORDER BY batch_index", (batch_id,))]

@@ -14,7 +14,7 @@ from actors.keys import ApiKey, KeyLimits, Scope
 _LIMITS = ("rate", "burst", "max_active_jobs", "daily_spend")
 #: Word for word the condition of the partial index ``generation_requests_active``,
 #: so SQLite counts on that index.
-_UNFINISHED = "state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')"
+_UNFINISHED = "state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'WAITING')"
 
 
 def _from_row(row: sqlite3.Row) -> ApiKey:
@@ -62,13 +62,14 @@ def unfinished_by_owner(conn: sqlite3.Connection) -> dict[str | None, int]:
 
     Two index-only counts: every unfinished job on the partial index of active jobs,
     and those with an owner on the owner index; the difference is the ownerless. A
-    batch item WAITING to be released is not counted: it is in no queue yet."""
+    batch item WAITING to be released is not counted (nor in that index): it is in
+    no queue yet."""
     total = conn.execute(f"SELECT COUNT(*) FROM generation_requests WHERE {_UNFINISHED}"
-                         " AND state!='WAITING'").fetchone()[0]
+                         ).fetchone()[0]
     owned = {
         row[0]: row[1] for row in conn.execute(
             "SELECT owner, COUNT(*) FROM generation_requests"
-            f" WHERE owner IS NOT NULL AND {_UNFINISHED} AND state!='WAITING' GROUP BY owner")
+            f" WHERE owner IS NOT NULL AND {_UNFINISHED} GROUP BY owner")
     }
     ownerless = total - sum(owned.values())
     return {**owned, None: ownerless} if ownerless else owned

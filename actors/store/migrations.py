@@ -224,8 +224,11 @@ MIGRATIONS: list[str] = [
     # released_at: when it left WAITING; replaced_by: the job that re-runs it
     # (retry), NULL on an item's current job. batch_edges: item -> dependency by
     # index, looked up both ways (a dependency's dependents; an item's
-    # dependencies). The last two indexes: a batch's open items by state (its
-    # concurrency), and its finished items in completion order (the results).
+    # dependencies). Then: a batch's released open items by state (its
+    # concurrency), its finished items in completion order (the results); and the
+    # three partial indexes over unfinished jobs made again without WAITING items
+    # (in no queue; a 50,000-item batch would grow each as it is inserted), their
+    # condition word for word jobs.UNFINISHED.
     """
     ALTER TABLE generation_requests ADD COLUMN custom_id TEXT;
     ALTER TABLE generation_requests ADD COLUMN batch_index INTEGER;
@@ -263,11 +266,22 @@ MIGRATIONS: list[str] = [
         ON generation_requests(batch_id, waiting_on, batch_index)
         WHERE state = 'WAITING';
     CREATE INDEX generation_requests_batch_open ON generation_requests(batch_id, state)
-        WHERE batch_id IS NOT NULL AND state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED');
+        WHERE batch_id IS NOT NULL
+        AND state IN ('QUEUED', 'SUBMITTING', 'RESOLVING', 'RUNNING', 'FINALIZING');
     CREATE INDEX generation_requests_batch_done
         ON generation_requests(batch_id, completed_at, seq)
         WHERE batch_id IS NOT NULL AND completed_at IS NOT NULL;
     DROP INDEX generation_requests_batch;
+    DROP INDEX generation_requests_active;
+    CREATE INDEX generation_requests_active
+        ON generation_requests(provider, state)
+        WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'WAITING');
+    DROP INDEX generation_requests_unfinished;
+    CREATE INDEX generation_requests_unfinished ON generation_requests(state, provider)
+        WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'WAITING');
+    DROP INDEX generation_requests_twins;
+    CREATE INDEX generation_requests_twins ON generation_requests(provider, request_hash)
+        WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'WAITING');
     """,
 ]
 

@@ -453,7 +453,7 @@ class Store(Protocol):
         limit: int = 1000,
     ) -> int:
         """End up to ``limit`` items in ``from_states`` (with ``dependents_of``:
-        only the dependents of that item), lowest index first, each as
+        only the dependents of that item), in no particular order, each as
         ``transition`` would (``to_state`` terminal, ``error``, ``completed_at``, a
         ``state`` event, the webhooks the policy owes, published in the change
         feed) in one transaction; how many."""
