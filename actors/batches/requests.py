@@ -36,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from actors.batches.model import MAX_CUSTOM_ID, MAX_ITEMS, BatchOptions
+from actors.batches.model import MAX_CUSTOM_ID, MAX_ITEMS, BatchOptions, item_ref
 from actors.catalog import ModelSpec
 from actors.conversion import type_name
 from actors.errors import EaselError, ErrorCode
@@ -45,6 +45,7 @@ from actors.jobs import Job, JobState
 from actors.parameters import fold_spellings
 from actors.targets import TargetRefused, split_target
 from actors.validation import (
+    MAX_PROMPT,
     MAX_URL,
     METADATA_BOUNDS,
     SubmissionRequest,
@@ -57,8 +58,6 @@ from actors.validation import (
 
 #: Faulty items listed in a refusal; the rest are counted (``details.moreItems``).
 MAX_REPORTED_ITEMS = 100
-#: The placeholder of an item's output, as stored in a dependent's ``input_images``.
-ITEM_OUTPUT = "easel:item/{custom_id}/{output}"
 _CUSTOM_ID = re.compile(r"[^\s/\x00-\x1f\x7f]{1,%d}" % MAX_CUSTOM_ID)
 #: What a ``fromItem`` entry stands as while its item is checked: an image of the
 #: kind the model's rules take (a URL, or an inline PNG for base64-only models).
@@ -330,14 +329,37 @@ def _stand_in(body: dict[str, Any], checks: Checks) -> str:
     return _STAND_IN_PNG if rules.base64_images else _STAND_IN_URL
 
 
-def _item(body: Any, index: int, checks: Checks,
-          refusal: _Refusal) -> tuple[Item | None, dict[int, tuple[str, int]]]:
+def _submission(request_body: dict[str, Any], checks: Checks,
+                shapes: dict[str, SubmissionRequest]) -> SubmissionRequest:
+    """``parse_submission`` of ``request_body``, or the same answer without it.
+
+    A batch's items mostly differ by their prompt alone (one model, the same
+    parameters). No check of a submission reads the prompt besides the prompt's
+    own (1 to MAX_PROMPT characters, not only whitespace), so an item whose other
+    fields are exactly those of an item already accepted (the same ``repr``: the
+    same keys, values and types) is that item's request with its own prompt. Any
+    other item, and any whose prompt is not plainly good, is checked in full, so
+    a refusal always reads as a single submission's would."""
+    prompt = request_body.get("prompt")
+    shape = repr([(key, value) for key, value in request_body.items() if key != "prompt"])
+    known = shapes.get(shape)
+    if known is not None and type(prompt) is str and prompt.strip() and len(prompt) <= MAX_PROMPT:
+        return attrs.evolve(known, prompt=prompt)
+    request = parse_submission(request_body, checks.catalog, checks.families,
+                               checks.unavailable, checks.preprocess)
+    shapes[shape] = request
+    return request
+
+
+def _item(body: Any, index: int, checks: Checks, refusal: _Refusal,
+          shapes: dict[str, SubmissionRequest]) -> tuple[Item | None, dict[int, tuple[str, int]]]:
     if not isinstance(body, dict):
         refusal.item(index, f"item-{index}",
                      [f"expected a request object, got {type_name(body)}"])
         return None, {}
     folded, problems = fold_spellings(body, _ITEM_FIELDS)
     request_body = {k: v for k, v in folded.items() if k not in _ITEM_FIELDS}
+    body_hash = request_hash(request_body)  # as submitted, fromItem entries included
     custom_id, problem = _custom_id(folded.get("custom_id"), index)
     problems += [problem] if problem else []
     depends = _references(folded.get("depends_on"), problems)
@@ -348,8 +370,11 @@ def _item(body: Any, index: int, checks: Checks,
             request_body[images_key], index, _stand_in(request_body, checks), problems)
     request: SubmissionRequest | None = None
     try:
-        request = parse_submission(request_body, checks.catalog, checks.families,
-                                   checks.unavailable, checks.preprocess)
+        if from_items or problems:
+            request = parse_submission(request_body, checks.catalog, checks.families,
+                                       checks.unavailable, checks.preprocess)
+        else:
+            request = _submission(request_body, checks, shapes)
     except EaselError as exc:
         problems += exc.info.details.get("problems") or [exc.info.message]
     if problems or request is None:
@@ -358,13 +383,13 @@ def _item(body: Any, index: int, checks: Checks,
     if from_items:
         images = list(request.input_images)
         for position, (source, output) in from_items.items():
-            images[position] = ITEM_OUTPUT.format(custom_id=source, output=output)
+            images[position] = item_ref(source, output)
         request = attrs.evolve(request, input_images=images)
         depends += [source for source, _ in from_items.values()]
     return Item(index=index, custom_id=custom_id, request=request,
                 depends_on=tuple(dict.fromkeys(depends)),
                 own_priority="priority" in request_body,
-                body_hash=request_hash(body)), from_items
+                body_hash=body_hash), from_items
 
 
 def _check_graph(items: list[Item], known: set[Any],
@@ -398,7 +423,10 @@ def _cycles(items: list[Item]) -> Iterator[list[str]]:
     path each. Kahn's algorithm forwards (drop items whose references are all
     dropped) then backwards (drop items nothing left waits for) leaves only items
     on a cycle or between two; each cycle is then found by following references."""
-    waits = {item.custom_id: set(item.depends_on) for item in items}
+    # An item that waits for nothing is on no cycle, nor is a reference to one.
+    waiting = {item.custom_id for item in items if item.depends_on}
+    waits = {item.custom_id: set(item.depends_on) & waiting for item in items
+             if item.depends_on}
     blocks: dict[str, list[str]] = {custom_id: [] for custom_id in waits}
     for custom_id, refs in waits.items():
         for ref in refs:
@@ -448,10 +476,11 @@ def _parse_items(bodies: list[Any], checks: Checks, refusal: _Refusal) -> list[I
     first: dict[str, int] = {}
     #: Every custom_id given, faulty items' too: a reference to one is no unknown.
     known: set[Any] = set()
+    shapes: dict[str, SubmissionRequest] = {}
     for index, body in enumerate(bodies):
         if body is _BROKEN:
             continue
-        item, from_items = _item(body, index, checks, refusal)
+        item, from_items = _item(body, index, checks, refusal, shapes)
         if item is None:
             if isinstance(body, dict):
                 known.add(body.get("custom_id", body.get("customId", f"item-{index}")))

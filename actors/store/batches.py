@@ -207,8 +207,10 @@ def failed_dependencies(
             f" WHERE e.batch_id=? AND e.dep IN ({marks}) ORDER BY e.dep",
             (batch_id, *among))]
     return [(r[0], r[1]) for r in conn.execute(
-        "SELECT DISTINCT e.dep, d.custom_id FROM generation_requests w"
-        " JOIN batch_edges e ON e.batch_id=w.batch_id AND e.item=w.batch_index"
+        # Edges first (CROSS JOIN fixes the order): from the WAITING items, SQLite
+        # joined every one with every failed item, quadratic in the batch's size.
+        "SELECT DISTINCT e.dep, d.custom_id FROM batch_edges e"
+        " CROSS JOIN generation_requests w ON e.batch_id=w.batch_id AND e.item=w.batch_index"
         " JOIN generation_requests d ON d.batch_id=e.batch_id AND d.batch_index=e.dep"
         " AND d.replaced_by IS NULL"
         " WHERE w.batch_id=? AND w.state='WAITING' AND d.state IN ('FAILED', 'CANCELLED')"
