@@ -215,4 +215,3 @@ def item_status(job: Job) -> str:
     if job.state.value == "WAITING":
         return "WAITING"
     return job.state.status
-
