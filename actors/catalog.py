@@ -2,9 +2,11 @@
 
 Each entry names the provider section that serves it, the provider-side model, what
 kind of media it makes, how long it usually takes and how long it may take, and how
-its running tasks are polled, and which models may serve its jobs when its
-provider cannot (``fallbacks``). ``config/models.toml`` ships the entries; an
-operator's own config may add or override them under ``[models.NAME]``.
+its running tasks are polled, which models may serve its jobs when its
+provider cannot (``fallbacks``), and which entries are the same model through
+other provider sections (``served_by``: a batch's items are spread over them by
+free capacity, ``actors/routing.py``). ``config/models.toml`` ships the entries;
+an operator's own config may add or override them under ``[models.NAME]``.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ class ModelSpec:
     #: order, when its provider's circuit is open or a submission provably never
     #: reached it (see ``ProviderActor`` and the scheduler).
     fallbacks: list[str] = attrs.field(factory=list)
+    #: Models (catalog names, same ``kind``, other provider sections) that are this
+    #: same model through another section: a batch item for this model is queued
+    #: on whichever of them has the most free capacity and a closed circuit. A
+    #: single submission stays on this model's own section.
+    served_by: list[str] = attrs.field(factory=list)
     #: The price, in the operator's own units (cents, credits), per ``cost_per``
     #: (``actors/pricing.py``): a key's ``daily_spend``, a batch's estimate and an
     #: experiment's spend add the jobs' prices up.
@@ -98,27 +105,54 @@ def fallback_chain(catalog: Mapping[str, ModelSpec], model: str) -> list[str]:
 
 
 def later_models(catalog: Mapping[str, ModelSpec], model: str, serving: str | None) -> list[str]:
-    """The models after ``serving`` (default: ``model``) in ``model``'s chain."""
+    """The models after ``serving`` (default: ``model``) in ``model``'s chain. A job
+    spread to one of ``model``'s ``served_by`` is where ``model`` is in it."""
     chain = fallback_chain(catalog, model)
     current = serving or model
+    if current not in chain and current in sections_of(catalog, model):
+        current = model
     if current not in chain:
         return []
     return chain[chain.index(current) + 1:]
 
 
+def sections_of(catalog: Mapping[str, ModelSpec], model: str) -> list[str]:
+    """``model`` followed by its usable ``served_by``: the same model through each
+    section that offers it here. Entries missing from ``catalog`` (unknown, or on
+    a disabled provider), of another kind, or on ``model``'s own section are
+    skipped here; configuration checking reports them."""
+    spec = catalog.get(model)
+    if spec is None:
+        return [model]
+    found = [model]
+    providers = {spec.provider}
+    for name in spec.served_by:
+        other = catalog.get(name)
+        if other is not None and other.kind is spec.kind and other.provider not in providers:
+            found.append(name)
+            providers.add(other.provider)
+    return found
+
+
 def check_fallbacks(catalog: Mapping[str, ModelSpec]) -> list[str]:
-    """Problems with the catalog's ``fallbacks``, each with its key path."""
+    """Problems with the catalog's ``fallbacks`` and ``served_by``, each with its
+    key path."""
     problems = []
     for name, spec in catalog.items():
-        for i, other in enumerate(spec.fallbacks):
-            path = f"models.{name}.fallbacks[{i}]"
-            if other == name:
-                problems.append(f"{path}: a model cannot be its own fallback")
-            elif other not in catalog:
-                problems.append(f"{path}: no model {other!r} in the catalog")
-            elif catalog[other].kind is not spec.kind:
-                problems.append(
-                    f"{path}: {other!r} makes {catalog[other].kind.value}, "
-                    f"not {spec.kind.value}"
-                )
+        for field, others, role in (("fallbacks", spec.fallbacks, "its own fallback"),
+                                    ("served_by", spec.served_by, "served by itself")):
+            for i, other in enumerate(others):
+                path = f"models.{name}.{field}[{i}]"
+                if other == name:
+                    problems.append(f"{path}: a model cannot be {role}")
+                elif other not in catalog:
+                    problems.append(f"{path}: no model {other!r} in the catalog")
+                elif catalog[other].kind is not spec.kind:
+                    problems.append(
+                        f"{path}: {other!r} makes {catalog[other].kind.value}, "
+                        f"not {spec.kind.value}"
+                    )
+                elif field == "served_by" and catalog[other].provider == spec.provider:
+                    problems.append(f"{path}: {other!r} is on the same provider section "
+                                    f"({spec.provider}); name the model through another")
     return problems

@@ -58,6 +58,7 @@ from actors.quotas import Quotas, QuotaSettings
 from actors.routing import Router
 from actors.scheduler import Scheduler
 from actors.storage import ResultLinks, StorageError, StorageSettings, open_storage
+from actors.storage.outputs import StoredOutputs
 from actors.store import DEFAULT_IDEMPOTENCY_WINDOW, JobQuery, Store
 from actors.supervisor import (
     RESTART_BACKOFF,
@@ -163,6 +164,8 @@ class Runtime:
             if storage.backend == "s3"
             else LocalInputs(media_dir, public_base_url, days))
         image_threads = trio.CapacityLimiter(self.preprocess.threads)
+        # A batch item's input that is its dependency's output, read back.
+        outputs = StoredOutputs(store, self.storage, media_dir)
         to_scheduler, scheduler_mailbox = trio.open_memory_channel[SchedulerMessage](
             SCHEDULER_MAILBOX)
         self._to_scheduler = to_scheduler
@@ -199,7 +202,8 @@ class Runtime:
                 callback_base=public_base_url if takes_webhooks else "",
                 inputs=InputPreparer(
                     name, declared.inputs, self.preprocess, publisher=inputs_at,
-                    limiter=image_threads, allow_private=settings.allow_private_inputs),
+                    limiter=image_threads, outputs=outputs,
+                    allow_private=settings.allow_private_inputs),
             )
             self.pollers[name] = Poller(
                 name, settings, catalog=self.catalog, store=store, lifecycle=self.lifecycle,

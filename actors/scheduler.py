@@ -24,10 +24,13 @@ the providers. Handing a job twice is harmless: the provider actor's
 QUEUED -> SUBMITTING transition is conditional, and only one can win. The jobs the
 messages carry are read for their key and let go.
 
-Routing is decided here and only here, by ``actors/routing.py``: while a provider's
-circuit is open, each of its queued jobs that has a fallback on a closed circuit is
-moved there and the others are held (one ``circuit`` event each, never failed for
-it); an ``Unaccepted`` job moves to its fallback or fails with its error.
+Routing is decided here and only here, by ``actors/routing.py``: a new batch item
+(``Enqueue`` of a job with ``batch_id``) whose model several sections offer is
+queued on the one with the most free capacity (credit minus queued) and a closed
+circuit, moved there in the store first; while a provider's circuit is open, each
+of its queued jobs that has a fallback on a closed circuit is moved there and the
+others are held (one ``circuit`` event each, never failed for it); an
+``Unaccepted`` job moves to its fallback or fails with its error.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from actors.messages import (
     Unaccepted,
 )
 from actors.monitor import Monitor
-from actors.routing import Router, reroute
+from actors.routing import Router, place, reroute
 from actors.store import Store
 
 log = logging.getLogger(__name__)
@@ -132,6 +135,13 @@ class _ProviderQueue:
 
     def wake(self) -> None:
         self.changed.set()
+
+    @property
+    def free(self) -> int:
+        """The jobs the provider can take beyond those queued for it (negative:
+        queued beyond its credit). Counting those being read to be handed over
+        keeps it unchanged by a hand-over, which moves one job and one credit."""
+        return self.credit - len(self.queued) - len(self.loading)
 
     def holds(self, key: int) -> bool:
         return key in self.queued or key in self.loading or key in self.handed
@@ -228,7 +238,7 @@ class Scheduler:
 
     async def _handle(self, message: SchedulerMessage) -> None:
         if isinstance(message, Enqueue):
-            self._push(message.job)
+            await self._enqueue(message.job)
             return
         if isinstance(message, Unaccepted):
             await self._unaccepted(message)
@@ -266,6 +276,19 @@ class Scheduler:
                 other.rescan = True  # the next look lists the queue afresh
                 other.unexamined = []
                 other.wake()
+
+    async def _enqueue(self, job: Job) -> None:
+        """Queue a new job: a batch item on the section ``Router.spread`` picks."""
+        free = {name: queue.free for name, queue in self._queues.items()}
+        target = self._router.spread(job, free, self._circuits())
+        if target is not None:
+            provider = self._catalog[target].provider
+            moved = await place(self._store, job, target, catalog=self._catalog,
+                                free=free[provider])
+            if moved is None:
+                return  # cancelled meanwhile: nothing to queue
+            job = moved
+        self._push(job)
 
     def _push(self, job: Job) -> None:
         queue = self._queues.get(job.provider)

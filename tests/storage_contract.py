@@ -18,10 +18,12 @@ from typing import Any
 
 import attrs
 import httpx
+import pytest
 import trio
 
 from actors.jobs import Job, new_job_id
-from actors.storage import Upload
+from actors.storage import NotStored, StorageError, Upload
+from actors.storage.outputs import StoredOutputs
 from tests.conftest import EmbeddedDaemon
 
 FAST_SANDBOX = """
@@ -101,6 +103,29 @@ class StorageContract:
         [stored] = (await easel.runtime.get_job(job["id"])).results
         assert stored["storage"] == backend.name and "url" not in stored
         assert stored["key"].endswith(f"{job['id']}/0.png")
+
+    async def test_a_stored_output_is_read_back_capped(
+        self, easel_daemon: Any, backend: Backend
+    ) -> None:
+        easel = await self.daemon(easel_daemon, backend)
+        response = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": "a lime"})
+        job_id = (await easel.wait(response.json()["id"]))["id"]
+        [stored] = (await easel.runtime.get_job(job_id)).results
+        # As a later batch item's input reads it: through the job's results.
+        outputs = StoredOutputs(easel.runtime.store, easel.runtime.storage,
+                                easel.state_dir / "media")
+        output = await outputs.read(job_id, 0, stored["size"])
+        assert output.content_type == "image/png" and output.url is None
+        assert hashlib.sha256(output.data).hexdigest() == stored["sha256"]
+        storage = easel.runtime.storage
+        assert await storage.read(stored["key"], 10) == output.data[:11]  # one past the cap
+        with pytest.raises(NotStored):
+            await storage.read(stored["key"].replace("/0.png", "/9.png"), 100)
+        backend.fail(easel)
+        with pytest.raises(StorageError):
+            await storage.read(stored["key"], 100)
+        assert storage.statistics()["reachable"] is False
+        backend.recover(easel)
 
     async def test_a_result_url_never_comes_from_the_host_header(
         self, easel_daemon: Any, backend: Backend

@@ -53,6 +53,9 @@ CATALOG = {
     "m": ModelSpec(provider="p", provider_model="pm", fallbacks=["f"]),
     "lonely": ModelSpec(provider="p", provider_model="pm"),
     "f": ModelSpec(provider="q", provider_model="qm"),
+    # One model through both sections (tests/test_batch_spread.py).
+    "shared": ModelSpec(provider="p", provider_model="pm", served_by=["shared-q"]),
+    "shared-q": ModelSpec(provider="q", provider_model="qm"),
 }
 
 

@@ -412,6 +412,23 @@ async def test_max_active_refuses_creates_until_a_task_ends(
     assert sim.stats().active == 1
 
 
+async def test_the_most_tasks_active_at_once_is_kept_after_they_end(
+    autojump_clock: MockClock, start_toy: Callable[..., Awaitable[Started]], http: httpx.AsyncClient
+) -> None:
+    sim, url = await start_toy(duration=10.0)
+    first = (await create(http, url, {"model": "toy", "input": {"n": 1}})).json()
+    await create(http, url, {"model": "toy", "input": {"n": 2}})
+    await trio.sleep(5)
+    await create(http, url, {"model": "toy", "input": {"n": 3}})  # three at once
+    await http.post(f"{url}/v1/tasks/{first['id']}/cancel")
+    await create(http, url, {"model": "toy", "input": {"n": 4}})  # three again, not four
+    assert (sim.stats().active, sim.stats().max_active_seen) == (3, 3)
+    await trio.sleep(20)  # every task ends; one more runs alone
+    await create(http, url, {"model": "toy", "input": {"n": 5}})
+    stats = (await http.get(f"{url}/_sim/stats")).json()
+    assert (stats["active"], stats["max_active_seen"]) == (1, 3)
+
+
 # -- task failures and durations ------------------------------------------------------------------
 
 

@@ -11,7 +11,16 @@ after building the request and before spending a token on it). For each image:
   the client's URL through the pinned fetch under a deadline), run through the
   pipeline in a worker thread under the shared limiter (the event loop never
   waits on Pillow), and sent in the provider's form (``actors/images/forms.py``):
-  published at a URL, bare base64, or a ``data:`` URI.
+  published at a URL, bare base64, or a ``data:`` URI;
+- a batch item's ``easel:output/<job_id>/<n>`` (its dependency's output,
+  ``actors/batches/model.py``; never a client's: validation takes only http(s)
+  and ``data:`` images) is read from storage (``actors/storage/outputs.py``)
+  and goes the way a ``data:`` image does, checked even without steps; an output
+  the provider kept at its own URL goes the way a client's URL does. One that is
+  not stored fails the job (INVALID_PARAMETERS, saying why).
+
+A storage backend that does not answer (reading a stored output, publishing to
+the bucket) fails the job as retryable (STORAGE_ERROR): nothing was sent.
 
 For a provider that takes only URLs, Easel publishes the prepared image
 (``actors/images/publish.py``); where it cannot (no public base URL), a client's
@@ -33,6 +42,7 @@ import attrs
 import cattrs
 import trio
 
+from actors.batches.model import parse_output_ref
 from actors.conversion import Invalid
 from actors.errors import EaselError, ErrorCode
 from actors.fetch import Fetcher
@@ -43,6 +53,8 @@ from actors.images.publish import InputPublisher, NotPublishable
 from actors.images.source import fetch_image, split_data_uri
 from actors.images.validate import ImageRefused, Limits
 from actors.providers.base import JobRequest
+from actors.storage.base import StorageError
+from actors.storage.outputs import OutputMissing, StoredOutput, StoredOutputs
 from actors.targets import IPAddress, Resolver, is_public, resolve_host
 
 log = logging.getLogger(__name__)
@@ -52,7 +64,9 @@ class InputPreparer:
     """Prepares input images for the provider section ``provider`` (module doc).
 
     ``limiter``: the worker threads every section's preparations share.
-    ``resolve`` and ``public`` are the fetch's seams for tests (``Fetcher``).
+    ``outputs``: where a batch item's ``easel:output/...`` images are read (None:
+    nowhere, and such an image fails its job). ``resolve`` and ``public`` are the
+    fetch's seams for tests (``Fetcher``).
     """
 
     def __init__(
@@ -63,6 +77,7 @@ class InputPreparer:
         *,
         publisher: InputPublisher,
         limiter: trio.CapacityLimiter,
+        outputs: StoredOutputs | None = None,
         allow_private: bool = False,
         resolve_address: Resolver = resolve_host,
         public: Callable[[IPAddress], bool] = is_public,
@@ -73,6 +88,7 @@ class InputPreparer:
         self.limits = Limits(settings.max_input_bytes, settings.max_pixels)
         self._publisher = publisher
         self._limiter = limiter
+        self._outputs = outputs
         self._allow_private = allow_private
         self._resolve = resolve_address
         self._public = public
@@ -98,9 +114,6 @@ class InputPreparer:
         steps = self.steps(preprocess)
         prepared = []
         for index, image in enumerate(request.input_images):
-            if steps is None and self.spec.accepts(image):
-                prepared.append(image)
-                continue
             name = f"input_images[{index}]"
             try:
                 prepared.append(await self._prepare_one(image, steps))
@@ -110,24 +123,55 @@ class InputPreparer:
                     {"image": name, "provider": self.provider}, retryable=False, sent=False,
                 ) from None
             except NotPublishable as exc:
-                if self.spec.accepts(image) and not image.startswith("data:"):
-                    # Nowhere to publish the prepared image: the client's URL goes
-                    # as given, as it would without steps.
-                    log.info("%s sent as given: %s", name, exc)
-                    prepared.append(image)
-                    continue
                 raise EaselError(
                     ErrorCode.INVALID_PARAMETERS,
                     f"{name}: {self.provider} takes input images only as URLs, and {exc}",
                     {"image": name, "provider": self.provider}, retryable=False, sent=False,
                 ) from None
+            except StorageError as exc:  # reading a stored output, or publishing to s3
+                log.warning("%s: storage failed: %s", name, exc)
+                raise EaselError(
+                    ErrorCode.STORAGE_ERROR, f"{name}: the storage backend did not answer",
+                    {"image": name, "provider": self.provider}, retryable=True, sent=False,
+                ) from None
         return attrs.evolve(request, input_images=tuple(prepared))
 
     async def _prepare_one(self, image: str, steps: Preprocess | None) -> str:
+        if image.startswith("easel:"):
+            stored = await self._stored(image)
+            if stored.url is None:
+                return await self._process(stored.data, stored.content_type, steps)
+            image = stored.url  # kept at the provider: as a client's URL goes
+        if steps is None and self.spec.accepts(image):
+            return image
         if image.startswith("data:"):
             data, label = split_data_uri(image)
         else:
             data, label = await self._fetch(image)
+        try:
+            return await self._process(data, label, steps)
+        except NotPublishable as exc:
+            if not self.spec.accepts(image) or image.startswith("data:"):
+                raise
+            # Nowhere to publish the prepared image: the URL goes as given, as it
+            # would without steps.
+            log.info("an input image sent as given: %s", exc)
+            return image
+
+    async def _stored(self, image: str) -> StoredOutput:
+        """The stored output ``image`` names (``ImageRefused`` when there is none)."""
+        reference = parse_output_ref(image)
+        if reference is None:  # a placeholder never rewritten, or a foreign scheme
+            raise ImageRefused("is not an image Easel can read")
+        job_id, index = reference
+        if self._outputs is None:
+            raise ImageRefused("is a stored output, and none can be read here")
+        try:
+            return await self._outputs.read(job_id, index, self.limits.max_bytes)
+        except OutputMissing as exc:
+            raise ImageRefused(str(exc)) from None
+
+    async def _process(self, data: bytes, label: str | None, steps: Preprocess | None) -> str:
         try:
             result = await trio.to_thread.run_sync(
                 process, data, label, steps, self.limits, limiter=self._limiter)

@@ -6,6 +6,7 @@
 - ``s3``: any S3-compatible bucket through boto3 (AWS S3, R2, MinIO, B2);
 - ``metered``: a backend with its health and Prometheus figures;
 - ``links``: result URLs made each time a job is read, never stored;
+- ``outputs``: a job's stored output read back, as a later item's input image;
 - ``kinds``: what an output is, sniffed from its first bytes;
 - ``settings``: the ``[storage]`` configuration.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.monitor import Monitor
-from actors.storage.base import Link, Storage, StorageError, Upload
+from actors.storage.base import Link, NotStored, Storage, StorageError, Upload
 from actors.storage.links import ResultLinks
 from actors.storage.local import MEDIA_PREFIX, LocalStorage
 from actors.storage.metered import MeteredStorage
@@ -28,6 +29,7 @@ __all__ = [
     "Link",
     "LocalStorage",
     "MeteredStorage",
+    "NotStored",
     "ResultLinks",
     "S3Settings",
     "Storage",

@@ -1,8 +1,11 @@
-"""The storage seam: what the finalizer and the result links ask of a backend.
+"""The storage seam: what the finalizer, the result links and the input
+preparer ask of a backend.
 
 A backend keeps objects under keys it chooses (``key_for``), takes each one from a
 file on disk (``put``: outputs are streamed to a temporary file first, so nothing
-is ever held whole in memory), and says where a client can fetch one (``link``).
+is ever held whole in memory), says where a client can fetch one (``link``), and
+gives a stored object's bytes back, capped (``read``: a batch item whose input is
+its dependency's output, ``actors/storage/outputs.py``).
 Results record the key, never the URL: a presigned URL expires and a public base
 can change, so the URL is made each time a job is read.
 
@@ -35,6 +38,11 @@ class StorageError(Exception):
     """A backend could not do what was asked; a later attempt may succeed."""
 
 
+class NotStored(Exception):
+    """The backend answered, and holds nothing under the key (never stored, or
+    removed since): no later attempt will find it, unlike a ``StorageError``."""
+
+
 @attrs.frozen
 class Link:
     """Where a client fetches a stored object, and until when (``None``: no end)."""
@@ -60,6 +68,12 @@ class Storage(Protocol):
 
     async def link(self, key: str) -> Link:
         """The URL a client fetches ``key`` at, made now."""
+        ...
+
+    async def read(self, key: str, max_bytes: int) -> bytes:
+        """The bytes stored under ``key``, at most ``max_bytes + 1`` of them (one
+        more than the cap tells the caller the object is larger); ``NotStored``
+        when there is none, ``StorageError`` when the backend fails."""
         ...
 
     async def probe(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from actors.jobs import Job
-from actors.storage.base import Link, StorageError, Upload
+from actors.storage.base import Link, NotStored, StorageError, Upload
 
 #: The URL path local outputs are served under.
 MEDIA_PREFIX = "/media/"
@@ -64,6 +64,21 @@ class LocalStorage:
 
     async def link(self, key: str) -> Link:
         return Link(self.base_url + MEDIA_PREFIX + key)
+
+    def _read(self, key: str, max_bytes: int) -> bytes:
+        if key.startswith("/") or ".." in Path(key).parts:
+            raise FileNotFoundError(key)  # never a path outside the media directory
+        with open(self.root / key, "rb") as file:
+            return file.read(max_bytes + 1)
+
+    async def read(self, key: str, max_bytes: int) -> bytes:
+        try:
+            return await trio.to_thread.run_sync(self._read, key, max_bytes,
+                                                 limiter=self._limiter)
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotStored(key) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {key} under {self.root}: {exc}") from exc
 
     def _probe(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -94,6 +94,15 @@ class MeteredStorage:
             self._failed("link", exc)
             raise
 
+    async def read(self, key: str, max_bytes: int) -> bytes:
+        try:
+            data = await self.backend.read(key, max_bytes)
+        except StorageError as exc:
+            self._failed("read", exc)
+            raise
+        self._ok()
+        return data
+
     async def probe(self) -> None:
         try:
             await self.backend.probe()

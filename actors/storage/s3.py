@@ -32,9 +32,11 @@ import trio
 from boto3.s3.transfer import TransferConfig
 
 from actors.jobs import Job
-from actors.storage.base import Link, StorageError, Upload
+from actors.storage.base import Link, NotStored, StorageError, Upload
 from actors.storage.settings import S3Settings
 
+#: The error codes of a GET for a key the bucket does not hold.
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
 #: What a failed boto3 call raises (network, credentials, the service's answer).
 _FAILURES = (
     botocore.exceptions.BotoCoreError,
@@ -122,6 +124,27 @@ class S3Storage:
         expires_at = time.time() + self.settings.presign_expiry
         url = await self._call("presign", self._presign, key, limiter=self._sign_limiter)
         return Link(url, expires_at)
+
+    def _get(self, key: str, max_bytes: int) -> bytes:
+        try:
+            answer = self._client().get_object(Bucket=self.settings.bucket, Key=key,
+                                               Range=f"bytes=0-{max_bytes}")
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                raise NotStored(key) from None
+            raise
+        body = answer["Body"]
+        try:
+            data: bytes = body.read(max_bytes + 1)
+        finally:
+            body.close()
+        return data
+
+    async def read(self, key: str, max_bytes: int) -> bytes:
+        """One ranged GET (the first ``max_bytes + 1`` bytes): an object larger than
+        the cap is never fetched whole."""
+        data: bytes = await self._call("get", self._get, key, max_bytes, limiter=self._limiter)
+        return data
 
     def _publish(self, key: str, data: bytes, content_type: str, seconds: int) -> str:
         self._client().put_object(Bucket=self.settings.bucket, Key=key, Body=data,

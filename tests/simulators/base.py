@@ -341,6 +341,10 @@ class SimStats:
     max_submissions_per_input: int = 0
     #: Tasks not yet in a terminal state at snapshot time.
     active: int = 0
+    #: The most tasks ever active at once: the high-water mark of ``active``, so a
+    #: test can assert a client's concurrency cap after the run, not only while
+    #: it samples ``active``.
+    max_active_seen: int = 0
     #: All tasks ever created (the same as ``submissions``; kept for older readers).
     tasks: int = 0
     #: Requests per route kind, faulted or not (``requests["create"]`` minus
@@ -574,6 +578,10 @@ class Simulator:
         #: build absolute URLs outside a request, e.g. in webhook bodies.
         self.url: str | None = None
         self._per_input: Counter[str] = Counter()
+        #: Tasks active when last looked at (pruned at each create) and the most
+        #: of them at once (``SimStats.max_active_seen``).
+        self._live: list[SimTask] = []
+        self.max_active_seen = 0
         self._scripted: dict[str, deque[Fault | None]] = {}
         self._app: QuartTrio | None = None
         self._time_moved_event: trio.Event | None = None
@@ -668,6 +676,7 @@ class Simulator:
         self.tasks[task.id] = task
         self.submissions += 1
         self._per_input[task.key] += 1
+        self._count_active(task)
         for event, at in self.webhook_schedule(task):
             self.schedule_webhook(task, event, at)
 
@@ -680,6 +689,17 @@ class Simulator:
         if task.webhook is not None:
             self.schedule_webhook(task, "completed", now)
         return True
+
+    def _count_active(self, task: SimTask) -> None:
+        """Raise the high-water mark with ``task`` added. Tasks become active only
+        when created (a phase changes with the clock, never back to active), so
+        the most at once is always reached at a creation: counting there, over
+        the tasks still live, is exact and costs the live tasks only."""
+        now = self.clock()
+        self._live = [live for live in self._live if not live.phase(now).terminal]
+        if not task.phase(now).terminal:
+            self._live.append(task)
+        self.max_active_seen = max(self.max_active_seen, len(self._live))
 
     def active_tasks(self) -> int:
         """Tasks not in a terminal phase now."""
@@ -707,6 +727,7 @@ class Simulator:
             list_calls=self.list_calls,
             max_submissions_per_input=max(self._per_input.values(), default=0),
             active=self.active_tasks(),
+            max_active_seen=self.max_active_seen,
             tasks=len(self.tasks),
             requests=dict(self.requests),
             faults=dict(self.faults),
