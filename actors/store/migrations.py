@@ -282,6 +282,7 @@ MIGRATIONS: list[str] = [
     DROP INDEX generation_requests_twins;
     CREATE INDEX generation_requests_twins ON generation_requests(provider, request_hash)
         WHERE state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED', 'WAITING');
+    """,
     # 11: experiments (actors/experiments/). experiments: one row each, its bandit
     # settings as JSON; experiment_variants and experiment_metrics in the order they
     # were given (position 0 is the control); experiment_assignments: each unit's
