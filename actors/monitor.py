@@ -59,6 +59,10 @@ MAX_BUFFERED_ERRORS = 10_000
 PING_TIMEOUT = 5.0
 
 
+#: Codes of batch items that ended without reaching their provider.
+_NEVER_RAN = frozenset({ErrorCode.UPSTREAM_FAILED, ErrorCode.EXPIRED})
+
+
 @attrs.frozen
 class MonitorEvent:
     kind: str  # e.g. "job.succeeded", "job.failed", "provider.call", "actor.crash"
@@ -289,13 +293,18 @@ class Monitor:
         if job.submitting_at is not None:
             metrics.JOB_QUEUE_SECONDS.labels(model=job.model).observe(
                 max(0.0, job.submitting_at - job.created_at))
-        if job.state is not JobState.CANCELLED:
+        # A batch item that never ran (its dependency failed, its deadline passed)
+        # says nothing of its provider: not among the provider's finishes, and
+        # logged as the batch's.
+        never_ran = code in _NEVER_RAN
+        if job.state is not JobState.CANCELLED and not never_ran:
             self.seen.finishes.add(job.provider, code is ErrorCode.TASK_TIMEOUT, now)
         if job.attempts > self.settings.rules.max_retries:
             self.seen.retried.add(job.id, True, now)
         if job.state is JobState.FAILED and job.error is not None:
+            source = f"batch:{job.batch_id}" if never_ran else f"provider:{job.provider}"
             self.note_error(ErrorEntry(
-                Level.WARN, f"provider:{job.provider}", redact_text(job.error.message), now,
+                Level.WARN, source, redact_text(job.error.message), now,
                 context=redact({"code": job.error.code.value, "model": job.model,
                                 "attempts": job.attempts, "details": job.error.details}),
                 job_id=job.id, provider_task_id=job.provider_task_id,

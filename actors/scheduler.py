@@ -2,7 +2,8 @@
 
 The queue is persistent because its contents are the QUEUED rows in the store: the
 scheduler reloads them whenever it starts, and keeps a heap per provider in memory
-(priority descending, then age). It owns, per provider, the heap, a *credit* (how
+(priority descending, then single submissions before batch items, then age:
+``queue_key``). It owns, per provider, the heap, a *credit* (how
 many more jobs the provider has said it can take) and the last ``CircuitView`` the
 provider reported. It never touches a provider's slots or breaker: providers tell
 it what it needs as messages, and it hands a job over only while the provider's
@@ -77,11 +78,18 @@ _STALE_SLACK = 1024
 _SEQ_SPAN = 1 << 63
 
 
-def queue_key(priority: int, seq: int) -> int:
-    """One int that orders jobs as a queue does (highest priority first, then the
-    oldest, lowest ``seq``) and gives ``seq`` back (``seq_of``): a queue entry is
-    this int alone."""
-    return -priority * _SEQ_SPAN + seq
+def queue_key(priority: int, seq: int, batch: bool = False) -> int:
+    """One int that orders jobs as a queue does and gives ``seq`` back
+    (``seq_of``): a queue entry is this int alone.
+
+    The order: highest priority first; at equal priority a single submission
+    before a batch's item; then the oldest, lowest ``seq``. The middle rule is the
+    fairness between batches and singles: a batch's items are inserted (and get
+    their ``seq``) when the batch is accepted, so by age alone every item a big
+    batch releases would go before any single submitted since, for as long as the
+    batch lasts. A batch that must compete with singles says so with its
+    priority."""
+    return -(2 * priority + (0 if batch else 1)) * _SEQ_SPAN + seq
 
 
 def seq_of(key: int) -> int:
@@ -89,7 +97,7 @@ def seq_of(key: int) -> int:
 
 
 def _key(job: Job) -> int:
-    return queue_key(job.priority, job.seq or 0)
+    return queue_key(job.priority, job.seq or 0, job.batch_id is not None)
 
 
 @attrs.define
@@ -326,7 +334,7 @@ class Scheduler:
         after = 0
         while True:
             page = await self._store.queued_page(name, after, RELOAD_PAGE)
-            keys += [queue_key(priority, seq) for priority, seq in page]
+            keys += [queue_key(priority, seq, bool(batch)) for priority, seq, batch in page]
             if len(page) < RELOAD_PAGE:
                 break
             after = page[-1][1]

@@ -459,17 +459,19 @@ class StoreContract:
         ]
         assert nothing == []
 
-    async def test_queued_page_gives_priority_and_seq_by_seq_a_page_at_a_time(
+    async def test_queued_page_gives_priority_seq_and_batch_by_seq_a_page_at_a_time(
         self, open_backend: OpenBackend
     ) -> None:
         async with open_backend() as store:
-            jobs = [await inserted(store, priority=p) for p in [0, 5, -1, 5, 0]]
+            jobs = [await inserted(store, priority=p, batch_id="b" if p == 5 else None)
+                    for p in [0, 5, -1, 5, 0]]
             await inserted(store, provider="other")
             await inserted(store, state=JobState.RUNNING)
             first = await store.queued_page("p", 0, 3)
             rest = await store.queued_page("p", first[-1][1], 3)
             none = await store.queued_page("nobody", 0, 3)
-        assert first + rest == [(job.priority, job.seq) for job in jobs]
+        assert first + rest == [(job.priority, job.seq, int(job.batch_id is not None))
+                                for job in jobs]
         assert len(first) == 3 and none == []
 
     async def test_jobs_by_seq_reads_the_jobs_as_stored(self, open_backend: OpenBackend) -> None:

@@ -37,6 +37,8 @@ from actors.alerts.settings import (
     WebhookAlertSettings,
 )
 from actors.clock import wall_now
+from actors.errors import ErrorCode, ErrorInfo
+from actors.jobs import Job, JobState
 from actors.monitor import Monitor
 from actors.store import open_store
 from tests.conftest import free_port
@@ -343,3 +345,21 @@ async def test_a_crash_loop_is_logged_with_its_stack_and_alerts(
                 await trio.sleep(0.02)
         assert all("KeyError" in (entry.stack or "") for entry in entries)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_item_that_never_ran_is_the_batch_s_error_not_its_provider_s(
+    tmp_path: Path,
+) -> None:
+    """An item failed for its dependency or its deadline never reached its
+    provider: it neither counts among the provider's finishes (its timeout rate)
+    nor is logged as the provider's error."""
+    monitor = Monitor(settings=MonitoringSettings())
+    now = wall_now()
+    for code in (ErrorCode.UPSTREAM_FAILED, ErrorCode.EXPIRED, ErrorCode.TASK_TIMEOUT):
+        monitor._observe_job(Job(
+            id=f"gen_{code.value}", model="m", provider="p", provider_model="pm", prompt="x",
+            state=JobState.FAILED, batch_id="batch_1", error=ErrorInfo(code, code.value),
+            completed_at=now))
+    assert monitor.seen.finishes.counts(now) == {"p": (1, 1)}  # the timeout alone
+    assert [entry.source for entry in monitor._errors] == [
+        "batch:batch_1", "batch:batch_1", "provider:p"]

@@ -42,7 +42,7 @@ from actors.messages import (
 )
 from actors.monitor import Monitor
 from actors.routing import Router
-from actors.scheduler import Scheduler
+from actors.scheduler import Scheduler, queue_key, seq_of
 from actors.store import Store, open_store
 from tests.store_contract import make_job
 
@@ -534,3 +534,33 @@ async def test_an_open_circuit_moves_a_queue_larger_than_one_read(
                 while not await h.events(job.id, "circuit"):
                     await trio.sleep(0.01)
         await h.nothing_more("q")
+
+
+async def test_at_equal_priority_singles_go_before_batch_items_older_than_them(
+    tmp_path: Path,
+) -> None:
+    """A batch's items are inserted when the batch is accepted, so they are older
+    than any single submitted while it runs: by age alone a long batch would keep
+    going first. Singles go first at equal priority, whether the queue learnt of
+    the jobs by ``Enqueue`` or by reloading them from the store; priority still
+    comes before everything."""
+    async with harness(tmp_path) as h:
+        items = [await h.insert(batch_id="batch_1") for _ in range(2)]
+        urgent = await h.insert(priority=1, batch_id="batch_1")
+        single = await h.insert()
+        await h.start()
+        order = [(await h.next()).id]  # its one slot is taken now
+        later_item = await h.enqueue(batch_id="batch_1")
+        later_single = await h.enqueue()
+        for _ in range(5):
+            await h.finish()
+            order.append((await h.next()).id)
+        assert order == [urgent.id, single.id, later_single.id, items[0].id, items[1].id,
+                         later_item.id]
+
+
+def test_queue_key_orders_priority_then_singles_then_age() -> None:
+    keys = [queue_key(0, 1, batch=True), queue_key(0, 9), queue_key(1, 5, batch=True),
+            queue_key(-1, 0), queue_key(0, 2, batch=True)]
+    assert sorted(keys) == [keys[2], keys[1], keys[0], keys[4], keys[3]]
+    assert [seq_of(key) for key in sorted(keys)] == [5, 9, 1, 2, 0]

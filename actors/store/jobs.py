@@ -192,15 +192,16 @@ def select_in(
 
 def queued_page(
     conn: sqlite3.Connection, provider: str, after: int, limit: int
-) -> list[tuple[int, int]]:
-    """``(priority, seq)`` of up to ``limit`` of ``provider``'s QUEUED jobs past
-    ``after``, by ``seq``. Plain tuples, not ``sqlite3.Row``: a restart reads a
-    million of them, and the partial index ``generation_requests_queue`` covers
-    the query, so no row of the table itself is read."""
+) -> list[tuple[int, int, int]]:
+    """``(priority, seq, batch)`` of up to ``limit`` of ``provider``'s QUEUED jobs
+    past ``after``, by ``seq`` (``batch``: 1 for a batch's item). Plain tuples, not
+    ``sqlite3.Row``: a restart reads a million of them, and the partial index
+    ``generation_requests_queue`` covers the query, so no row of the table itself
+    is read."""
     cursor = conn.cursor()
     cursor.row_factory = None
     return cursor.execute(
-        "SELECT priority, seq FROM generation_requests"
+        "SELECT priority, seq, batch_id IS NOT NULL FROM generation_requests"
         " WHERE provider=? AND state='QUEUED' AND seq>? ORDER BY seq LIMIT ?",
         (provider, after, limit),
     ).fetchall()

@@ -347,6 +347,15 @@ MIGRATIONS: list[str] = [
         ON generation_requests(experiment_id, variant_id, seq)
         WHERE experiment_id IS NOT NULL;
     """,
+    # 12: the scheduler's queue knows a batch item from a single submission at
+    # reload (``queued_page``): singles go first at equal priority, so a big batch
+    # cannot starve them. Still covered by the index alone, with batch_id in it.
+    """
+    DROP INDEX generation_requests_queue;
+    CREATE INDEX generation_requests_queue
+        ON generation_requests(provider, state, seq, priority, batch_id)
+        WHERE state = 'QUEUED';
+    """,
 ]
 
 

@@ -190,9 +190,10 @@ class Store(Protocol):
 
     async def queued_page(
         self, provider: str, after: int, limit: int
-    ) -> list[tuple[int, int]]:
-        """``(priority, seq)`` of up to ``limit`` of the provider's QUEUED jobs whose
-        ``seq`` is above ``after``, by ``seq``.
+    ) -> list[tuple[int, int, int]]:
+        """``(priority, seq, batch)`` of up to ``limit`` of the provider's QUEUED
+        jobs whose ``seq`` is above ``after``, by ``seq``; ``batch`` is 1 for a
+        batch's item, 0 for a single submission.
 
         All a queue needs to order its jobs, a page at a time: the scheduler keeps
         these, not the jobs, and reloads a queue of a million jobs by pages, so

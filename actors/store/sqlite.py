@@ -156,7 +156,7 @@ class SQLiteStore:
 
     async def queued_page(
         self, provider: str, after: int, limit: int
-    ) -> list[tuple[int, int]]:
+    ) -> list[tuple[int, int, int]]:
         return await self.engine.read(jobs.queued_page, provider, after, limit)
 
     async def jobs_by_seq(self, seqs: Iterable[int]) -> list[Job]:
