@@ -546,3 +546,13 @@ async def test_a_batch_costing_more_than_the_day_allows_is_refused_whole(
         with pytest.raises(EaselError):  # 0.8 spent: another 0.4 is too much
             await runtime.batches.create(*priced(1))
         await runtime.batches.cancel(accepted.id, key.id)
+
+
+async def test_an_item_taking_an_output_of_no_item_of_the_batch_is_refused(
+    tmp_path: Path, clock: MockClock
+) -> None:
+    async with running(tmp_path) as (runtime, _):
+        with pytest.raises(EaselError) as refused:
+            await runtime.batches.create(batch_of(), [item(0, input_images=[item_ref("x", 0)])])
+        assert refused.value.code is ErrorCode.INVALID_REQUEST
+        assert refused.value.info.details == {"customIds": ["x"]}

@@ -120,8 +120,13 @@ class BatchService:
         Items count as the key's unfinished jobs only once released.
         """
         options = batch.options
+        names = {job.custom_id for job in jobs}
+        unknown = sorted({dep for job in jobs for dep in with_dependencies(job).depends_on
+                          if dep not in names})
+        if unknown:  # the front door checks this; an item in no queue must not wait forever
+            raise EaselError(ErrorCode.INVALID_REQUEST, "items depend on items not in the batch",
+                             {"customIds": unknown})
         for job in jobs:
-            with_dependencies(job)
             job.batch_id = batch.id
             job.state = JobState.WAITING
             if options.item_webhooks and options.webhook_url and not job.webhook_url:
