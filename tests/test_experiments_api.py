@@ -134,3 +134,6 @@ async def test_rating_is_for_the_owning_key_and_replaces(easel_daemon: Any) -> N
     assert (second.json()["rating"], second.json()["feedback"]) == (5, None)
     stored = await easel.runtime.get_job(job_id)
     assert (stored.rating, stored.feedback) == (5, None)
+    shown = (await easel.client.get(f"/api/external/generation/{job_id}", headers=mine)).json()
+    assert (shown["rating"], shown["variantId"], shown["experimentId"]) == (
+        5, first.json()["variantId"], first.json()["experimentId"])
