@@ -19,7 +19,9 @@ stays open while it arrives. Each form's POST and redirect is awaited
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
@@ -29,6 +31,7 @@ from typing import Any
 import pytest
 import trio
 
+from actors.experiments.hashing import assign
 from actors.experiments.model import ExperimentState, MetricName
 from daemon.api import experiment_pages
 from tests.test_admin_pages import (  # noqa: F401  (keys: a fixture)
@@ -148,16 +151,31 @@ async def test_create_start_watch_and_complete_an_experiment(
     easel = await easel_daemon(FAST_SANDBOX)
 
     async def traffic(experiment_id: str) -> None:
-        async def one(user: int) -> None:
-            prompt = "a red apple" if user % 2 else "a green pear [fail]"
+        # Users picked so each variant gets half: the experiment's id (its hash
+        # seed) is random, and a split as uneven as 14 to 46 (about one run in a
+        # thousand) is a sample ratio mismatch that rightly holds back the winner
+        # this test waits for.
+        experiment = await easel.runtime.experiments.get(experiment_id)
+        users: list[tuple[str, int]] = []  # a user, and its place in its variant
+        per_variant: collections.Counter[str] = collections.Counter()
+        for n in itertools.count():
+            variant = assign(experiment, f"user-{n}")
+            if variant is not None and per_variant[variant.id] < USERS // 2:
+                users.append((f"user-{n}", per_variant[variant.id]))
+                per_variant[variant.id] += 1
+            if len(users) == USERS:
+                break
+
+        async def one(index: int, user: str) -> None:
+            prompt = "a red apple" if index % 2 else "a green pear [fail]"
             answer = await easel.submit({"modelIdentifier": "sandbox-image", "prompt": prompt,
-                                         "user_id": f"user-{user}"})
+                                         "user_id": user})
             assert answer.status_code in (200, 201, 202), answer.text
             await easel.wait(answer.json()["id"])
 
         async with trio.open_nursery() as nursery:
-            for user in range(USERS):
-                nursery.start_soon(one, user)
+            for user, index in users:
+                nursery.start_soon(one, index, user)
 
     seen = await trio.to_thread.run_sync(functools.partial(
         drive, browser, easel.base_url, traffic))
