@@ -336,7 +336,10 @@ async def test_the_bandit_reweighs_on_its_cadence_without_moving_anyone(
         with trio.fail_after(36_000):
             while (experiment := await service.get(experiment_id)).phase == 0:
                 await trio.sleep(10)
-        assert experiment.phase == 1
+        # One re-weighting at least: the clock jumps while the store's thread
+        # works, and on a loaded machine it can pass a second cadence before the
+        # loop reads the experiment again.
+        assert experiment.phase >= 1
         assert experiment.updated_at >= started + 600  # not before the cadence
         shares = {v.id: v.weight for v in experiment.variants}
         assert shares["B"] > 0.8 and shares["A"] >= 0.05
