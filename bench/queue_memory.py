@@ -98,7 +98,7 @@ def wait_healthy(process: subprocess.Popen[bytes], base: str, began: float,
                 raise SystemExit(f"easel exited {process.returncode}")
             try:
                 response = client.get("/api/health")
-                if response.status_code == 200 and response.json()["status"] == "ok":
+                if response.status_code == 200 and response.json()["status"] == "healthy":
                     return time.monotonic() - began
             except (httpx.HTTPError, KeyError, ValueError):
                 pass
