@@ -91,16 +91,6 @@ _MOVES: dict[str, tuple[frozenset[ExperimentState], ExperimentState]] = {
 }
 
 
-def _letters(index: int) -> str:
-    """Default variant ids: A, B, ... Z, AA, AB..."""
-    text = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        text = chr(ord("A") + rest) + text
-    return text
-
-
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -291,7 +281,7 @@ class ExperimentService:
                  read: _Reader) -> Variant | None:
         problems = read.problems
         before = len(problems)
-        variant_id = read.text(item, "id", f"{path}.id", limit=64) or _letters(index)
+        variant_id = read.text(item, "id", f"{path}.id", limit=64) or factorial.variant_letter(index)
         if not _NAME.match(variant_id):
             problems.append(f"{path}.id: letters, digits and _.:- only")
         name = read.text(item, "name", f"{path}.name", limit=MAX_NAME) or variant_id
