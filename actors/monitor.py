@@ -42,6 +42,7 @@ from actors.alerts.firing import Tracker
 from actors.alerts.records import Alert, AlertState, ErrorEntry, Level
 from actors.alerts.rules import Observations, evaluate
 from actors.alerts.settings import MonitoringSettings
+from actors.batches.model import NEVER_RAN
 from actors.clock import wall_now
 from actors.errors import ErrorCode
 from actors.jobs import Job, JobState
@@ -57,10 +58,6 @@ MAX_BUFFERED_ERRORS = 10_000
 
 #: Seconds a database ping may take before it counts as not answering.
 PING_TIMEOUT = 5.0
-
-
-#: Codes of batch items that ended without reaching their provider.
-_NEVER_RAN = frozenset({ErrorCode.UPSTREAM_FAILED, ErrorCode.EXPIRED})
 
 
 @attrs.frozen
@@ -296,7 +293,7 @@ class Monitor:
         # A batch item that never ran (its dependency failed, its deadline passed)
         # says nothing of its provider: not among the provider's finishes, and
         # logged as the batch's.
-        never_ran = code in _NEVER_RAN
+        never_ran = code in NEVER_RAN
         if job.state is not JobState.CANCELLED and not never_ran:
             self.seen.finishes.add(job.provider, code is ErrorCode.TASK_TIMEOUT, now)
         if job.attempts > self.settings.rules.max_retries:

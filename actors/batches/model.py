@@ -21,6 +21,7 @@ from typing import Any
 
 import attrs
 
+from actors.errors import ErrorCode
 from actors.jobs import Job, JobState, iso
 
 #: The most items one batch may hold (JSON or JSONL).
@@ -206,11 +207,16 @@ def batch_state(counts: BatchCounts, cancelled: bool) -> BatchState:
     return BatchState.PARTIAL_FAILED
 
 
+#: The codes of items that ended without ever reaching a provider: a dependency
+#: did not succeed, or the deadline came first.
+NEVER_RAN = frozenset({ErrorCode.UPSTREAM_FAILED, ErrorCode.EXPIRED})
+
+
 def item_status(job: Job) -> str:
     """An item's status in the batch view: the job's status, ``WAITING`` before it
     is released, and ``UPSTREAM_FAILED`` / ``EXPIRED`` for the items that never ran."""
     if job.state is JobState.FAILED and job.error is not None:
-        if job.error.code.value in ("UPSTREAM_FAILED", "EXPIRED"):
+        if job.error.code in NEVER_RAN:
             return job.error.code.value
     if job.state.value == "WAITING":
         return "WAITING"
